@@ -1,0 +1,75 @@
+"""The ``elastichash`` command: the one composition root.
+
+Library command groups register themselves through ``register(subparsers)`` functions in
+their own modules. Services are imported lazily, inside the subcommand that runs them, so
+that ``elastichash model inspect`` never imports aiohttp or aio-pika.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _service(module: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        mod = importlib.import_module(module)
+        rc: int | None = mod.main(list(args.rest))
+        return rc or 0
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elastichash",
+        description="Semantic image similarity search over binary hash codes.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from elastichash.model import commands as model_commands
+
+    model_commands.register(sub)
+
+    from elastichash.index import commands as index_commands
+
+    index_commands.register(sub)
+
+    from elastichash import standalone_commands
+
+    standalone_commands.register(sub)
+
+    for name, module, help_text in (
+        ("gateway", "gateway.app", "run the REST gateway (distributed mode)"),
+        ("encoder-worker", "encoder_worker.worker", "run an encoder worker"),
+        ("indexer-worker", "indexer_worker.worker", "run an indexer worker"),
+        ("search-service", "search_service.app", "run the search service"),
+    ):
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_service(module))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose if args.verbose else logging.INFO
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    func: Handler = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

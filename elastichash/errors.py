@@ -1,0 +1,94 @@
+"""One small exception hierarchy shared by the library and the services.
+
+Each class carries what its handler needs; mapping to HTTP statuses lives in one place
+(:data:`HTTP_STATUS`), mapping to broker outcomes in ``elastichash.amqp``.
+"""
+
+from __future__ import annotations
+
+
+class ElasticHashError(Exception):
+    """Base class. ``code`` is the stable machine-readable error code used in JSON errors."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(ElasticHashError):
+    """The request or message is malformed; retrying the same input cannot succeed."""
+
+    code = "invalid_input"
+
+
+class ImageError(InvalidInput):
+    """An image could not be used. ``reason`` is one of the REASONS below."""
+
+    code = "bad_image"
+    REASONS = ("corrupt", "truncated", "unsupported_format", "too_many_pixels", "empty", "too_large")
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NotFound(ElasticHashError):
+    code = "not_found"
+
+
+class ModelContractError(ElasticHashError):
+    """An ONNX model does not meet the contract in ARCHITECTURE.md."""
+
+    code = "model_contract"
+
+
+class Unavailable(ElasticHashError):
+    """A dependency (broker, index, encoder) cannot serve now; retrying later may succeed."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unauthorized(ElasticHashError):
+    code = "unauthorized"
+
+
+class PayloadTooLarge(InvalidInput):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_media_type"
+
+
+class ForbiddenTarget(InvalidInput):
+    """A URL points at a loopback, private or link-local address."""
+
+    code = "forbidden_url"
+
+
+HTTP_STATUS: dict[type[ElasticHashError], int] = {
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    ImageError: 422,
+    ForbiddenTarget: 400,
+    InvalidInput: 400,
+    NotFound: 404,
+    Unauthorized: 401,
+    ModelContractError: 500,
+    Unavailable: 503,
+    ElasticHashError: 500,
+}
+
+
+def http_status(exc: ElasticHashError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]  # type: ignore[index]
+    return 500

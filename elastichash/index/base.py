@@ -1,0 +1,117 @@
+"""The ``Index`` protocol every backend implements, and the records it speaks in.
+
+Codes cross this boundary as packed bytes: ``code`` is the 256-bit long code (32 bytes),
+``short`` the 64-bit short code (8 bytes). Callers derive ``short`` (the model knows its
+bit selection); the index never guesses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Strategy = Literal["exact", "two_stage", "dense_bit"]
+STRATEGIES: tuple[str, ...] = ("exact", "two_stage", "dense_bit")
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    code: bytes  # 32 bytes, long code
+    short: bytes  # 8 bytes, short code
+    source: str | None = None  # where the image came from: URL, path or upload name
+    thumbnail_url: str | None = None  # for documents imported with an external thumbnail
+    metadata: dict[str, Any] = field(default_factory=dict)
+    thumbnail: bytes | None = None  # small JPEG kept by backends that store one
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    distance: int
+    source: str | None = None
+    thumbnail_url: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    candidates: int  # codes whose full distance was computed (stage-2 work)
+    total: int  # matches within max_distance (or all ranked ones) before paging
+    took_ms: float
+    strategy: str
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Outcome of one item of a batch write. ``transient`` failures may be retried."""
+
+    id: str
+    ok: bool
+    error: str | None = None
+    transient: bool = False
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An image that could not be indexed, kept so status and the web page can say why."""
+
+    id: str
+    reason: str  # stable code: corrupt, truncated, unsupported_format, too_many_pixels, ...
+    message: str
+    source: str | None = None
+    at: float = 0.0  # unix time
+
+
+@runtime_checkable
+class Index(Protocol):
+    """A searchable, durable store of codes. All methods are coroutines; backends keep
+    CPU-heavy work off the event loop themselves."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
+        """Insert or replace by id. One result per input, in order. A replaced id's old
+        code is no longer found."""
+        ...
+
+    async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
+        """Remove by id; deleting a missing id is ok=False with error 'not_found'."""
+        ...
+
+    async def get(self, doc_id: str) -> Document | None: ...
+
+    async def search(
+        self,
+        code: bytes,
+        short: bytes,
+        *,
+        k: int = 10,
+        max_distance: int | None = None,
+        offset: int = 0,
+        strategy: str = "two_stage",
+    ) -> SearchResult:
+        """Rank by 256-bit Hamming distance, ties broken by id; ``offset``/``k`` page."""
+        ...
+
+    async def record_failures(self, failures: Sequence[Failure]) -> None:
+        """Keep failure records (replacing older ones for the same id). A later successful
+        upsert of the id removes its failure record."""
+        ...
+
+    async def get_failure(self, doc_id: str) -> Failure | None: ...
+
+    async def recent_failures(self, limit: int = 50) -> list[Failure]:
+        """Newest first."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def ready(self) -> bool: ...

@@ -1,0 +1,59 @@
+"""pydantic-settings groups shared by the services.
+
+Each service composes the groups it needs under its own env prefix, with ``__`` as the
+nested delimiter: ``EH_GATEWAY_MODEL__PATH``, ``EH_ENCODER_AMQP__URL`` and so on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("ELASTICHASH_DATA", Path.home() / ".local/share/elastichash"))
+
+
+class ModelSettings(BaseModel):
+    # None: the default model under the data dir, built on first use.
+    path: Path | None = None
+    # Ordered preference; intersected with what onnxruntime offers.
+    providers: list[str] = Field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    # Fail at start-up instead of silently running on the CPU.
+    require_gpu: bool = False
+    intra_op_threads: int = 0  # 0: onnxruntime picks (one per physical core)
+    batch_size: int = 32
+    decode_workers: int = 0  # 0: os.cpu_count()
+
+
+class ImageLimits(BaseModel):
+    # Uploads above this are refused before they are buffered whole (413).
+    max_bytes: int = 32 * 1024 * 1024
+    # Decompression-bomb guard: 64 MP covers any camera sold today.
+    max_pixels: int = 64_000_000
+
+
+class IndexSettings(BaseModel):
+    backend: Literal["embedded", "elasticsearch", "remote"] = "embedded"
+    data_dir: Path | None = None  # embedded store; None: default_data_dir()/index
+    strategy: Literal["exact", "two_stage", "dense_bit"] = "two_stage"
+    # elasticsearch backend
+    es_url: str = "http://localhost:9200"
+    es_index: str = "elastichash"
+    es_shards: int = 1
+    es_replicas: int = 0
+    es_refresh_interval: str = "1s"
+    # remote backend: the search service's base URL (distributed mode)
+    search_url: str = "http://localhost:8081"
+
+
+class AmqpSettings(BaseModel):
+    url: str = "amqp://guest:guest@localhost:5672/"
+    prefix: str = "elastichash"  # exchange/queue name prefix: lets tests isolate topologies
+    prefetch: int = 64
+    delivery_limit: int = 5
+    publish_timeout_s: float = 10.0
+    rpc_timeout_s: float = 10.0
