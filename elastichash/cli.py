@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from elastichash.settings import IndexSettings
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -24,6 +26,58 @@ def _service(module: str) -> Handler:
         return rc or 0
 
     return run
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Standalone mode: the gateway app over an in-process pipeline and embedded index."""
+    import asyncio
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from aiohttp import web
+
+    from elastichash.folder import ingest_folder
+    from elastichash.standalone_commands import (
+        data_dir,
+        index_settings,
+        model_settings,
+        open_local,
+    )
+    from gateway.app import create_app
+    from gateway.config import GatewaySettings
+    from gateway.state import Components
+
+    settings = GatewaySettings(mode="standalone", host=args.host, port=args.port)
+    if args.api_keys:
+        settings.api_keys = list(args.api_keys)
+    settings.model = model_settings(args, settings.model)
+    settings.index = index_settings(args, IndexSettings(strategy=settings.index.strategy))
+    spool = data_dir(args) / "spool"
+    log = logging.getLogger("elastichash.serve")
+
+    @asynccontextmanager
+    async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
+        async with open_local(cfg.model, cfg.limits, cfg.index, spool) as local:
+            task = None
+            if args.images is not None:
+
+                async def index_folder() -> None:
+                    report = await ingest_folder(local.pipeline, local.index, args.images)
+                    log.info("folder %s: %s", args.images, report.summary())
+
+                task = asyncio.create_task(index_folder())
+            try:
+                yield Components(local.pipeline, local.index, "embedded")
+            finally:
+                if task is not None:
+                    task.cancel()
+
+    app = create_app(settings, components)
+    print(f"elastichash: serving http://{args.host}:{args.port}/ "
+          f"(data in {data_dir(args)})", file=sys.stderr, flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None,
+                shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from elastichash import standalone_commands
 
-    standalone_commands.register(sub)
+    standalone_commands.register(sub, serve=_serve)
 
     for name, module, help_text in (
         ("gateway", "gateway.app", "run the REST gateway (distributed mode)"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import numpy.typing as npt
@@ -167,14 +167,16 @@ def hamming_many(query: npt.ArrayLike | bytes, codes: npt.ArrayLike) -> npt.NDAr
         # 64-bit lanes: 4x fewer popcounts than bytewise.
         qw = np.ascontiguousarray(q).view(np.uint64)
         cw = np.ascontiguousarray(c).view(np.uint64)
-        return np.bitwise_count(cw ^ qw).sum(axis=1, dtype=np.int32)
-    return np.bitwise_count(c ^ q).sum(axis=1, dtype=np.int32)
+        out: npt.NDArray[np.int32] = np.bitwise_count(cw ^ qw).sum(axis=1, dtype=np.int32)
+        return out
+    out = np.bitwise_count(c ^ q).sum(axis=1, dtype=np.int32)
+    return out
 
 
 # --- multi-index hashing ------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def radius_masks(nbits: int = SUBCODE_BITS, radius: int = MIH_RADIUS) -> npt.NDArray[np.uint32]:
     """All XOR masks of weight <= ``radius`` on ``nbits`` bits, by weight then value.
 

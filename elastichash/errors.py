@@ -28,7 +28,9 @@ class ImageError(InvalidInput):
     """An image could not be used. ``reason`` is one of the REASONS below."""
 
     code = "bad_image"
-    REASONS = ("corrupt", "truncated", "unsupported_format", "too_many_pixels", "empty", "too_large")
+    REASONS = (
+        "corrupt", "truncated", "unsupported_format", "too_many_pixels", "empty", "too_large"
+    )
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -90,5 +92,5 @@ HTTP_STATUS: dict[type[ElasticHashError], int] = {
 def http_status(exc: ElasticHashError) -> int:
     for cls in type(exc).__mro__:
         if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]  # type: ignore[index]
+            return HTTP_STATUS[cls]
     return 500

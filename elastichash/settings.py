@@ -21,7 +21,9 @@ class ModelSettings(BaseModel):
     # None: the default model under the data dir, built on first use.
     path: Path | None = None
     # Ordered preference; intersected with what onnxruntime offers.
-    providers: list[str] = Field(default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    providers: list[str] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     # Fail at start-up instead of silently running on the CPU.
     require_gpu: bool = False
     intra_op_threads: int = 0  # 0: onnxruntime picks (one per physical core)
@@ -46,6 +48,10 @@ class IndexSettings(BaseModel):
     es_shards: int = 1
     es_replicas: int = 0
     es_refresh_interval: str = "1s"
+    # neighbours index: identical content for every retrieval index, so shared by default
+    es_nbs_index: str = "elastichash-nbs"
+    es_request_timeout_s: float = 30.0
+    es_bulk_max_retries: int = 3  # per item, on 429/502/503/504, capped exponential backoff
     # remote backend: the search service's base URL (distributed mode)
     search_url: str = "http://localhost:8081"
 

@@ -1,0 +1,59 @@
+"""The seam between the gateway and whatever encodes and indexes its images.
+
+Standalone mode plugs in :class:`elastichash.standalone.LocalPipeline` (asyncio queues in
+one process); distributed mode plugs in the gateway's AMQP pipeline (RabbitMQ). The gateway
+code above this seam is the same in both modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    id: str
+    data: bytes
+    source: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class QueryCode:
+    code: bytes  # 32 bytes
+    short: bytes  # 8 bytes
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    async def start(self) -> None:
+        """Connect, declare, start background tasks. Called once from the app's lifespan."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop intake, drain what is in flight within the grace period, close."""
+        ...
+
+    async def submit(self, items: Sequence[IngestItem]) -> None:
+        """Return only once every item is durably accepted (broker-confirmed in distributed
+        mode). Raise :class:`elastichash.errors.Unavailable` when that cannot be done; then
+        the caller answers 503 and the client retries (ids are deterministic)."""
+        ...
+
+    async def encode_query(self, data: bytes) -> QueryCode:
+        """Encode one query image now, never behind the ingest backlog. Raises
+        :class:`elastichash.errors.ImageError` for bad images, ``Unavailable`` on timeout."""
+        ...
+
+    def short_of(self, code: bytes) -> bytes:
+        """The short code the model selects from a long code (for raw-code searches)."""
+        ...
+
+    def model_info(self) -> dict[str, Any]:
+        """Name, fingerprint, code bits and short-bit source of the model in use."""
+        ...
+
+    async def ready(self) -> bool: ...

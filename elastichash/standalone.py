@@ -1,0 +1,259 @@
+"""Standalone mode: encoder and indexer in one process, joined by an asyncio queue.
+
+An accepted image is first written to a spool directory (fsync, then rename) so that a
+crash between the 202 and the index write loses nothing: on the next start the spool is
+replayed. The spool file is removed only after the index write (or failure record)
+succeeded, which is the in-process analogue of "ack after the side effect is durable".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from elastichash.errors import ElasticHashError, ImageError, Unavailable
+from elastichash.index.base import Document, Failure, Index
+from elastichash.model.encoder import Encoded, Encoder
+from elastichash.model.preprocess import make_thumbnail
+from elastichash.pipeline import IngestItem, QueryCode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Spooled:
+    item: IngestItem
+    path: Path | None
+
+
+class LocalPipeline:
+    """The ``Pipeline`` of standalone mode. Constructed without I/O; ``start()`` opens."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        index: Index,
+        spool_dir: Path | None,
+        *,
+        batch_size: int = 32,
+        batch_ms: float = 20.0,
+        queue_size: int = 4096,
+        max_pixels: int = 64_000_000,
+    ) -> None:
+        self._encoder = encoder
+        self._index = index
+        self._spool = spool_dir
+        self._batch_size = batch_size
+        self._batch_s = batch_ms / 1000
+        self._queue: asyncio.Queue[_Spooled] = asyncio.Queue(queue_size)
+        self._max_pixels = max_pixels
+        self._worker: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.counts = {"indexed": 0, "failed": 0, "retried": 0}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._inflight = 0
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._spool is not None:
+            self._spool.mkdir(parents=True, exist_ok=True)
+        self._worker = asyncio.create_task(self._run(), name="standalone-indexer")
+        replay = await asyncio.to_thread(self._read_spool)
+        if replay:
+            log.info("replaying %d spooled images from an earlier run", len(replay))
+        for sp in replay:
+            await self._put(sp)
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        self._stopping = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.drained(), grace_s)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        log.info("standalone pipeline stopped: %d indexed, %d failed, %d left in the spool",
+                 self.counts["indexed"], self.counts["failed"], self._queue.qsize())
+
+    async def drained(self) -> None:
+        """Wait until everything submitted so far is indexed or failed."""
+        while self._queue.qsize() or self._inflight:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def ready(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize() + self._inflight
+
+    # --- Pipeline protocol -------------------------------------------------------------
+
+    async def submit(self, items: Sequence[IngestItem]) -> None:
+        if self._stopping:
+            raise Unavailable("shutting down; not accepting new images")
+        spooled = await asyncio.to_thread(self._write_spool, list(items))
+        for sp in spooled:
+            await self._put(sp)
+
+    async def encode_query(self, data: bytes) -> QueryCode:
+        [result] = await self._encoder.aencode([data])
+        if isinstance(result, ImageError):
+            raise result
+        return QueryCode(result.code, result.short)
+
+    def short_of(self, code: bytes) -> bytes:
+        return self._encoder.short_of(code)
+
+    def model_info(self) -> dict[str, Any]:
+        spec = self._encoder.spec
+        return {"name": spec.name, "version": spec.version, "fingerprint": spec.sha256[:16],
+                "code_bits": spec.code_bits, "input_size": spec.input_size,
+                "providers": list(self._encoder.providers)}
+
+    # --- spool -------------------------------------------------------------------------
+
+    def _write_spool(self, items: list[IngestItem]) -> list[_Spooled]:
+        if self._spool is None:
+            return [_Spooled(it, None) for it in items]
+        out = []
+        for it in items:
+            final = self._spool / f"{it.id}.img"
+            tmp = final.with_suffix(".tmp")
+            meta = {"id": it.id, "source": it.source, "metadata": it.metadata,
+                    "content_type": it.content_type}
+            header = json.dumps(meta).encode()
+            with open(tmp, "wb") as fh:
+                fh.write(len(header).to_bytes(4, "big") + header + it.data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            out.append(_Spooled(it, final))
+        if out:
+            dfd = os.open(self._spool, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return out
+
+    def _read_spool(self) -> list[_Spooled]:
+        if self._spool is None:
+            return []
+        out = []
+        for path in sorted(self._spool.glob("*.img"), key=lambda p: p.stat().st_mtime):
+            try:
+                raw = path.read_bytes()
+                n = int.from_bytes(raw[:4], "big")
+                meta = json.loads(raw[4:4 + n])
+                item = IngestItem(meta["id"], raw[4 + n:], meta.get("source"),
+                                  meta.get("metadata") or {}, meta.get("content_type"))
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("dropping unreadable spool file %s: %s", path, exc)
+                path.unlink(missing_ok=True)
+                continue
+            out.append(_Spooled(item, path))
+        for tmp in self._spool.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)  # never acknowledged: the client got no 202
+        return out
+
+    # --- worker ------------------------------------------------------------------------
+
+    async def _put(self, sp: _Spooled) -> None:
+        self._idle.clear()
+        await self._queue.put(sp)
+
+    async def _next_batch(self) -> list[_Spooled]:
+        batch = [await self._queue.get()]
+        self._inflight += 1
+        deadline = time.monotonic() + self._batch_s
+        while len(batch) < self._batch_size:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                self._inflight += 1
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                await self._process(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("indexing a batch of %d failed; retrying it", len(batch))
+                self.counts["retried"] += len(batch)
+                await asyncio.sleep(1.0)
+                for sp in batch:
+                    self._queue.put_nowait(sp)
+            finally:
+                self._inflight -= len(batch)
+                if not self._queue.qsize() and not self._inflight:
+                    self._idle.set()
+
+    async def _process(self, batch: list[_Spooled]) -> None:
+        results = await self._encoder.aencode([sp.item.data for sp in batch])
+        docs: list[Document] = []
+        done: list[_Spooled] = []
+        failures: list[Failure] = []
+        thumbs = await asyncio.gather(*(
+            asyncio.to_thread(self._thumb, sp.item.data) for sp, r in zip(batch, results,
+                                                                          strict=True)
+            if isinstance(r, Encoded)))
+        t_iter = iter(thumbs)
+        now = time.time()
+        for sp, res in zip(batch, results, strict=True):
+            it = sp.item
+            if isinstance(res, ElasticHashError):
+                reason = getattr(res, "reason", res.code)
+                failures.append(Failure(it.id, reason, res.message, it.source, now))
+                done.append(sp)
+                continue
+            docs.append(Document(id=it.id, code=res.code, short=res.short, source=it.source,
+                                 metadata=it.metadata, thumbnail=next(t_iter)))
+        if docs:
+            written = await self._index.upsert(docs)
+            by_id = {sp.item.id: sp for sp in batch}
+            for wr in written:
+                if wr.ok:
+                    done.append(by_id[wr.id])
+                    self.counts["indexed"] += 1
+                elif wr.transient:
+                    self.counts["retried"] += 1
+                    self._queue.put_nowait(by_id[wr.id])
+                else:
+                    failures.append(Failure(wr.id, "index_error", wr.error or "write failed",
+                                            by_id[wr.id].item.source, now))
+                    done.append(by_id[wr.id])
+        if failures:
+            await self._index.record_failures(failures)
+            self.counts["failed"] += len(failures)
+        await asyncio.to_thread(self._unspool, done)
+
+    def _thumb(self, data: bytes) -> bytes | None:
+        try:
+            return make_thumbnail(data, max_pixels=self._max_pixels)
+        except ElasticHashError:
+            return None
+
+    @staticmethod
+    def _unspool(done: list[_Spooled]) -> None:
+        for sp in done:
+            if sp.path is not None:
+                sp.path.unlink(missing_ok=True)

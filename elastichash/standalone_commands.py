@@ -1,0 +1,161 @@
+"""Standalone subcommands: ``serve`` (wired in cli.py), ``index DIR`` and ``search IMAGE``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from elastichash.settings import ImageLimits, IndexSettings, ModelSettings, default_data_dir
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=None,
+                   help="data directory (index, spool, default model); "
+                        "default $ELASTICHASH_DATA or ~/.local/share/elastichash")
+    p.add_argument("--model", type=Path, default=None,
+                   help="ONNX model meeting the contract; default: the built-in model")
+    p.add_argument("--strategy", choices=["two_stage", "exact"], default=None,
+                   help="search strategy (default two_stage)")
+
+
+def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
+    p = sub.add_parser("serve", help="run the whole system in one process (standalone mode)")
+    add_common(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--images", type=Path, default=None,
+                   help="index this folder (recursively) at start, with a progress bar")
+    p.add_argument("--api-key", action="append", default=[], dest="api_keys",
+                   help="require this X-API-Key on write endpoints (repeatable)")
+    p.set_defaults(func=serve)
+
+    p = sub.add_parser("index", help="index a folder of images (one shot, no server)")
+    add_common(p)
+    p.add_argument("folder", type=Path)
+    p.set_defaults(func=run_index)
+
+    p = sub.add_parser("search", help="search the local index with an image (one shot)")
+    add_common(p)
+    p.add_argument("image", type=Path)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--max-distance", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_search)
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    path: Path = args.data or default_data_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_settings(args: argparse.Namespace, base: ModelSettings | None = None) -> ModelSettings:
+    from elastichash.model.default import ensure_default_model
+
+    settings = (base or ModelSettings()).model_copy()
+    if args.model is not None:
+        settings.path = args.model
+    if settings.path is None:
+        settings.path = ensure_default_model(data_dir(args) / "models" / "default.onnx")
+    return settings
+
+
+def index_settings(args: argparse.Namespace, base: IndexSettings | None = None) -> IndexSettings:
+    settings = (base or IndexSettings()).model_copy()
+    settings.backend = "embedded"
+    settings.data_dir = settings.data_dir or data_dir(args) / "index"
+    if args.strategy:
+        settings.strategy = args.strategy
+    return settings
+
+
+@dataclass
+class Local:
+    pipeline: Any  # LocalPipeline
+    index: Any  # EmbeddedIndex
+
+
+@asynccontextmanager
+async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: IndexSettings,
+                     spool: Path | None) -> AsyncIterator[Local]:
+    """Encoder + embedded index + in-process pipeline, opened and closed together."""
+    from elastichash.index.factory import make_index
+    from elastichash.model.encoder import Encoder
+    from elastichash.standalone import LocalPipeline
+
+    encoder = await asyncio.to_thread(Encoder.load, model, limits)
+    index = make_index(index_cfg)
+    await index.open()
+    try:
+        pipeline = LocalPipeline(encoder, index, spool, batch_size=model.batch_size,
+                                 max_pixels=limits.max_pixels)
+        await pipeline.start()
+        try:
+            yield Local(pipeline, index)
+        finally:
+            await pipeline.stop()
+    finally:
+        await index.close()
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from elastichash.folder import ingest_folder
+
+    if not args.folder.is_dir():
+        print(f"error: {args.folder} is not a folder", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        async with open_local(model_settings(args), ImageLimits(), index_settings(args),
+                              data_dir(args) / "spool") as local:
+            report = await ingest_folder(local.pipeline, local.index, args.folder)
+            print(report.summary())
+            return 0
+
+    return asyncio.run(go())
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from elastichash.index.factory import make_index
+    from elastichash.model.encoder import Encoder
+
+    try:
+        data = args.image.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {args.image}: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        encoder = await asyncio.to_thread(Encoder.load, model_settings(args), ImageLimits())
+        [enc] = await encoder.aencode([data])
+        if isinstance(enc, Exception):
+            print(f"error: {args.image}: {enc}", file=sys.stderr)
+            return 2
+        cfg = index_settings(args)
+        index = make_index(cfg)
+        await index.open()
+        try:
+            res = await index.search(enc.code, enc.short, k=args.k,
+                                     max_distance=args.max_distance, strategy=cfg.strategy)
+        finally:
+            await index.close()
+        if args.json:
+            print(json.dumps({"results": [{"id": h.id, "distance": h.distance,
+                                           "source": h.source} for h in res.hits],
+                              "total": res.total, "candidates": res.candidates,
+                              "took_ms": res.took_ms}))
+        else:
+            print(f"{len(res.hits)} of {res.total} results, {res.candidates} candidates, "
+                  f"{res.took_ms:.2f} ms ({res.strategy})")
+            for rank, h in enumerate(res.hits, 1):
+                print(f"{rank:4d}  {h.distance:3d}  {h.id}  {h.source or ''}")
+        return 0
+
+    return asyncio.run(go())

@@ -1,0 +1,1 @@
+"""The REST gateway: ingest, status, search and the web page."""

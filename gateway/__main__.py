@@ -1,0 +1,5 @@
+import sys
+
+from gateway.app import main
+
+sys.exit(main())

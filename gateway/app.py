@@ -1,0 +1,150 @@
+"""``create_app(settings)``: the gateway's aiohttp application, and ``main()``.
+
+The same app serves standalone and distributed mode; only the components factory differs
+(in-process pipeline and embedded index, or the AMQP pipeline and a remote index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from gateway import ingest, search
+from gateway.config import GatewaySettings
+from gateway.fetch import Fetcher
+from gateway.http import Metrics, make_middlewares
+from gateway.openapi import build_openapi
+from gateway.pending import PendingSet
+from gateway.state import (
+    COMPONENTS,
+    FETCHER,
+    METRICS,
+    PENDING,
+    SETTINGS,
+    Components,
+    ComponentsFactory,
+)
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+@asynccontextmanager
+async def distributed_components(settings: GatewaySettings) -> AsyncIterator[Components]:
+    """RabbitMQ for ingest and query encoding; the index through its configured backend."""
+    from elastichash.index.factory import make_index
+    from gateway.pipeline_amqp import AmqpPipeline
+
+    pipeline = AmqpPipeline(settings.amqp, settings.model)
+    index = make_index(settings.index)
+    await index.open()
+    try:
+        await pipeline.start()
+        try:
+            yield Components(pipeline=pipeline, index=index, backend=settings.index.backend)
+        finally:
+            await pipeline.stop()
+    finally:
+        await index.close()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    comp = request.app.get(COMPONENTS)
+    checks = {"pipeline": False, "index": False}
+    if comp is not None:
+        checks["pipeline"] = await comp.pipeline.ready()
+        checks["index"] = await comp.index.ready()
+    ok = all(checks.values())
+    return web.json_response({"status": "ready" if ok else "not_ready", "checks": checks},
+                             status=200 if ok else 503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi(), dumps=json.dumps)
+
+
+async def index_page(request: web.Request) -> web.StreamResponse:
+    page = STATIC_DIR / "index.html"
+    if not page.exists():
+        return web.Response(text="elastichash gateway: see /v1/openapi.json",
+                            content_type="text/plain")
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+def create_app(
+    settings: GatewaySettings, components: ComponentsFactory | None = None
+) -> web.Application:
+    """Build the app. No I/O here: the components open in the cleanup context."""
+    metrics = Metrics()
+    # Multipart bodies are streamed with their own caps; this bounds JSON and form bodies.
+    app = web.Application(middlewares=make_middlewares(metrics, settings.api_keys),
+                          client_max_size=8 * 1024 * 1024)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[PENDING] = PendingSet(settings.pending_capacity)
+    factory = components or distributed_components
+
+    async def lifespan(app: web.Application) -> AsyncIterator[None]:
+        fetcher = Fetcher(settings.fetch)
+        await fetcher.open()
+        app[FETCHER] = fetcher
+        try:
+            async with factory(settings) as comp:
+                app[COMPONENTS] = comp
+                yield
+        finally:
+            await fetcher.close()
+
+    app.cleanup_ctx.append(lifespan)
+    app.router.add_get("/", index_page)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_post("/v1/images", ingest.post_images)
+    app.router.add_get("/v1/images/{id}", ingest.get_image)
+    app.router.add_delete("/v1/images/{id}", ingest.delete_image)
+    app.router.add_get("/v1/images/{id}/thumbnail", ingest.get_thumbnail)
+    app.router.add_get("/v1/failures", ingest.get_failures)
+    app.router.add_post("/v1/search", search.post_search)
+    app.router.add_get("/v1/stats", search.get_stats)
+    if STATIC_DIR.is_dir():
+        app.router.add_static("/static", STATIC_DIR, follow_symlinks=False)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="elastichash gateway",
+                                     description="REST gateway (distributed mode); "
+                                                 "configured by EH_GATEWAY_* variables")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    args = parser.parse_args(argv)
+    settings = GatewaySettings()
+    if args.host:
+        settings.host = args.host
+    if args.port:
+        settings.port = args.port
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
+    return 0

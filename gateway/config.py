@@ -1,0 +1,49 @@
+"""Gateway settings: env prefix ``EH_GATEWAY_``, nested groups with ``__``."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from elastichash.settings import AmqpSettings, ImageLimits, IndexSettings, ModelSettings
+
+
+class FetchSettings(BaseModel):
+    """Server-side URL fetching (ingest by URL, search by URL)."""
+
+    timeout_s: float = 10.0
+    max_bytes: int = 32 * 1024 * 1024
+    max_redirects: int = 5
+    # Private, loopback and link-local targets are refused; networks listed here are let
+    # through (for a trusted intranet, or tests that serve images on 127.0.0.1).
+    allow_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+    user_agent: str = "elastichash/0.1 (+image similarity search)"
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EH_GATEWAY_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    mode: Literal["standalone", "distributed"] = "distributed"
+    # Empty: write endpoints are open. Otherwise X-API-Key must be one of these.
+    api_keys: list[str] = Field(default_factory=list)
+    # Whole multipart request cap, checked against Content-Length before reading.
+    max_request_bytes: int = 512 * 1024 * 1024
+    max_files_per_request: int = 1000
+    max_urls_per_request: int = 1000
+    default_k: int = 24
+    # Ids the gateway remembers as queued until indexed or failed (bounded memory).
+    pending_capacity: int = 200_000
+    shutdown_timeout_s: float = 30.0
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    limits: ImageLimits = Field(default_factory=ImageLimits)
+    index: IndexSettings = Field(default_factory=lambda: IndexSettings(backend="remote"))
+    amqp: AmqpSettings = Field(default_factory=AmqpSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)

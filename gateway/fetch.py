@@ -1,0 +1,154 @@
+"""Fetch images from user-given URLs without becoming a proxy into the private network.
+
+Every hop is checked: the literal host of each URL (redirects are followed by hand, so each
+``Location`` is checked before it is requested) and every address a name resolves to (a
+resolver that refuses forbidden addresses, so a DNS answer cannot smuggle in a private
+target, and the connection goes to the address that was checked). Time and size are capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from elastichash.errors import ForbiddenTarget, InvalidInput, PayloadTooLarge, Unavailable
+from gateway.config import FetchSettings
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def is_forbidden(addr: IPAddress, settings: FetchSettings) -> bool:
+    if any(addr in net for net in settings.allow_networks):
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return is_forbidden(addr.ipv4_mapped, settings)
+    return (
+        addr.is_private
+        or addr.is_loopback
+        or addr.is_link_local
+        or addr.is_multicast
+        or addr.is_reserved
+        or addr.is_unspecified
+        or not addr.is_global
+    )
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves names and refuses the answer if any address is forbidden."""
+
+    def __init__(self, settings: FetchSettings) -> None:
+        self._inner = DefaultResolver()
+        self._settings = settings
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for r in results:
+            if is_forbidden(ipaddress.ip_address(r["host"]), self._settings):
+                raise ForbiddenTarget(f"{host} resolves to a forbidden address {r['host']}")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def check_url(url: str, settings: FetchSettings) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise InvalidInput(f"only http and https URLs can be fetched, not {parts.scheme!r}",
+                           field="url")
+    host = parts.hostname
+    if not host:
+        raise InvalidInput("URL has no host", field="url")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
+            ".localhost"
+        ):
+            # Named loopback: refused unless loopback is explicitly allowed.
+            addr = ipaddress.ip_address("127.0.0.1")
+        else:
+            return url
+    if is_forbidden(addr, settings):
+        raise ForbiddenTarget(f"refusing to fetch from {host}: private, loopback or "
+                              "link-local address")
+    return url
+
+
+class Fetcher:
+    """One shared client session; constructed without I/O, opened in the app lifespan."""
+
+    def __init__(self, settings: FetchSettings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._settings), limit=32)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"User-Agent": self._settings.user_agent},
+            timeout=aiohttp.ClientTimeout(total=self._settings.timeout_s),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def fetch(self, url: str) -> bytes:
+        assert self._session is not None, "Fetcher.open() was not called"
+        current = check_url(url, self._settings)
+        try:
+            async with asyncio.timeout(self._settings.timeout_s):
+                for _ in range(self._settings.max_redirects + 1):
+                    async with self._session.get(current, allow_redirects=False) as resp:
+                        if resp.status in (301, 302, 303, 307, 308):
+                            location = resp.headers.get("Location")
+                            if not location:
+                                raise InvalidInput(f"redirect without Location from {current}",
+                                                   field="url")
+                            current = check_url(urljoin(current, location), self._settings)
+                            continue
+                        if resp.status != 200:
+                            raise InvalidInput(f"fetching {current} gave HTTP {resp.status}",
+                                               field="url")
+                        return await self._read_capped(resp)
+                raise InvalidInput(f"too many redirects fetching {url}", field="url")
+        except TimeoutError:
+            raise InvalidInput(
+                f"fetching {url} took longer than {self._settings.timeout_s:g} s", field="url"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            cause: Any = exc.__cause__ or exc.os_error
+            if isinstance(cause, ForbiddenTarget):
+                raise cause from None
+            raise InvalidInput(f"cannot connect to {url}: {exc.os_error}", field="url") from None
+        except ForbiddenTarget:
+            raise
+        except aiohttp.ClientError as exc:
+            raise InvalidInput(f"fetching {url} failed: {exc}", field="url") from None
+        except OSError as exc:  # pragma: no cover - defensive
+            raise Unavailable(f"fetching {url} failed: {exc}") from None
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        cap = self._settings.max_bytes
+        declared = resp.content_length
+        if declared is not None and declared > cap:
+            raise PayloadTooLarge(f"remote image is {declared} bytes; the limit is {cap}")
+        buf = bytearray()
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            buf += chunk
+            if len(buf) > cap:
+                raise PayloadTooLarge(f"remote image exceeds the limit of {cap} bytes")
+        return bytes(buf)

@@ -1,0 +1,252 @@
+"""Ingest, status, delete, thumbnail and failure endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from elastichash.errors import (
+    ElasticHashError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+)
+from elastichash.ids import check_id, content_id
+from elastichash.pipeline import IngestItem
+from gateway.http import error_response, json_model, read_json
+from gateway.schemas import (
+    AcceptedImage,
+    FailureOut,
+    FailuresResponse,
+    ImageStatus,
+    IngestResponse,
+    IngestUrlsRequest,
+    ItemError,
+)
+from gateway.state import COMPONENTS, FETCHER, METRICS, PENDING, SETTINGS
+from gateway.validate import check_image_bytes
+
+log = logging.getLogger(__name__)
+
+# Files are handed to the pipeline in groups, so a 1,000-file upload never sits in memory whole.
+SUBMIT_GROUP_FILES = 32
+SUBMIT_GROUP_BYTES = 64 * 1024 * 1024
+FETCH_CONCURRENCY = 8
+
+
+def thumbnail_url(image_id: str, external: str | None) -> str:
+    return external or f"/v1/images/{image_id}/thumbnail"
+
+
+async def _read_part_capped(part: BodyPartReader, cap: int) -> bytes | None:
+    """The part's bytes, or None (after discarding the rest) when it exceeds ``cap``."""
+    buf = bytearray()
+    while chunk := await part.read_chunk(256 * 1024):
+        buf += chunk
+        if len(buf) > cap:
+            while await part.read_chunk(256 * 1024):
+                pass
+            return None
+    return bytes(buf)
+
+
+class _Batch:
+    """Collects accepted items and errors; flushes to the pipeline in bounded groups."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.app = request.app
+        self.items: list[IngestItem] = []
+        self.nbytes = 0
+        self.accepted: list[AcceptedImage] = []
+        self.errors: list[ItemError] = []
+
+    def error(self, exc: ElasticHashError, *, filename: str | None = None,
+              url: str | None = None) -> None:
+        self.app[METRICS].rejected.labels(exc.code).inc()
+        self.errors.append(ItemError(filename=filename, url=url, code=exc.code,
+                                     message=exc.message))
+
+    async def add(self, data: bytes, *, given_id: str | None, source: str | None,
+                  filename: str | None = None, url: str | None = None) -> None:
+        settings = self.app[SETTINGS]
+        try:
+            content_type = check_image_bytes(data, settings.limits.max_pixels)
+            image_id = check_id(given_id) if given_id else content_id(data)
+        except ElasticHashError as exc:
+            self.error(exc, filename=filename, url=url)
+            return
+        metadata: dict[str, Any] = {}
+        if filename:
+            metadata["filename"] = filename
+        self.items.append(IngestItem(image_id, data, source, metadata, content_type))
+        self.nbytes += len(data)
+        self.accepted.append(AcceptedImage(id=image_id, filename=filename, url=url,
+                                           status_url=f"/v1/images/{image_id}"))
+        if len(self.items) >= SUBMIT_GROUP_FILES or self.nbytes >= SUBMIT_GROUP_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.items:
+            return
+        items, self.items, self.nbytes = self.items, [], 0
+        await self.app[COMPONENTS].pipeline.submit(items)
+        pending = self.app[PENDING]
+        for it in items:
+            pending.add(it.id, it.source)
+        self.app[METRICS].ingested.inc(len(items))
+
+    def response(self) -> web.Response:
+        body = IngestResponse(images=self.accepted, errors=self.errors)
+        if self.accepted or not self.errors:
+            return json_model(body, status=202)
+        codes = {e.code for e in self.errors}
+        first = self.errors[0]
+        status = 400
+        if len(codes) == 1:
+            status = {"payload_too_large": 413, "unsupported_media_type": 415,
+                      "bad_image": 422}.get(first.code, 400)
+        return error_response(status, first.code if len(codes) == 1 else "invalid_input",
+                              f"no image accepted: {first.message}",
+                              errors=[e.model_dump() for e in self.errors])
+
+
+async def post_images(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    batch = _Batch(request)
+    if request.content_type == "multipart/form-data":
+        declared = request.content_length
+        if declared is not None and declared > settings.max_request_bytes:
+            raise PayloadTooLarge(
+                f"request is {declared} bytes; the limit is {settings.max_request_bytes}")
+        await _multipart_ingest(request, batch)
+    elif request.content_type == "application/json":
+        if (request.content_length or 0) > 4 * 1024 * 1024:
+            raise PayloadTooLarge("JSON body over 4 MiB")
+        body = IngestUrlsRequest.model_validate(await read_json(request))
+        pairs: list[tuple[str, str | None]] = [(str(u), None) for u in body.urls or []]
+        pairs += [(str(i.url), i.id) for i in body.items or []]
+        if len(pairs) > settings.max_urls_per_request:
+            raise InvalidInput(f"at most {settings.max_urls_per_request} URLs per request",
+                               field="urls")
+        await _url_ingest(request, batch, pairs)
+    else:
+        raise InvalidInput("send multipart/form-data with 'file' parts, or JSON with 'urls'")
+    await batch.flush()
+    return batch.response()
+
+
+async def _multipart_ingest(request: web.Request, batch: _Batch) -> None:
+    settings = request.app[SETTINGS]
+    reader = await request.multipart()
+    given_id: str | None = None
+    source: str | None = None
+    files = 0
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            raise InvalidInput("nested multipart bodies are not accepted")
+        if part.name == "file":
+            files += 1
+            if files > settings.max_files_per_request:
+                raise InvalidInput(
+                    f"at most {settings.max_files_per_request} files per request", field="file")
+            filename = part.filename or f"file-{files}"
+            data = await _read_part_capped(part, settings.limits.max_bytes)
+            if data is None:
+                batch.error(PayloadTooLarge(
+                    f"{filename} is over the {settings.limits.max_bytes}-byte limit"),
+                    filename=filename)
+                continue
+            await batch.add(data, given_id=given_id, source=source or filename,
+                            filename=filename)
+            given_id = None
+        elif part.name in ("id", "source"):
+            value = (await part.read_chunk(4096)).decode("utf-8", "replace").strip()
+            if part.name == "id":
+                given_id = value or None
+            else:
+                source = value or None
+        else:
+            raise InvalidInput(f"unknown form field {part.name!r}", field=part.name)
+    if files == 0:
+        raise InvalidInput("no 'file' part in the upload", field="file")
+
+
+async def _url_ingest(request: web.Request, batch: _Batch,
+                      pairs: list[tuple[str, str | None]]) -> None:
+    fetcher = request.app[FETCHER]
+    sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+    async def one(url: str) -> bytes | ElasticHashError:
+        async with sem:
+            try:
+                return await fetcher.fetch(url)
+            except ElasticHashError as exc:
+                return exc
+
+    fetched = await asyncio.gather(*(one(u) for u, _ in pairs))
+    for (url, given), got in zip(pairs, fetched, strict=True):
+        if isinstance(got, ElasticHashError):
+            batch.error(got, url=url)
+        else:
+            await batch.add(got, given_id=given, source=url, url=url)
+
+
+async def get_image(request: web.Request) -> web.Response:
+    image_id = check_id(request.match_info["id"])
+    comp = request.app[COMPONENTS]
+    pending = request.app[PENDING]
+    doc = await comp.index.get(image_id)
+    if doc is not None:
+        pending.discard(image_id)
+        return json_model(ImageStatus(
+            id=image_id, status="indexed", source=doc.source,
+            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata))
+    failure = await comp.index.get_failure(image_id)
+    if failure is not None:
+        pending.discard(image_id)
+        return json_model(ImageStatus(id=image_id, status="failed", reason=failure.reason,
+                                      message=failure.message, source=failure.source))
+    if image_id in pending:
+        return json_model(ImageStatus(id=image_id, status="queued",
+                                      source=pending.source(image_id)))
+    raise NotFound(f"no image with id {image_id}")
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    image_id = check_id(request.match_info["id"])
+    request.app[PENDING].discard(image_id)
+    [result] = await request.app[COMPONENTS].index.delete([image_id])
+    if not result.ok:
+        if result.error == "not_found":
+            raise NotFound(f"no image with id {image_id}")
+        raise InvalidInput(f"could not delete {image_id}: {result.error}")
+    return web.Response(status=204)
+
+
+async def get_thumbnail(request: web.Request) -> web.StreamResponse:
+    image_id = check_id(request.match_info["id"])
+    doc = await request.app[COMPONENTS].index.get(image_id)
+    if doc is None:
+        raise NotFound(f"no image with id {image_id}")
+    if doc.thumbnail:
+        return web.Response(body=doc.thumbnail, content_type="image/jpeg",
+                            headers={"Cache-Control": "public, max-age=86400, immutable"})
+    if doc.thumbnail_url:
+        raise web.HTTPFound(doc.thumbnail_url)
+    raise NotFound(f"image {image_id} has no thumbnail")
+
+
+async def get_failures(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        raise InvalidInput("limit must be an integer", field="limit") from None
+    if not 1 <= limit <= 1000:
+        raise InvalidInput("limit must be between 1 and 1000", field="limit")
+    failures = await request.app[COMPONENTS].index.recent_failures(limit)
+    return json_model(FailuresResponse(failures=[
+        FailureOut(id=f.id, reason=f.reason, message=f.message, source=f.source, at=f.at)
+        for f in failures]))

@@ -1,0 +1,122 @@
+"""Search by uploaded image, URL, stored id or raw code; and index stats."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import BodyPartReader, web
+
+from elastichash import codes
+from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
+from elastichash.ids import check_id
+from elastichash.pipeline import QueryCode
+from gateway.http import json_model, read_json
+from gateway.schemas import (
+    QueryInfo,
+    ResultItem,
+    SearchParams,
+    SearchRequest,
+    SearchResponse,
+    StatsResponse,
+)
+from gateway.state import COMPONENTS, FETCHER, PENDING, SETTINGS
+from gateway.validate import check_image_bytes
+
+
+async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
+    limits = request.app[SETTINGS].limits
+    reader = await request.multipart()
+    data: bytes | None = None
+    fields: dict[str, str] = {}
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            raise InvalidInput("nested multipart bodies are not accepted")
+        if part.name == "file":
+            buf = bytearray()
+            while chunk := await part.read_chunk(256 * 1024):
+                buf += chunk
+                if len(buf) > limits.max_bytes:
+                    raise PayloadTooLarge(
+                        f"query image is over the {limits.max_bytes}-byte limit")
+            data = bytes(buf)
+        elif part.name in SearchParams.model_fields:
+            value = (await part.read_chunk(256)).decode("utf-8", "replace").strip()
+            if value:
+                fields[part.name] = value
+        else:
+            raise InvalidInput(f"unknown form field {part.name!r}", field=part.name)
+    if data is None:
+        raise InvalidInput("no 'file' part in the search upload", field="file")
+    return data, SearchParams.model_validate(fields)
+
+
+async def _encode(request: web.Request, data: bytes) -> QueryCode:
+    check_image_bytes(data, request.app[SETTINGS].limits.max_pixels)
+    return await request.app[COMPONENTS].pipeline.encode_query(data)
+
+
+async def post_search(request: web.Request) -> web.Response:
+    start = time.perf_counter()
+    comp = request.app[COMPONENTS]
+    settings = request.app[SETTINGS]
+    query_id: str | None = None
+    if request.content_type == "multipart/form-data":
+        data, params = await _multipart_query(request)
+        query = await _encode(request, data)
+    elif request.content_type == "application/json":
+        body = SearchRequest.model_validate(await read_json(request))
+        params = SearchParams(k=body.k, max_distance=body.max_distance, offset=body.offset,
+                              strategy=body.strategy)
+        if body.id is not None:
+            query_id = check_id(body.id)
+            doc = await comp.index.get(query_id)
+            if doc is None:
+                raise NotFound(f"no image with id {query_id}", field="id")
+            query = QueryCode(doc.code, doc.short)
+        elif body.code is not None:
+            try:
+                code = codes.from_hex(body.code, codes.LONG_BITS)
+            except codes.CodeError as exc:
+                raise InvalidInput(str(exc), field="code") from None
+            if body.short is not None:
+                try:
+                    short = codes.from_hex(body.short, codes.SHORT_BITS)
+                except codes.CodeError as exc:
+                    raise InvalidInput(str(exc), field="short") from None
+            else:
+                short = comp.pipeline.short_of(code)
+            query = QueryCode(code, short)
+        else:
+            data = await request.app[FETCHER].fetch(str(body.url))
+            query = await _encode(request, data)
+    else:
+        raise InvalidInput("send JSON (url, id or code) or multipart/form-data with a 'file'")
+
+    strategy = params.strategy or settings.index.strategy
+    result = await comp.index.search(
+        query.code, query.short, k=params.k, max_distance=params.max_distance,
+        offset=params.offset, strategy=strategy)
+    end = params.offset + len(result.hits)
+    return json_model(SearchResponse(
+        results=[ResultItem(id=h.id, distance=h.distance, source=h.source,
+                            thumbnail_url=h.thumbnail_url or f"/v1/images/{h.id}/thumbnail",
+                            metadata=h.metadata) for h in result.hits],
+        total=result.total, candidates=result.candidates,
+        took_ms=round((time.perf_counter() - start) * 1000, 3), strategy=result.strategy,
+        k=params.k, offset=params.offset,
+        next_offset=end if result.hits and end < result.total else None,
+        query=QueryInfo(id=query_id, code=codes.to_hex(query.code))))
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    comp = request.app[COMPONENTS]
+    settings = request.app[SETTINGS]
+    stats = await comp.index.stats()
+    return json_model(StatsResponse(
+        count=await comp.index.count(), model=comp.pipeline.model_info(),
+        backend=comp.backend, strategy=settings.index.strategy, mode=settings.mode,
+        queued=len(request.app[PENDING]), index=_jsonable(stats)))
+
+
+def _jsonable(stats: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool, type(None)))}

@@ -1,0 +1,43 @@
+"""Cheap checks on uploaded bytes before they are queued: the expensive decode happens in
+the encoder, but what can be refused from the header is refused at the door."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from elastichash.errors import ImageError, UnsupportedMediaType
+from elastichash.model.preprocess import sniff_format
+
+CONTENT_TYPES = {
+    "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
+    "bmp": "image/bmp", "tiff": "image/tiff",
+}
+
+
+def check_image_bytes(data: bytes, max_pixels: int) -> str:
+    """Return the sniffed content type, or raise why the bytes cannot be an image we take."""
+    if not data:
+        raise ImageError("empty", "the file is empty")
+    fmt = sniff_format(data)
+    if fmt is None or fmt not in CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            "not an image in an accepted format (JPEG, PNG, GIF, WebP, BMP, TIFF)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:
+        raise ImageError("too_many_pixels", "image has too many pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError("corrupt", f"image header cannot be read: {exc}") from None
+    if width <= 0 or height <= 0:
+        raise ImageError("empty", "image has zero width or height")
+    if width * height > max_pixels:
+        raise ImageError("too_many_pixels",
+                         f"image is {width}x{height} = {width * height} pixels; "
+                         f"the limit is {max_pixels}")
+    return CONTENT_TYPES[fmt]

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Make sure what the tests talk to is there: a RabbitMQ answering on 127.0.0.1:5672 and
+# Debian's Chromium for the browser tests. Installs and starts them when missing.
+set -euo pipefail
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
+apt_updated=0
+apt_install() {
+  if [[ $apt_updated -eq 0 ]]; then
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! port_open 5672; then
+  if ! command -v rabbitmq-server >/dev/null; then
+    echo "installing rabbitmq-server" >&2
+    apt_install rabbitmq-server
+  fi
+  echo "starting rabbitmq-server" >&2
+  $SUDO rabbitmq-server -detached || true
+  for _ in $(seq 1 120); do
+    port_open 5672 && break
+    sleep 1
+  done
+  port_open 5672 || { echo "error: RabbitMQ did not come up on 5672" >&2; exit 1; }
+  # The port opens before the node accepts logins; wait for the app to be running.
+  ${SUDO} rabbitmqctl await_startup >/dev/null 2>&1 || true
+fi
+
+if [[ ! -x /usr/bin/chromium ]]; then
+  echo "installing chromium" >&2
+  apt_install chromium
+fi
