@@ -1,0 +1,128 @@
+"""Idempotent creation of everything the backend needs on a cluster.
+
+Each step reads first and writes only what is missing or different, so a second bootstrap
+issues no writes; concurrent bootstraps race safely (creation conflicts are accepted).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
+
+from elastichash.errors import ElasticHashError
+from elastichash.index.es.bulk import BulkPolicy, run_bulk
+from elastichash.index.es.mapping import (
+    FAILURES_MAPPING,
+    Names,
+    failures_settings,
+    has_dense_bit,
+    retrieval_mapping,
+    retrieval_settings,
+)
+from elastichash.index.es.neighbours import NBS_DOCS, NBS_MAPPING, nbs_actions, nbs_settings
+from elastichash.index.es.script import HAMMING_SCRIPT_ID, HAMMING_SCRIPT_SOURCE, stored_script_body
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Layout:
+    shards: int = 1
+    replicas: int = 0
+    refresh_interval: str = "1s"
+
+
+async def _create(client: AsyncElasticsearch, index: str, **body: Any) -> bool:
+    """Create an index; False when it already exists (a concurrent bootstrap won)."""
+    try:
+        await client.indices.create(index=index, **body)
+    except BadRequestError as exc:
+        if exc.error == "resource_already_exists_exception":
+            return False
+        raise
+    log.info("created index %s", index)
+    return True
+
+
+async def ensure_script(client: AsyncElasticsearch) -> None:
+    try:
+        current = await client.get_script(id=HAMMING_SCRIPT_ID)
+        if current.get("script", {}).get("source") == HAMMING_SCRIPT_SOURCE:
+            return
+    except NotFoundError:
+        pass
+    await client.put_script(id=HAMMING_SCRIPT_ID, **stored_script_body())  # type: ignore[arg-type]
+    log.info("stored script %s", HAMMING_SCRIPT_ID)
+
+
+async def _nbs_complete(client: AsyncElasticsearch, index: str) -> tuple[bool, bool]:
+    """(write-blocked, holds all 65,536 documents)."""
+    settings = await client.indices.get_settings(index=index)
+    blocked = any(
+        str(body.get("settings", {}).get("index", {}).get("blocks", {}).get("write")) == "true"
+        for body in settings.values()
+    )
+    count = (await client.count(index=index))["count"]
+    return blocked, count == NBS_DOCS
+
+
+async def ensure_nbs(client: AsyncElasticsearch, index: str, policy: BulkPolicy) -> None:
+    if await client.indices.exists(index=index):
+        # Built indices were refreshed before being blocked, so the count is final.
+        blocked, complete = await _nbs_complete(client, index)
+        if blocked and complete:
+            return
+        if blocked:  # an earlier build was cut short after blocking: unblock and finish it
+            await client.indices.put_settings(index=index, settings={"index.blocks.write": False})
+    else:
+        await _create(client, index, mappings=NBS_MAPPING, settings=nbs_settings())
+    log.info("building neighbours index %s (%d documents)", index, NBS_DOCS)
+    bulk_policy = BulkPolicy(
+        max_retries=policy.max_retries,
+        initial_backoff_s=policy.initial_backoff_s,
+        max_backoff_s=policy.max_backoff_s,
+        chunk_size=4096,
+    )
+    results = await run_bulk(client, list(nbs_actions(index)), bulk_policy)
+    failed = [r for r in results.values() if not r.ok]
+    if failed:
+        raise ElasticHashError(
+            f"neighbours index {index}: {len(failed)} documents failed, first: {failed[0].error}"
+        )
+    await client.indices.refresh(index=index)
+    await client.indices.put_settings(index=index, settings={"index.blocks.write": True})
+    log.info("neighbours index %s built and write-blocked", index)
+
+
+async def ensure_retrieval(
+    client: AsyncElasticsearch, names: Names, layout: Layout, dense_bit: bool
+) -> bool:
+    """Create the retrieval index behind its alias; return whether it maps the bit vector."""
+    if not await client.indices.exists_alias(name=names.alias):
+        if await client.indices.exists(index=names.alias):
+            raise ElasticHashError(
+                f"{names.alias} is a concrete index, not an alias; reindex it into "
+                f"{names.concrete} and put the alias {names.alias} in front of it"
+            )
+        await _create(
+            client,
+            names.concrete,
+            mappings=retrieval_mapping(dense_bit),
+            settings=retrieval_settings(layout.shards, layout.replicas, layout.refresh_interval),
+            aliases={names.alias: {"is_write_index": True}},
+        )
+    mapping = await client.indices.get_mapping(index=names.alias)
+    return has_dense_bit(dict(mapping))
+
+
+async def ensure_failures(client: AsyncElasticsearch, names: Names, layout: Layout) -> None:
+    if not await client.indices.exists(index=names.failures):
+        await _create(
+            client,
+            names.failures,
+            mappings=FAILURES_MAPPING,
+            settings=failures_settings(layout.replicas),
+        )

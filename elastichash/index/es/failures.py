@@ -1,0 +1,89 @@
+"""Failure records in their own index: ``_id`` is the image id, so a newer one replaces it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from elasticsearch import AsyncElasticsearch, NotFoundError
+
+from elastichash.errors import Unavailable
+from elastichash.index.base import Failure, WriteResult
+from elastichash.index.es.bulk import BulkPolicy, run_bulk
+from elastichash.index.es.mapping import ID_FIELD
+
+
+class FailureStore:
+    def __init__(self, client: AsyncElasticsearch, index: str, policy: BulkPolicy) -> None:
+        self._client = client
+        self._index = index
+        self._policy = policy
+
+    async def record(self, failures: Sequence[Failure]) -> None:
+        latest = {f.id: f for f in failures}
+        actions = [
+            {
+                "_op_type": "index",
+                "_index": self._index,
+                "_id": f.id,
+                "_source": {
+                    ID_FIELD: f.id,
+                    "reason": f.reason,
+                    "message": f.message,
+                    "source": f.source,
+                    "at": f.at,
+                },
+            }
+            for f in latest.values()
+        ]
+        if not actions:
+            return
+        results = await run_bulk(self._client, actions, self._policy)
+        bad = [r for r in results.values() if not r.ok]
+        if bad:
+            raise Unavailable(f"{len(bad)} failure records not written: {bad[0].error}")
+
+    async def clear(self, ids: Sequence[str]) -> dict[str, WriteResult]:
+        """Delete the records of ``ids`` (now indexed). A missing record is fine; a record that
+        could not be deleted turns the id's result into a transient failure, so the write is
+        retried (idempotently) and the stale record does not outlive it."""
+        if not ids:
+            return {}
+        actions = [{"_op_type": "delete", "_index": self._index, "_id": i} for i in ids]
+        results = await run_bulk(self._client, actions, self._policy)
+        out: dict[str, WriteResult] = {}
+        for doc_id, r in results.items():
+            if not r.ok and r.error != "not_found":
+                out[doc_id] = WriteResult(
+                    id=doc_id,
+                    ok=False,
+                    error=f"indexed, but its failure record was not removed: {r.error}",
+                    transient=True,
+                )
+        return out
+
+    async def get(self, doc_id: str) -> Failure | None:
+        try:
+            resp = await self._client.get(index=self._index, id=doc_id)
+        except NotFoundError:
+            return None
+        return _failure(resp["_source"])
+
+    async def recent(self, limit: int = 50) -> list[Failure]:
+        resp = await self._client.search(
+            index=self._index,
+            query={"match_all": {}},
+            sort=[{"at": {"order": "desc"}}, {ID_FIELD: {"order": "asc"}}],
+            size=max(0, min(limit, 1000)),
+        )
+        return [_failure(h["_source"]) for h in resp["hits"]["hits"]]
+
+
+def _failure(src: dict[str, object]) -> Failure:
+    at = src.get("at")
+    return Failure(
+        id=str(src[ID_FIELD]),
+        reason=str(src["reason"]),
+        message=str(src.get("message") or ""),
+        source=None if src.get("source") is None else str(src["source"]),
+        at=float(at) if isinstance(at, (int, float)) else 0.0,
+    )

@@ -1,0 +1,107 @@
+"""Index names, mappings and settings of the retrieval and failures indices.
+
+Typeless mappings (no ``_doc`` level) so they apply on Elasticsearch 8 and 9; ``dynamic:
+strict`` so a stray field is an error instead of a silent mapping explosion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from elastichash.codes import LONG_BITS, NUM_SUBCODES, NUM_WORDS
+from elastichash.index.es.script import DENSE_BIT_FIELD
+
+RETRIEVAL_VERSION = 1
+ID_FIELD = "id"
+SUBCODE_FIELDS = tuple(f"f{i}" for i in range(NUM_SUBCODES))
+WORD_FIELDS = tuple(f"r{i}" for i in range(NUM_WORDS))
+# Returned with hits; codes and thumbnails stay out of search responses.
+HIT_SOURCE_FIELDS = ["source", "thumbnail_url", "metadata"]
+DENSE_BIT_MIN_VERSION = (8, 15)
+
+_STORED_ONLY: dict[str, Any] = {"type": "keyword", "index": False, "doc_values": False}
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every name the backend touches, derived from one base name."""
+
+    alias: str  # what reads and writes go to
+    nbs: str  # neighbours index, shared by all retrieval indices on the cluster
+    failures: str
+
+    @property
+    def concrete(self) -> str:
+        return f"{self.alias}-v{RETRIEVAL_VERSION}"
+
+    @classmethod
+    def from_base(cls, base: str, nbs: str | None = None) -> Names:
+        return cls(alias=base, nbs=nbs or "elastichash-nbs", failures=f"{base}-failures")
+
+
+def retrieval_mapping(dense_bit: bool) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        # Sort key for ties (sorting on _id needs fielddata, off by default in 8.x).
+        ID_FIELD: {"type": "keyword"},
+        # Matched by the terms lookup only: no doc values needed.
+        **{f: {"type": "keyword", "doc_values": False} for f in SUBCODE_FIELDS},
+        # Read by the script through doc values only: no inverted index needed.
+        **{r: {"type": "long", "index": False} for r in WORD_FIELDS},
+        "source": _STORED_ONLY,
+        "thumbnail_url": _STORED_ONLY,
+        "metadata": {"type": "object", "enabled": False},
+        "thumbnail": {"type": "binary"},
+    }
+    if dense_bit:
+        # Scored by script_score's hamming(); no HNSW graph to build (index: false).
+        props[DENSE_BIT_FIELD] = {
+            "type": "dense_vector",
+            "element_type": "bit",
+            "dims": LONG_BITS,
+            "index": False,
+        }
+    return {"dynamic": "strict", "properties": props}
+
+
+def retrieval_settings(shards: int, replicas: int, refresh_interval: str) -> dict[str, Any]:
+    return {
+        "index": {
+            "number_of_shards": shards,
+            "number_of_replicas": replicas,
+            "refresh_interval": refresh_interval,
+        }
+    }
+
+
+FAILURES_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        ID_FIELD: {"type": "keyword"},
+        "reason": {"type": "keyword"},
+        "message": _STORED_ONLY,
+        "source": _STORED_ONLY,
+        "at": {"type": "double"},
+    },
+}
+
+
+def failures_settings(replicas: int) -> dict[str, Any]:
+    return {"index": {"number_of_shards": 1, "number_of_replicas": replicas}}
+
+
+def parse_version(number: str) -> tuple[int, int]:
+    parts = number.split("-")[0].split(".")
+    return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+
+
+def supports_dense_bit(version: tuple[int, int]) -> bool:
+    return version >= DENSE_BIT_MIN_VERSION
+
+
+def has_dense_bit(mapping_response: dict[str, Any]) -> bool:
+    """Whether any index behind the alias maps the bit vector field."""
+    return any(
+        DENSE_BIT_FIELD in (body.get("mappings", {}).get("properties") or {})
+        for body in mapping_response.values()
+    )

@@ -1,0 +1,166 @@
+"""I/O-free request bodies and response parsing for search, and document (de)serialisation.
+
+Every strategy scores 256 - Hamming distance (an exact integer in a float32 score) and sorts
+by ``_score`` descending then the ``id`` keyword ascending, so results are a total order that
+matches the embedded backend's (distance ascending, id ascending).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from elastichash.codes import (
+    LONG_BITS,
+    LONG_BYTES,
+    SHORT_BYTES,
+    from_subcodes,
+    from_words,
+    subcodes,
+    to_words,
+)
+from elastichash.errors import InvalidInput
+from elastichash.index.base import MAX_K, Document, Hit
+from elastichash.index.es.mapping import HIT_SOURCE_FIELDS, ID_FIELD, SUBCODE_FIELDS, WORD_FIELDS
+from elastichash.index.es.neighbours import NBS_FIELD, subcode_term
+from elastichash.index.es.script import (
+    DENSE_BIT_FIELD,
+    DENSE_BIT_SCRIPT_SOURCE,
+    HAMMING_SCRIPT_ID,
+)
+
+MAX_RESULT_WINDOW = 10_000  # index.max_result_window default
+SORT: list[dict[str, Any]] = [{"_score": {"order": "desc"}}, {ID_FIELD: {"order": "asc"}}]
+
+
+def check_paging(k: int, offset: int, max_distance: int | None) -> None:
+    if not 0 <= k <= MAX_K:
+        raise InvalidInput(f"k must be between 0 and {MAX_K}", field="k")
+    if offset < 0:
+        raise InvalidInput("offset must be >= 0", field="offset")
+    if offset + k > MAX_RESULT_WINDOW:
+        raise InvalidInput(
+            f"offset + k must be <= {MAX_RESULT_WINDOW} on Elasticsearch", field="offset"
+        )
+    if max_distance is not None and not 0 <= max_distance <= LONG_BITS:
+        raise InvalidInput(f"max_distance must be between 0 and {LONG_BITS}", field="max_distance")
+
+
+def check_codes(code: bytes, short: bytes) -> None:
+    if len(code) != LONG_BYTES:
+        raise InvalidInput(f"code must be {LONG_BYTES} bytes, got {len(code)}", field="code")
+    if len(short) != SHORT_BYTES:
+        raise InvalidInput(f"short must be {SHORT_BYTES} bytes, got {len(short)}", field="short")
+
+
+def word_params(code: bytes) -> dict[str, int]:
+    return {name: w for name, w in zip(WORD_FIELDS, to_words(code), strict=True)}
+
+
+def candidates_query(short: bytes, nbs_index: str) -> dict[str, Any]:
+    """Stage 1: documents sharing any subcode within radius 2, via terms lookups."""
+    should = [
+        {"terms": {field: {"index": nbs_index, "id": subcode_term(v), "path": NBS_FIELD}}}
+        for field, v in zip(SUBCODE_FIELDS, subcodes(short), strict=True)
+    ]
+    return {"bool": {"should": should, "minimum_should_match": 1}}
+
+
+def _page(query: dict[str, Any], k: int, offset: int, max_distance: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "query": query,
+        "sort": SORT,
+        "from": offset,
+        "size": k,
+        "track_total_hits": True,
+        "_source": {"includes": HIT_SOURCE_FIELDS},
+    }
+    if max_distance is not None:
+        body["min_score"] = LONG_BITS - max_distance
+    return body
+
+
+def two_stage_body(
+    code: bytes, short: bytes, nbs_index: str, *, k: int, offset: int, max_distance: int | None
+) -> dict[str, Any]:
+    # ElasticHash's query: a zero-scored filter plus the stored script, summed.
+    query = {
+        "function_score": {
+            "query": {"constant_score": {"filter": candidates_query(short, nbs_index), "boost": 0}},
+            "functions": [
+                {"script_score": {"script": {"id": HAMMING_SCRIPT_ID, "params": word_params(code)}}}
+            ],
+            "score_mode": "sum",
+            "boost_mode": "sum",
+        }
+    }
+    return _page(query, k, offset, max_distance)
+
+
+def exact_body(code: bytes, *, k: int, offset: int, max_distance: int | None) -> dict[str, Any]:
+    query = {
+        "script_score": {
+            "query": {"match_all": {}},
+            "script": {"id": HAMMING_SCRIPT_ID, "params": word_params(code)},
+        }
+    }
+    return _page(query, k, offset, max_distance)
+
+
+def dense_bit_body(code: bytes, *, k: int, offset: int, max_distance: int | None) -> dict[str, Any]:
+    # Signed bytes: the one query-vector form every bit-vector-capable version accepts.
+    vector = [b - 256 if b > 127 else b for b in code]
+    query = {
+        "script_score": {
+            "query": {"match_all": {}},
+            "script": {"source": DENSE_BIT_SCRIPT_SOURCE, "params": {"query_vector": vector}},
+        }
+    }
+    return _page(query, k, offset, max_distance)
+
+
+def hits_from_response(resp: dict[str, Any]) -> tuple[list[Hit], int]:
+    """(hits, total) from a search response built by this module."""
+    out: list[Hit] = []
+    for h in resp["hits"]["hits"]:
+        src = h.get("_source") or {}
+        out.append(
+            Hit(
+                id=h["_id"],
+                distance=LONG_BITS - round(h["sort"][0]),
+                source=src.get("source"),
+                thumbnail_url=src.get("thumbnail_url"),
+                metadata=src.get("metadata") or {},
+            )
+        )
+    return out, int(resp["hits"]["total"]["value"])
+
+
+def document_source(doc: Document, *, dense_bit: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {ID_FIELD: doc.id}
+    body.update(zip(SUBCODE_FIELDS, map(subcode_term, subcodes(doc.short)), strict=True))
+    body.update(word_params(doc.code))
+    if doc.source is not None:
+        body["source"] = doc.source
+    if doc.thumbnail_url is not None:
+        body["thumbnail_url"] = doc.thumbnail_url
+    if doc.metadata:
+        body["metadata"] = doc.metadata
+    if doc.thumbnail is not None:
+        body["thumbnail"] = base64.b64encode(doc.thumbnail).decode("ascii")
+    if dense_bit:
+        body[DENSE_BIT_FIELD] = doc.code.hex()
+    return body
+
+
+def document_from_source(doc_id: str, src: dict[str, Any]) -> Document:
+    thumb = src.get("thumbnail")
+    return Document(
+        id=doc_id,
+        code=from_words([int(src[r]) for r in WORD_FIELDS]),
+        short=from_subcodes([int(src[f]) for f in SUBCODE_FIELDS]),
+        source=src.get("source"),
+        thumbnail_url=src.get("thumbnail_url"),
+        metadata=src.get("metadata") or {},
+        thumbnail=base64.b64decode(thumb) if thumb else None,
+    )
