@@ -6,9 +6,10 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
@@ -22,6 +23,7 @@ from elastichash.errors import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -54,6 +56,16 @@ async def read_json(request: web.Request) -> Any:
         return await request.json(loads=json.loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}") from None
+
+
+async def multipart_guard(work: Awaitable[T]) -> T:
+    """Run a multipart-reading coroutine; a malformed body is the client's error (400)."""
+    try:
+        return await work
+    except ValidationError:
+        raise
+    except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
+        raise InvalidInput(f"malformed multipart body: {exc}") from None
 
 
 class Metrics:

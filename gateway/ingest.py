@@ -16,7 +16,7 @@ from elastichash.errors import (
 )
 from elastichash.ids import check_id, content_id
 from elastichash.pipeline import IngestItem
-from gateway.http import error_response, json_model, read_json
+from gateway.http import error_response, json_model, multipart_guard, read_json
 from gateway.schemas import (
     AcceptedImage,
     FailureOut,
@@ -73,12 +73,12 @@ class _Batch:
                   filename: str | None = None, url: str | None = None) -> None:
         settings = self.app[SETTINGS]
         try:
-            content_type = check_image_bytes(data, settings.limits.max_pixels)
+            content_type, width, height = check_image_bytes(data, settings.limits.max_pixels)
             image_id = check_id(given_id) if given_id else content_id(data)
         except ElasticHashError as exc:
             self.error(exc, filename=filename, url=url)
             return
-        metadata: dict[str, Any] = {}
+        metadata: dict[str, Any] = {"width": width, "height": height}
         if filename:
             metadata["filename"] = filename
         self.items.append(IngestItem(image_id, data, source, metadata, content_type))
@@ -121,7 +121,7 @@ async def post_images(request: web.Request) -> web.Response:
         if declared is not None and declared > settings.max_request_bytes:
             raise PayloadTooLarge(
                 f"request is {declared} bytes; the limit is {settings.max_request_bytes}")
-        await _multipart_ingest(request, batch)
+        await multipart_guard(_multipart_ingest(request, batch))
     elif request.content_type == "application/json":
         if (request.content_length or 0) > 4 * 1024 * 1024:
             raise PayloadTooLarge("JSON body over 4 MiB")

@@ -125,6 +125,7 @@ class ResultItem(Strict):
 class QueryInfo(Strict):
     id: str | None = None
     code: str
+    short: str
 
 
 class SearchResponse(Strict):

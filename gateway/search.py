@@ -10,7 +10,7 @@ from elastichash import codes
 from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
 from elastichash.pipeline import QueryCode
-from gateway.http import json_model, read_json
+from gateway.http import json_model, multipart_guard, read_json
 from gateway.schemas import (
     QueryInfo,
     ResultItem,
@@ -61,7 +61,7 @@ async def post_search(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     query_id: str | None = None
     if request.content_type == "multipart/form-data":
-        data, params = await _multipart_query(request)
+        data, params = await multipart_guard(_multipart_query(request))
         query = await _encode(request, data)
     elif request.content_type == "application/json":
         body = SearchRequest.model_validate(await read_json(request))
@@ -105,7 +105,8 @@ async def post_search(request: web.Request) -> web.Response:
         took_ms=round((time.perf_counter() - start) * 1000, 3), strategy=result.strategy,
         k=params.k, offset=params.offset,
         next_offset=end if result.hits and end < result.total else None,
-        query=QueryInfo(id=query_id, code=codes.to_hex(query.code))))
+        query=QueryInfo(id=query_id, code=codes.to_hex(query.code),
+                        short=codes.to_hex(query.short))))
 
 
 async def get_stats(request: web.Request) -> web.Response:

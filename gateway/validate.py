@@ -3,6 +3,7 @@ the encoder, but what can be refused from the header is refused at the door."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
@@ -11,14 +12,17 @@ from PIL import Image, UnidentifiedImageError
 from elastichash.errors import ImageError, UnsupportedMediaType
 from elastichash.model.preprocess import sniff_format
 
+ORIENTATION_TAG = 0x0112
+
 CONTENT_TYPES = {
     "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp",
     "bmp": "image/bmp", "tiff": "image/tiff",
 }
 
 
-def check_image_bytes(data: bytes, max_pixels: int) -> str:
-    """Return the sniffed content type, or raise why the bytes cannot be an image we take."""
+def check_image_bytes(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """The sniffed content type and the displayed width and height (EXIF orientation
+    applied), or raise why the bytes cannot be an image we take."""
     if not data:
         raise ImageError("empty", "the file is empty")
     fmt = sniff_format(data)
@@ -30,6 +34,9 @@ def check_image_bytes(data: bytes, max_pixels: int) -> str:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
+                with contextlib.suppress(Exception):
+                    if img.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):
+                        width, height = height, width
     except Image.DecompressionBombError:
         raise ImageError("too_many_pixels", "image has too many pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -40,4 +47,4 @@ def check_image_bytes(data: bytes, max_pixels: int) -> str:
         raise ImageError("too_many_pixels",
                          f"image is {width}x{height} = {width * height} pixels; "
                          f"the limit is {max_pixels}")
-    return CONTENT_TYPES[fmt]
+    return CONTENT_TYPES[fmt], width, height

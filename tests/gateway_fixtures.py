@@ -114,7 +114,9 @@ def free_port() -> int:
 class ServeProcess:
     """``elastichash serve`` as a real subprocess on a free port."""
 
-    def __init__(self, data: Path, model: Path | None, *extra: str) -> None:
+    def __init__(self, data: Path, model: Path | None, *extra: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.data = data
@@ -135,7 +137,7 @@ class ServeProcess:
         exe = Path(sys.executable).with_name("elastichash")
         self.proc = subprocess.Popen(
             [str(exe), *self.args], stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
