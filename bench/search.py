@@ -1,0 +1,248 @@
+"""Search benchmark of the embedded index against FAISS and a plain numpy scan.
+
+Synthetic clustered codes (the generator): ``--clusters`` random 256-bit centres; each code
+takes a uniformly chosen centre and flips every bit independently with probability
+``--flip`` (default 0.1, so a code is ~25.6 bits from its centre and ~2*25.6*(1-0.1)... bits
+from its cluster mates). Queries are fresh draws from the same process (not in the index).
+The short code is the 64 bits at positions 0, 4, 8, ..., 252 (a fixed, balanced selection).
+
+Recall@k is tie-aware: the share of returned hits whose distance is <= the exact k-th distance.
+
+Usage: .venv/bin/python bench/search.py --n 1000000 [--queries 1000] [--write-n 1000000]
+Writes bench/results/search_<n>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from elastichash.codes import hamming_many, select_bits
+from elastichash.index.base import Document
+from elastichash.index.embedded import EmbeddedIndex
+from elastichash.index.memtable import CodeTable
+
+SHORT_BITS = list(range(0, 256, 4))
+U8 = npt.NDArray[np.uint8]
+
+
+def generate(n: int, centres: U8, flip: float, seed: int, chunk: int = 1 << 20) -> U8:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 32), np.uint8)
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        noise = np.packbits(rng.random((m, 256), dtype=np.float32) < flip, axis=1)
+        out[s : s + m] = centres[rng.integers(0, len(centres), m)] ^ noise
+    return out
+
+
+def pct(xs: list[float], p: float) -> float:
+    return float(np.percentile(np.array(xs), p))
+
+
+def recall(got: list[int], exact_kth: int, k: int) -> float:
+    return sum(1 for d in got[:k] if d <= exact_kth) / k
+
+
+async def write_bench(codes: U8, shorts: U8, n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
+        idx = EmbeddedIndex(Path(tmp))
+        await idx.open()
+        t = time.perf_counter()
+        for s in range(0, n, 5000):
+            docs = [
+                Document(f"img{i:08d}", codes[i].tobytes(), shorts[i].tobytes())
+                for i in range(s, min(n, s + 5000))
+            ]
+            await idx.upsert(docs)
+        rate = n / (time.perf_counter() - t)
+        await idx.close()
+        idx = EmbeddedIndex(Path(tmp))
+        t = time.perf_counter()
+        await idx.open()
+        open_s = time.perf_counter() - t
+        stats = await idx.stats()
+        q = codes[0]
+        lat = {}
+        for strategy in ("exact", "two_stage"):
+            ts = []
+            for j in range(200):
+                qc = codes[(j * 7919) % n]
+                t = time.perf_counter()
+                await idx.search(
+                    qc.tobytes(), shorts[(j * 7919) % n].tobytes(), k=10, strategy=strategy
+                )
+                ts.append((time.perf_counter() - t) * 1000)
+            lat[strategy] = pct(ts, 50)
+        del q
+        await idx.close()
+    return {
+        "write_n": n,
+        "write_codes_per_s": rate,
+        "open_s": open_s,
+        "bytes_per_code_after_open": stats["memory_bytes"] / n,
+        "full_path_p50_ms_exact": lat["exact"],
+        "full_path_p50_ms_two_stage": lat["two_stage"],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--numpy-queries", type=int, default=100, help="the slow numpy peer runs fewer")
+    ap.add_argument("--clusters", type=int, default=10_000)
+    ap.add_argument("--flip", type=float, default=0.1)
+    ap.add_argument(
+        "--write-n", type=int, default=None, help="codes written to SQLite (default min(n, 1M))"
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    n, nq = args.n, args.queries
+    rng = np.random.default_rng(args.seed)
+    centres = rng.integers(0, 256, (args.clusters, 32), dtype=np.uint8)
+    t = time.perf_counter()
+    codes = generate(n, centres, args.flip, args.seed + 1)
+    queries = generate(nq, centres, args.flip, args.seed + 2)
+    shorts = np.concatenate(
+        [select_bits(codes[s : s + (1 << 20)], SHORT_BITS) for s in range(0, n, 1 << 20)]
+    )
+    qshorts = select_bits(queries, SHORT_BITS)
+    print(f"generated {n} codes in {time.perf_counter() - t:.1f}s", flush=True)
+    out: dict[str, Any] = {
+        "n": n,
+        "queries": nq,
+        "clusters": args.clusters,
+        "flip": args.flip,
+        "faiss_threads": faiss.omp_get_max_threads(),
+    }
+
+    write_n = min(n, args.write_n if args.write_n is not None else 1_000_000)
+    if write_n:
+        out["store"] = asyncio.run(write_bench(codes, shorts, write_n))
+        print(out["store"], flush=True)
+
+    t = time.perf_counter()
+    table = CodeTable(np.arange(n, dtype=np.int64), codes, shorts)
+    snap = table.snapshot
+    out["build_s"] = time.perf_counter() - t
+    out["bytes_per_code"] = snap.nbytes / n
+    del shorts
+
+    ks = (10, 100)
+    rows: dict[str, dict[str, Any]] = {}
+
+    def run(name: str, fn: Any, count: int) -> None:
+        lat, cands, rec = [], [], {k: [] for k in ks}
+        for j in range(count):
+            t0 = time.perf_counter()
+            dists, nc = fn(j)
+            lat.append((time.perf_counter() - t0) * 1000)
+            cands.append(nc)
+            for k in ks:
+                rec[k].append(recall(dists, exact_kth[j][k], k))
+        rows[name] = {
+            "p50_ms": pct(lat, 50),
+            "p99_ms": pct(lat, 99),
+            "mean_ms": float(np.mean(lat)),
+            "recall@10": float(np.mean(rec[10])),
+            "recall@100": float(np.mean(rec[100])),
+            "candidates": float(np.mean(cands)),
+            "queries": count,
+        }
+        print(name, rows[name], flush=True)
+
+    # Ground truth: exact distances of the k-th neighbour per query (faiss flat, k=100).
+    flat = faiss.IndexBinaryFlat(256)
+    flat.add(codes)
+    dq, _ = flat.search(queries, 100)
+    exact_kth = [{10: int(dq[j, 9]), 100: int(dq[j, 99])} for j in range(nq)]
+
+    def ours(strategy: str) -> Any:
+        def f(j: int) -> tuple[list[int], int]:
+            if strategy == "exact":
+                c = CodeTable.exact(snap, queries[j], 100, None)
+            else:
+                c = CodeTable.two_stage(snap, queries[j], qshorts[j].tobytes(), 100, None)
+            return sorted(c.dists.tolist())[:100], c.scanned
+
+        return f
+
+    run("embedded exact", ours("exact"), nq)
+    run("embedded two_stage", ours("two_stage"), nq)
+    run(
+        "faiss IndexBinaryFlat",
+        lambda j: (flat.search(queries[j : j + 1], 100)[0][0].tolist(), n),
+        nq,
+    )
+    flat.reset()  # free its copy of the codes
+
+    short_all = np.concatenate(
+        [select_bits(codes[s : s + (1 << 20)], SHORT_BITS) for s in range(0, n, 1 << 20)]
+    )
+    t = time.perf_counter()
+    mh = faiss.IndexBinaryMultiHash(64, 4, 16)
+    mh.nflip = 2
+    mh.add(short_all)
+    out["multihash_build_s"] = time.perf_counter() - t
+    del short_all
+
+    def mh_fn(j: int) -> tuple[list[int], int]:
+        _, _, ids = mh.range_search(qshorts[j : j + 1], 65)
+        d = hamming_many(queries[j], codes[ids])
+        top = np.sort(d)[:100] if d.size > 100 else np.sort(d)
+        return top.tolist(), int(ids.size)
+
+    run("faiss MultiHash(4x16, nflip 2) + re-rank", mh_fn, nq)
+    mh.reset()
+
+    def np_fn(j: int) -> tuple[list[int], int]:
+        d = hamming_many(queries[j], codes)
+        part = np.argpartition(d, 99)[:100]
+        return np.sort(d[part]).tolist(), n
+
+    run("numpy scan (bitwise_count)", np_fn, min(nq, args.numpy_queries))
+    out["results"] = rows
+    flat_p50 = rows["faiss IndexBinaryFlat"]["p50_ms"]
+    out["exact_vs_flat_p50"] = rows["embedded exact"]["p50_ms"] / flat_p50
+    out["two_stage_vs_exact_p50"] = (
+        rows["embedded two_stage"]["p50_ms"] / rows["embedded exact"]["p50_ms"]
+    )
+    out["elastichash_published_mean_ms_7m"] = 36.0
+
+    print(f"\nn={n:,}  queries={nq}  clusters={args.clusters}  flip={args.flip}")
+    print(
+        f"{'method':44s} {'p50 ms':>8s} {'p99 ms':>8s} {'R@10':>6s} {'R@100':>6s} {'cand/q':>10s}"
+    )
+    for name, r in rows.items():
+        print(
+            f"{name:44s} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['recall@10']:6.3f} "
+            f"{r['recall@100']:6.3f} {r['candidates']:10.0f}"
+        )
+    print(
+        f"exact / IndexBinaryFlat p50: {out['exact_vs_flat_p50']:.2f}x;"
+        f" two_stage / exact p50: {out['two_stage_vs_exact_p50']:.2f}x;"
+        f" memory {out['bytes_per_code']:.1f} B/code; ElasticHash published 36 ms mean at ~7M"
+    )
+    res = Path(__file__).parent / "results"
+    res.mkdir(exist_ok=True)
+    (res / f"search_{n}.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,323 @@
+"""The embedded index: SQLite for durability, numpy arrays for search.
+
+Writes go to one writer thread: the SQLite transaction commits first (``synchronous=FULL``),
+then the in-memory table publishes a new snapshot, and only then does ``upsert`` return, so
+an acknowledged write is both durable and searchable. Searches run on a small reader pool
+against the snapshot current when they start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from elastichash.codes import LONG_BYTES, SHORT_BYTES
+from elastichash.errors import InvalidInput, Unavailable
+from elastichash.ids import check_id
+from elastichash.index import kernels
+from elastichash.index.base import MAX_K, Document, Failure, Hit, SearchResult, WriteResult
+from elastichash.index.memtable import Candidates, CodeTable, Snapshot
+from elastichash.index.store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+EMBEDDED_STRATEGIES = ("exact", "two_stage")
+DB_NAME = "index.sqlite3"
+
+
+def validate_query(
+    code: bytes, short: bytes, k: int, max_distance: int | None, offset: int
+) -> None:
+    if len(code) != LONG_BYTES:
+        raise InvalidInput(f"code must be {LONG_BYTES} bytes, got {len(code)}", field="code")
+    if len(short) != SHORT_BYTES:
+        raise InvalidInput(f"short must be {SHORT_BYTES} bytes, got {len(short)}", field="short")
+    if not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k must be between 1 and {MAX_K}", field="k")
+    if max_distance is not None and not 0 <= max_distance <= 256:
+        raise InvalidInput("max_distance must be between 0 and 256", field="max_distance")
+    if offset < 0:
+        raise InvalidInput("offset must be >= 0", field="offset")
+
+
+def _check_doc(d: Document) -> str | None:
+    try:
+        check_id(d.id)
+    except InvalidInput as exc:
+        return exc.message
+    if len(d.code) != LONG_BYTES:
+        return f"code must be {LONG_BYTES} bytes"
+    if len(d.short) != SHORT_BYTES:
+        return f"short must be {SHORT_BYTES} bytes"
+    try:
+        json.dumps(d.metadata)
+    except (TypeError, ValueError) as exc:
+        return f"metadata is not JSON: {exc}"
+    return None
+
+
+class EmbeddedIndex:
+    def __init__(self, path: Path, *, strategy: str = "two_stage", read_threads: int = 4) -> None:
+        if strategy not in EMBEDDED_STRATEGIES:
+            raise InvalidInput(
+                f"the embedded index has strategies {EMBEDDED_STRATEGIES}", field="strategy"
+            )
+        self.path = Path(path)
+        self.strategy = strategy
+        self._read_threads = read_threads
+        self._store = Store(self.path / DB_NAME)
+        self._table: CodeTable | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self.open_seconds = 0.0
+        self._view_lock = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._table is not None:
+            return
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="eh-index-writer")
+        self._readers = ThreadPoolExecutor(self._read_threads, thread_name_prefix="eh-index-search")
+        t0 = time.perf_counter()
+
+        def load() -> CodeTable:
+            self._store.open()
+            return CodeTable(*self._store.load_codes())
+
+        self._table = await self._run(self._writer, load)
+        self.open_seconds = time.perf_counter() - t0
+        log.info(
+            "embedded index %s opened: %d codes in %.2fs (kernel: %s)",
+            self.path,
+            self._table.snapshot.n_alive,
+            self.open_seconds,
+            "faiss" if kernels.have_faiss() else "numpy",
+        )
+
+    async def close(self) -> None:
+        if self._writer is None:
+            return
+        writer, readers = self._writer, self._readers
+        self._writer = self._readers = None
+        count = self._table.snapshot.n_alive if self._table else 0
+        self._table = None
+        if readers is not None:
+            readers.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(writer, self._store.close)
+        writer.shutdown(wait=True)
+        log.info("embedded index %s closed with %d codes", self.path, count)
+
+    async def ready(self) -> bool:
+        return self._table is not None
+
+    # --- helpers -------------------------------------------------------------------------
+
+    async def _run(self, pool: ThreadPoolExecutor | None, fn: Callable[[], T]) -> T:
+        if pool is None:
+            raise Unavailable("the index is not open")
+        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+
+    def _commit(self, snap: Snapshot) -> None:
+        # The SQLite commit and the in-memory publication happen under one lock that a search
+        # also takes to pin its memory snapshot and its SQLite read snapshot together; so a
+        # search never sees a row in memory that its database view lacks, or the reverse.
+        with self._view_lock:
+            self._store.commit()
+            self.table.publish(snap)
+
+    def _begin_view(self) -> Snapshot:
+        with self._view_lock:
+            self._store.begin_read()
+            return self.table.snapshot
+
+    @property
+    def table(self) -> CodeTable:
+        if self._table is None:
+            raise Unavailable("the index is not open")
+        return self._table
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
+        errors = [_check_doc(d) for d in docs]
+        latest: dict[str, Document] = {}
+        for d, err in zip(docs, errors, strict=True):
+            if err is None:
+                latest[d.id] = d  # the last occurrence of an id in a batch wins
+        batch = list(latest.values())
+        table = self.table
+        failure: str | None = None
+        if batch:
+
+            def write() -> None:
+                try:
+                    new_rows, old_rows = self._store.upsert(batch)
+                    snap = table.apply(
+                        np.array(old_rows, np.int64),
+                        np.array(new_rows, np.int64),
+                        np.frombuffer(b"".join(d.code for d in batch), np.uint8).reshape(
+                            -1, LONG_BYTES
+                        ),
+                        np.frombuffer(b"".join(d.short for d in batch), np.uint8).reshape(
+                            -1, SHORT_BYTES
+                        ),
+                    )
+                    self._commit(snap)
+                except BaseException:
+                    self._store.rollback()
+                    raise
+
+            try:
+                await self._run(self._writer, write)
+            except sqlite3.Error as exc:
+                log.warning("index write of %d documents failed: %s", len(batch), exc)
+                failure = f"store error: {exc}"
+        return [
+            WriteResult(d.id, False, err)
+            if err is not None
+            else WriteResult(d.id, False, failure, transient=True)
+            if failure is not None
+            else WriteResult(d.id, True)
+            for d, err in zip(docs, errors, strict=True)
+        ]
+
+    async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
+        table = self.table
+        unique = list(dict.fromkeys(ids))
+
+        def write() -> dict[str, int]:
+            try:
+                found = self._store.delete(unique)
+                snap = table.apply(
+                    np.array(sorted(found.values()), np.int64),
+                    np.zeros(0, np.int64),
+                    np.zeros((0, LONG_BYTES), np.uint8),
+                    np.zeros((0, SHORT_BYTES), np.uint8),
+                )
+                self._commit(snap)
+            except BaseException:
+                self._store.rollback()
+                raise
+            return found
+
+        found = await self._run(self._writer, write)
+        seen: set[str] = set()
+        out = []
+        for i in ids:
+            ok = i in found and i not in seen
+            seen.add(i)
+            out.append(WriteResult(i, ok, None if ok else "not_found"))
+        return out
+
+    async def record_failures(self, failures: Sequence[Failure]) -> None:
+        items = [
+            f if f.at else Failure(f.id, f.reason, f.message, f.source, time.time())
+            for f in failures
+        ]
+        if items:
+            await self._run(self._writer, lambda: self._store.record_failures(items))
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def get(self, doc_id: str) -> Document | None:
+        return await self._run(self._readers, lambda: self._store.get(doc_id))
+
+    async def get_failure(self, doc_id: str) -> Failure | None:
+        return await self._run(self._readers, lambda: self._store.get_failure(doc_id))
+
+    async def recent_failures(self, limit: int = 50) -> list[Failure]:
+        return await self._run(self._readers, lambda: self._store.recent_failures(limit))
+
+    async def count(self) -> int:
+        return self.table.snapshot.n_alive
+
+    async def stats(self) -> dict[str, Any]:
+        snap = self.table.snapshot
+        disk, failures = await self._run(
+            self._readers, lambda: (self._store.disk_bytes(), self._store.failure_count())
+        )
+        return {
+            "backend": "embedded",
+            "count": snap.n_alive,
+            "strategy": self.strategy,
+            "strategies": list(EMBEDDED_STRATEGIES),
+            "kernel": "faiss" if kernels.have_faiss() else "numpy",
+            "memory_bytes": snap.nbytes,
+            "memory_bytes_per_code": round(snap.nbytes / snap.n_alive, 1) if snap.n_alive else None,
+            "mih_delta": snap.n - snap.base_n,
+            "dead_slots": int(snap.dead.size),
+            "disk_bytes": disk,
+            "failures": failures,
+            "open_seconds": round(self.open_seconds, 3),
+            "path": str(self.path),
+        }
+
+    async def search(
+        self,
+        code: bytes,
+        short: bytes,
+        *,
+        k: int = 10,
+        max_distance: int | None = None,
+        offset: int = 0,
+        strategy: str | None = None,
+    ) -> SearchResult:
+        strategy = strategy or self.strategy
+        if strategy not in EMBEDDED_STRATEGIES:
+            hint = " ('dense_bit' is Elasticsearch-only)" if strategy == "dense_bit" else ""
+            raise InvalidInput(
+                f"unknown strategy {strategy!r}{hint}; use one of {EMBEDDED_STRATEGIES}",
+                field="strategy",
+            )
+        validate_query(code, short, k, max_distance, offset)
+        _ = self.table  # raises Unavailable when closed
+        t0 = time.perf_counter()
+        q = np.frombuffer(code, np.uint8)
+        need = offset + k
+
+        def run() -> SearchResult:
+            snap = self._begin_view()
+            try:
+                if strategy == "exact":
+                    cands = CodeTable.exact(snap, q, need, max_distance)
+                else:
+                    cands = CodeTable.two_stage(snap, q, short, need, max_distance)
+                hits = self._page(snap, cands, offset, k)
+            finally:
+                self._store.end_read()
+            took = (time.perf_counter() - t0) * 1000.0
+            return SearchResult(hits, cands.scanned, cands.total, took, strategy)
+
+        return await self._run(self._readers, run)
+
+    def _page(self, snap: Snapshot, cands: Candidates, offset: int, k: int) -> list[Hit]:
+        rows = snap.rows[cands.positions].tolist()
+        dists = cands.dists.tolist()
+        if len(rows) <= offset + k + 64:
+            fields = self._store.fields_for(rows)
+            ids = {r: f.id for r, f in fields.items()}
+        else:
+            ids = self._store.ids_for(rows)
+            fields = {}
+        ranked = sorted((d, ids[r], r) for d, r in zip(dists, rows, strict=True) if r in ids)
+        page = ranked[offset : offset + k]
+        missing = [r for _, _, r in page if r not in fields]
+        if missing:
+            fields.update(self._store.fields_for(missing))
+        return [
+            Hit(f.id, d, f.source, f.thumbnail_url, f.metadata)
+            for d, _, r in page
+            if (f := fields.get(r)) is not None
+        ]

@@ -1,0 +1,229 @@
+"""The in-memory search half of the embedded index.
+
+Per code: 32 B long code + 8 B SQLite rowid + 1 B alive flag + 16 B of MIH tables = 57 B
+(ids and fields stay in SQLite; a page of hits reads them back by rowid).
+
+Concurrency: writers (one thread) build a new immutable :class:`Snapshot` and publish it
+with one attribute assignment; a search reads ``table.snapshot`` once and works on it.
+Appends write past the published ``n``, which no reader looks at; removals copy the alive
+flags first (copy-on-write), so a running search never sees a half-applied batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from elastichash.codes import LONG_BYTES, subcodes, subcodes_array
+from elastichash.index import kernels, mih
+
+log = logging.getLogger(__name__)
+
+U8 = npt.NDArray[np.uint8]
+I64 = npt.NDArray[np.int64]
+HEADROOM = 4096
+A = TypeVar("A", bound=npt.NDArray[Any])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    codes: U8  # (cap, 32); rows [:n] valid
+    rows: I64  # (cap,) SQLite rowids, strictly increasing over [:n]
+    alive: npt.NDArray[np.bool_]  # (cap,)
+    n: int
+    n_alive: int
+    dead: I64  # sorted positions < n that are no longer alive
+    tables: mih.Tables  # covers positions [:base_n]
+    base_n: int
+    delta_subs: npt.NDArray[np.uint16]  # (cap_d, 4); [:n - base_n] valid
+
+    @property
+    def nbytes(self) -> int:
+        return int(
+            self.codes.nbytes
+            + self.rows.nbytes
+            + self.alive.nbytes
+            + self.dead.nbytes
+            + self.tables.nbytes
+            + self.delta_subs.nbytes
+        )
+
+
+@dataclass(frozen=True)
+class Candidates:
+    positions: npt.NDArray[np.int64]
+    dists: npt.NDArray[np.int32]
+    total: int  # matches within max_distance (or all alive codes) before paging
+    scanned: int  # codes whose full distance was computed
+
+
+def _grow(arr: A, need: int) -> A:
+    if arr.shape[0] >= need:
+        return arr
+    cap = max(need, arr.shape[0] + arr.shape[0] // 4, HEADROOM)
+    out = np.zeros((cap, *arr.shape[1:]), arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out  # type: ignore[return-value]
+
+
+class CodeTable:
+    def __init__(self, rows: I64, codes: U8, shorts: U8) -> None:
+        n = rows.shape[0]
+        if codes.shape != (n, LONG_BYTES) or shorts.shape[0] != n:
+            raise ValueError(
+                f"rows {rows.shape}, codes {codes.shape}, shorts {shorts.shape} disagree"
+            )
+        c = np.zeros((n + HEADROOM, LONG_BYTES), np.uint8)
+        c[:n] = codes
+        r = np.zeros(n + HEADROOM, np.int64)
+        r[:n] = rows
+        alive = np.zeros(n + HEADROOM, bool)
+        alive[:n] = True
+        tables = mih.build(subcodes_array(shorts)) if n else mih.empty()
+        self.snapshot = Snapshot(
+            c, r, alive, n, n, np.zeros(0, np.int64), tables, n, np.zeros((HEADROOM, 4), np.uint16)
+        )
+        self._lock = threading.Lock()
+
+    # --- writes (one writer at a time) --------------------------------------------------
+
+    def publish(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+
+    def apply(self, removed_rows: I64, new_rows: I64, new_codes: U8, new_shorts: U8) -> Snapshot:
+        """The snapshot after this change, not yet published (see :meth:`publish`); calls
+        must be serialised with their publication (the index's single writer thread)."""
+        with self._lock:
+            s = self.snapshot
+            alive, dead, n_alive = s.alive, s.dead, s.n_alive
+            if removed_rows.size and s.n:
+                pos = np.minimum(np.searchsorted(s.rows[: s.n], removed_rows), s.n - 1)
+                pos = pos[s.rows[pos] == removed_rows]
+                pos = pos[s.alive[pos]]
+                if pos.size:
+                    alive = s.alive.copy()
+                    alive[pos] = False
+                    dead = np.union1d(dead, pos.astype(np.int64))
+                    n_alive -= int(pos.size)
+            m = new_rows.shape[0]
+            n = s.n + m
+            codes, rows = _grow(s.codes, n), _grow(s.rows, n)
+            alive = _grow(alive, n)
+            d_n = s.n - s.base_n
+            delta = _grow(s.delta_subs, d_n + m)
+            codes[s.n : n] = new_codes
+            rows[s.n : n] = new_rows
+            alive[s.n : n] = True
+            delta[d_n : d_n + m] = subcodes_array(new_shorts)
+            snap = replace(
+                s,
+                codes=codes,
+                rows=rows,
+                alive=alive,
+                n=n,
+                n_alive=n_alive + m,
+                dead=dead,
+                delta_subs=delta,
+            )
+            if dead.size > max(1024, n >> 10):
+                snap = self._compact(snap)
+            elif n - snap.base_n > max(65536, n >> 5):
+                snap = self._merge(snap)
+            return snap
+
+    @staticmethod
+    def _merge(s: Snapshot) -> Snapshot:
+        d_n = s.n - s.base_n
+        tables = mih.merge(
+            s.tables, s.delta_subs[:d_n], np.arange(s.base_n, s.n, dtype=np.uint32), s.alive
+        )
+        return replace(s, tables=tables, base_n=s.n, delta_subs=np.zeros((HEADROOM, 4), np.uint16))
+
+    @classmethod
+    def _compact(cls, s: Snapshot) -> Snapshot:
+        """Drop dead codes and renumber positions (dead rows slow the exact scan's k-NN)."""
+        s = cls._merge(s)
+        keep = s.alive[: s.n]
+        remap = np.cumsum(keep, dtype=np.int64) - 1
+        n = int(keep.sum())
+        codes = np.zeros((n + HEADROOM, LONG_BYTES), np.uint8)
+        codes[:n] = s.codes[: s.n][keep]
+        rows = np.zeros(n + HEADROOM, np.int64)
+        rows[:n] = s.rows[: s.n][keep]
+        alive = np.zeros(n + HEADROOM, bool)
+        alive[:n] = True
+        positions = remap[s.tables.positions].astype(np.uint32)
+        log.debug("compacted code table: %d -> %d codes", s.n, n)
+        return Snapshot(
+            codes,
+            rows,
+            alive,
+            n,
+            n,
+            np.zeros(0, np.int64),
+            mih.Tables(s.tables.offsets, positions),
+            n,
+            s.delta_subs,
+        )
+
+    # --- search ---------------------------------------------------------------------------
+
+    @staticmethod
+    def two_stage(
+        s: Snapshot, code: U8, short: bytes, need: int, max_distance: int | None
+    ) -> Candidates:
+        values = mih.query_values(subcodes(short))
+        found = mih.lookup(s.tables, values)
+        d_n = s.n - s.base_n
+        if d_n:
+            extra = mih.scan_delta(
+                s.delta_subs[:d_n], np.arange(s.base_n, s.n, dtype=np.uint32), values
+            )
+            found = np.concatenate([found, extra])
+        pos = np.unique(found).astype(np.int64)
+        pos = pos[s.alive[pos]]
+        d = kernels.distances_at(code, s.codes, pos)
+        scanned = int(pos.size)
+        if max_distance is not None:
+            within = d <= max_distance
+            pos, d = pos[within], d[within]
+        total = int(pos.size)
+        pos, d = kernels.cut(pos, d, need)
+        return Candidates(pos, d, total, scanned)
+
+    @staticmethod
+    def exact(s: Snapshot, code: U8, need: int, max_distance: int | None) -> Candidates:
+        n = s.n
+        if n == 0:
+            return Candidates(np.zeros(0, np.int64), np.zeros(0, np.int32), 0, 0)
+        codes = s.codes[:n]
+        if max_distance is not None:
+            d = kernels.distances(code, codes)
+            d[s.dead] = 1 << 20
+            total = int(np.count_nonzero(d <= max_distance))
+            if total <= max(4 * need, 65536):
+                pos = np.flatnonzero(d <= max_distance)
+                p, dd = kernels.cut(pos, d[pos], need)
+                return Candidates(p, dd, total, n)
+        else:
+            total = s.n_alive
+        k = min(n, need + int(s.dead.size) + 1)
+        while True:
+            dist, ids = kernels.knn(code, codes, k)
+            ok = s.alive[ids]
+            if max_distance is not None:
+                ok &= dist <= max_distance
+            dk, ik = dist[ok], ids[ok]
+            if dk.size >= need:
+                boundary = dk[need - 1]
+                if k >= n or dist[-1] > boundary:
+                    keep = dk <= boundary
+                    return Candidates(ik[keep], dk[keep], total, n)
+            elif k >= n:
+                return Candidates(ik, dk, total, n)
+            k = min(n, 2 * k)

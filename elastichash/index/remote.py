@@ -1,0 +1,161 @@
+"""``Index`` over the search service's HTTP API.
+
+Used by the gateway and the indexer workers in distributed mode when the search service owns
+an embedded index. Errors map onto ``elastichash.errors``: no connection, timeouts and 5xx are
+:class:`Unavailable` (retry later), 400 is :class:`InvalidInput` with the server's field, and a
+404 on a single document is ``None``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from elastichash.errors import InvalidInput, NotFound, Unavailable
+from elastichash.index import wire
+from elastichash.index.base import Document, Failure, SearchResult, WriteResult
+
+log = logging.getLogger(__name__)
+
+SessionFactory = Callable[[], aiohttp.ClientSession]
+BULK_CHUNK = 2000  # documents per bulk request; the service accepts up to 10,000
+
+
+class RemoteIndex:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        session_factory: SessionFactory | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._factory = session_factory
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        if self._session is None:
+            self._session = (
+                self._factory() if self._factory else aiohttp.ClientSession(timeout=self._timeout)
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        missing_ok: bool = False,
+    ) -> Any:
+        if self._session is None:
+            raise Unavailable("the remote index is not open")
+        url = self.base_url + path
+        try:
+            async with self._session.request(
+                method, url, json=json, params=params, timeout=self._timeout
+            ) as resp:
+                if resp.status == 404 and missing_ok:
+                    return None
+                try:
+                    body = await resp.json(content_type=None)
+                except (ValueError, aiohttp.ContentTypeError):
+                    body = None
+                if resp.status < 400:
+                    return body
+                err = body.get("error", {}) if isinstance(body, dict) else {}
+                detail = err.get("message", resp.reason)
+                message = f"search service {method} {path}: {resp.status} {detail}"
+                if resp.status == 404:
+                    raise NotFound(message, field=err.get("field"))
+                if 400 <= resp.status < 500 and resp.status != 429:
+                    raise InvalidInput(message, field=err.get("field"))
+                retry = resp.headers.get("Retry-After")
+                raise Unavailable(
+                    message, retry_after=float(retry) if retry and retry.isdigit() else None
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"search service {url} unreachable: {exc!r}") from exc
+
+    async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
+        out: list[WriteResult] = []
+        for s in range(0, len(docs), BULK_CHUNK):
+            chunk = docs[s : s + BULK_CHUNK]
+            body = await self._call(
+                "POST",
+                "/v1/documents/_bulk",
+                json={"documents": [wire.document_to_json(d) for d in chunk]},
+            )
+            out.extend(wire.write_result_from_json(i) for i in body["items"])
+        return out
+
+    async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
+        body = await self._call("POST", "/v1/documents/_delete", json={"ids": list(ids)})
+        return [wire.write_result_from_json(i) for i in body["items"]]
+
+    async def get(self, doc_id: str) -> Document | None:
+        body = await self._call(
+            "GET",
+            f"/v1/documents/{quote(doc_id, safe='')}",
+            params={"include": "thumbnail"},
+            missing_ok=True,
+        )
+        return None if body is None else wire.document_from_json(body)
+
+    async def search(
+        self,
+        code: bytes,
+        short: bytes,
+        *,
+        k: int = 10,
+        max_distance: int | None = None,
+        offset: int = 0,
+        strategy: str | None = None,
+    ) -> SearchResult:
+        req: dict[str, Any] = {
+            "code": code.hex(),
+            "short": short.hex(),
+            "k": k,
+            "offset": offset,
+            "max_distance": max_distance,
+        }
+        if strategy is not None:
+            req["strategy"] = strategy
+        return wire.result_from_json(await self._call("POST", "/v1/search", json=req))
+
+    async def record_failures(self, failures: Sequence[Failure]) -> None:
+        await self._call(
+            "POST", "/v1/failures", json={"failures": [wire.failure_to_json(f) for f in failures]}
+        )
+
+    async def get_failure(self, doc_id: str) -> Failure | None:
+        body = await self._call("GET", f"/v1/failures/{quote(doc_id, safe='')}", missing_ok=True)
+        return None if body is None else wire.failure_from_json(body)
+
+    async def recent_failures(self, limit: int = 50) -> list[Failure]:
+        body = await self._call("GET", "/v1/failures", params={"limit": str(limit)})
+        return [wire.failure_from_json(f) for f in body["failures"]]
+
+    async def count(self) -> int:
+        return int((await self.stats())["count"])
+
+    async def stats(self) -> dict[str, Any]:
+        body: dict[str, Any] = await self._call("GET", "/v1/stats")
+        return body
+
+    async def ready(self) -> bool:
+        try:
+            await self._call("GET", "/readyz")
+        except (Unavailable, InvalidInput, NotFound):
+            return False
+        return True

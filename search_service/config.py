@@ -1,0 +1,24 @@
+"""Settings of the search service: env prefix ``EH_SEARCH_``, nested groups with ``__``
+(``EH_SEARCH_INDEX__DATA_DIR``, ``EH_SEARCH_INDEX__STRATEGY``, ...)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from elastichash.settings import IndexSettings
+
+
+class SearchServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EH_SEARCH_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    host: str = "0.0.0.0"
+    port: int = 8081
+    # Bulk bodies carry base64 thumbnails: 1,000 documents x ~20 KiB each fit in 64 MiB.
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Largest bulk batch accepted in one request; writers chunk above it.
+    max_bulk_documents: int = 10_000
+    shutdown_timeout_s: float = 10.0

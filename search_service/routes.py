@@ -1,0 +1,203 @@
+"""HTTP handlers of the search service. Shapes on the wire live in ``elastichash.index.wire``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from elastichash.errors import InvalidInput, NotFound, Unavailable
+from elastichash.index import wire
+from elastichash.index.base import MAX_K, STRATEGIES
+from search_service.keys import INDEX_KEY, METRICS_KEY, SETTINGS_KEY
+
+__all__ = ["add_routes"]
+
+MAX_FAILURES_LIMIT = 1000
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidInput("the request body must be JSON", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object", field="body")
+    return body
+
+
+def _int_field(
+    body: dict[str, Any], name: str, default: int | None, lo: int, hi: int | None
+) -> int | None:
+    value = body.get(name, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"{name} must be an integer", field=name)
+    if value < lo or (hi is not None and value > hi):
+        bounds = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise InvalidInput(f"{name} must be {bounds}, got {value}", field=name)
+    return value
+
+
+async def search(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    code = wire.parse_code(body)
+    short = wire.parse_short(body)
+    k = _int_field(body, "k", 10, 1, MAX_K)
+    max_distance = _int_field(body, "max_distance", None, 0, 256)
+    offset = _int_field(body, "offset", 0, 0, None)
+    strategy = body.get("strategy")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise InvalidInput(
+            f"unknown strategy {strategy!r}; use one of {list(STRATEGIES)}", field="strategy"
+        )
+    assert k is not None
+    assert offset is not None
+    index = request.app[INDEX_KEY]
+    kwargs: dict[str, Any] = {"k": k, "max_distance": max_distance, "offset": offset}
+    if strategy is not None:
+        kwargs["strategy"] = strategy
+    result = await index.search(code, short, **kwargs)
+    metrics = request.app[METRICS_KEY]
+    metrics.search_seconds.labels(result.strategy).observe(result.took_ms / 1000.0)
+    metrics.candidates.labels(result.strategy).observe(result.candidates)
+    return web.json_response(wire.result_to_json(result))
+
+
+async def bulk(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    items = body.get("documents")
+    if not isinstance(items, list):
+        raise InvalidInput("documents must be a list", field="documents")
+    limit = request.app[SETTINGS_KEY].max_bulk_documents
+    if len(items) > limit:
+        raise InvalidInput(f"at most {limit} documents per request", field="documents")
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    docs, slots = [], []
+    for i, item in enumerate(items):
+        try:
+            docs.append(wire.document_from_json(item))
+            slots.append(i)
+        except InvalidInput as exc:
+            doc_id = item.get("id") if isinstance(item, dict) else None
+            results[i] = {"id": doc_id, "ok": False, "error": exc.message, "transient": False}
+    written = await request.app[INDEX_KEY].upsert(docs) if docs else []
+    for slot, res in zip(slots, written, strict=True):
+        results[slot] = wire.write_result_to_json(res)
+    metrics = request.app[METRICS_KEY]
+    ok = sum(1 for r in results if r and r["ok"])
+    metrics.documents_written.labels("ok").inc(ok)
+    metrics.documents_written.labels("error").inc(len(results) - ok)
+    return web.json_response({"items": results, "errors": ok != len(results)})
+
+
+async def bulk_delete(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidInput("ids must be a list of strings", field="ids")
+    results = await request.app[INDEX_KEY].delete(ids)
+    return web.json_response({"items": [wire.write_result_to_json(r) for r in results]})
+
+
+async def get_document(request: web.Request) -> web.Response:
+    doc = await request.app[INDEX_KEY].get(request.match_info["id"])
+    if doc is None:
+        raise NotFound(f"no document {request.match_info['id']!r}", field="id")
+    with_thumb = "thumbnail" in request.query.getall("include", [])
+    return web.json_response(wire.document_to_json(doc, thumbnail=with_thumb))
+
+
+async def delete_document(request: web.Request) -> web.Response:
+    doc_id = request.match_info["id"]
+    (res,) = await request.app[INDEX_KEY].delete([doc_id])
+    if not res.ok:
+        raise NotFound(f"no document {doc_id!r}", field="id")
+    return web.json_response(wire.write_result_to_json(res))
+
+
+async def get_thumbnail(request: web.Request) -> web.Response:
+    doc = await request.app[INDEX_KEY].get(request.match_info["id"])
+    if doc is None or doc.thumbnail is None:
+        raise NotFound(f"no thumbnail for {request.match_info['id']!r}", field="id")
+    return web.Response(
+        body=doc.thumbnail,
+        content_type="image/jpeg",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
+
+
+async def record_failures(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    items = body.get("failures")
+    if not isinstance(items, list):
+        raise InvalidInput("failures must be a list", field="failures")
+    failures = [wire.failure_from_json(f) for f in items]
+    await request.app[INDEX_KEY].record_failures(failures)
+    return web.json_response({"recorded": len(failures)})
+
+
+async def list_failures(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", "50")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InvalidInput("limit must be an integer", field="limit") from None
+    if not 1 <= limit <= MAX_FAILURES_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_FAILURES_LIMIT}", field="limit")
+    failures = await request.app[INDEX_KEY].recent_failures(limit)
+    return web.json_response({"failures": [wire.failure_to_json(f) for f in failures]})
+
+
+async def get_failure(request: web.Request) -> web.Response:
+    failure = await request.app[INDEX_KEY].get_failure(request.match_info["id"])
+    if failure is None:
+        raise NotFound(f"no failure recorded for {request.match_info['id']!r}", field="id")
+    return web.json_response(wire.failure_to_json(failure))
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[INDEX_KEY].stats())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        ready = await request.app[INDEX_KEY].ready()
+    except Exception:  # a dependency check must answer, not raise
+        ready = False
+    if not ready:
+        raise Unavailable("the index is not ready", retry_after=1)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS_KEY]
+    with contextlib.suppress(Exception):  # metrics must render while the index is down
+        m.documents.set(await request.app[INDEX_KEY].count())
+    resp = web.Response(body=generate_latest(m.registry))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/search", search)
+    app.router.add_post("/v1/documents/_bulk", bulk)
+    app.router.add_post("/v1/documents/_delete", bulk_delete)
+    app.router.add_get("/v1/documents/{id}", get_document)
+    app.router.add_delete("/v1/documents/{id}", delete_document)
+    app.router.add_get("/v1/documents/{id}/thumbnail", get_thumbnail)
+    app.router.add_post("/v1/failures", record_failures)
+    app.router.add_get("/v1/failures", list_failures)
+    app.router.add_get("/v1/failures/{id}", get_failure)
+    app.router.add_get("/v1/stats", stats)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
