@@ -22,7 +22,7 @@ if [[ ",$EXTRAS," == *",dev,"* ]]; then
   # registry's default build drags in gigabytes of CUDA packages.
   if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     if ls /opt/wheels/torch-2.13.0* >/dev/null 2>&1; then
-      "$VENV/bin/python" -m pip install -q --no-index --find-links /opt/wheels torch==2.13.0 \
+      "$VENV/bin/python" -m pip install -q --find-links /opt/wheels "torch==2.13.0+cpu" \
         || echo "note: torch not installed; the export test will be skipped" >&2
     else
       echo "note: no local torch 2.13.0 CPU wheel; the export test will be skipped" >&2
