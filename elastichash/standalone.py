@@ -21,11 +21,12 @@ from typing import Any
 
 from elastichash.errors import ElasticHashError, ImageError, Unavailable
 from elastichash.index.base import Document, Failure, Index
-from elastichash.model.encoder import Encoded, Encoder
-from elastichash.model.preprocess import make_thumbnail
+from elastichash.model.encoder import Encoder
 from elastichash.pipeline import IngestItem, QueryCode
 
 log = logging.getLogger(__name__)
+
+THUMBNAIL_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -208,15 +209,11 @@ class LocalPipeline:
                     self._idle.set()
 
     async def _process(self, batch: list[_Spooled]) -> None:
-        results = await self._encoder.aencode([sp.item.data for sp in batch])
+        results = await self._encoder.aencode([sp.item.data for sp in batch],
+                                              thumbnails=THUMBNAIL_SIZE)
         docs: list[Document] = []
         done: list[_Spooled] = []
         failures: list[Failure] = []
-        thumbs = await asyncio.gather(*(
-            asyncio.to_thread(self._thumb, sp.item.data) for sp, r in zip(batch, results,
-                                                                          strict=True)
-            if isinstance(r, Encoded)))
-        t_iter = iter(thumbs)
         now = time.time()
         for sp, res in zip(batch, results, strict=True):
             it = sp.item
@@ -226,7 +223,7 @@ class LocalPipeline:
                 done.append(sp)
                 continue
             docs.append(Document(id=it.id, code=res.code, short=res.short, source=it.source,
-                                 metadata=it.metadata, thumbnail=next(t_iter)))
+                                 metadata=it.metadata, thumbnail=res.thumbnail))
         if docs:
             written = await self._index.upsert(docs)
             by_id = {sp.item.id: sp for sp in batch}
@@ -245,12 +242,6 @@ class LocalPipeline:
             await self._index.record_failures(failures)
             self.counts["failed"] += len(failures)
         await asyncio.to_thread(self._unspool, done)
-
-    def _thumb(self, data: bytes) -> bytes | None:
-        try:
-            return make_thumbnail(data, max_pixels=self._max_pixels)
-        except ElasticHashError:
-            return None
 
     @staticmethod
     def _unspool(done: list[_Spooled]) -> None:

@@ -195,3 +195,28 @@ def test_resize_larger_than_the_input_crops_the_centre_of_the_scaled_image() -> 
     np.testing.assert_allclose(pixels(encode(Image.fromarray(arr), "PNG"), cropped), 1.0, atol=0.02)
     whole = pixels(encode(Image.fromarray(arr), "PNG"))  # resize 32: the black border stays
     assert 0.2 < float(whole.mean()) < 0.3
+
+
+def test_ingest_decode_with_thumbnail_gives_the_same_model_input_as_a_query() -> None:
+    """Ingest decodes once for code and thumbnail; a query decodes for the code alone.
+    Both must see the same pixels, or one image would get two codes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from elastichash.model.contract import load_spec
+    from elastichash.model.default import ensure_default_model
+    from elastichash.model.preprocess import load_image, load_image_and_thumbnail
+
+    spec = load_spec(ensure_default_model())
+    rng = np.random.default_rng(5)
+    for size in ((160, 120), (900, 600), (3000, 2000)):
+        small = (rng.random((12, 16, 3)) * 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).save(buf, "JPEG")
+        data = buf.getvalue()
+        arr, thumb = load_image_and_thumbnail(data, spec, 256)
+        assert np.array_equal(arr, load_image(data, spec))
+        with Image.open(io.BytesIO(thumb)) as t:
+            assert max(t.size) == min(256, max(size))

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from elastichash import codes
 from elastichash.errors import ImageError, InvalidInput, ModelContractError
 from elastichash.model.contract import ModelSpec, load_spec
-from elastichash.model.preprocess import load_image
+from elastichash.model.preprocess import load_image, load_image_and_thumbnail
 from elastichash.model.session import create_session
 from elastichash.settings import ImageLimits, ModelSettings
 
@@ -35,6 +35,7 @@ U8 = npt.NDArray[np.uint8]
 class Encoded:
     code: bytes  # 32 bytes, the long code
     short: bytes  # 8 bytes, the short code
+    thumbnail: bytes | None = None  # JPEG, when asked for (made from the same decode)
 
 
 class Encoder:
@@ -127,21 +128,30 @@ class Encoder:
                 self._infer_pool = ThreadPoolExecutor(2, thread_name_prefix="encode")
             return self._decode_pool, self._infer_pool
 
-    def _decode(self, data: bytes) -> npt.NDArray[np.float32]:
+    def _decode(self, data: bytes, thumb: int = 0) -> tuple[npt.NDArray[np.float32], bytes | None]:
         try:
-            return load_image(data, self.spec, self.limits.max_pixels)
+            if thumb:
+                return load_image_and_thumbnail(data, self.spec, thumb, self.limits.max_pixels)
+            return load_image(data, self.spec, self.limits.max_pixels), None
         except ImageError:
             raise
         except Exception as exc:  # a decoder bug must still cost only this image
             log.warning("unexpected decode failure: %r", exc)
             raise ImageError("corrupt", f"image cannot be decoded: {exc}") from None
 
-    def encode_bytes(self, items: list[bytes]) -> list[Encoded | ImageError]:
-        """Encode many images; results in input order, an ImageError in place of a bad one."""
+    def encode_bytes(
+        self, items: list[bytes], thumbnails: int = 0
+    ) -> list[Encoded | ImageError]:
+        """Encode many images; results in input order, an ImageError in place of a bad one.
+
+        ``thumbnails``: also make a JPEG thumbnail of at most this size from the same decode.
+        """
         pool, _ = self._pools()
         results: list[Encoded | ImageError | None] = [None] * len(items)
         window = 2 * self._batch_size  # bounds decoded-but-not-encoded memory
-        pending: deque[tuple[int, Future[npt.NDArray[np.float32]]]] = deque()
+        pending: deque[tuple[int, Future[tuple[npt.NDArray[np.float32], bytes | None]]]] = (
+            deque()
+        )
         feed = iter(enumerate(items))
 
         def refill() -> None:
@@ -149,29 +159,32 @@ class Encoder:
                 nxt = next(feed, None)
                 if nxt is None:
                     return
-                pending.append((nxt[0], pool.submit(self._decode, nxt[1])))
+                pending.append((nxt[0], pool.submit(self._decode, nxt[1], thumbnails)))
 
         batch_idx: list[int] = []
         batch: list[npt.NDArray[np.float32]] = []
+        thumbs: list[bytes | None] = []
 
         def flush() -> None:
             long, short = self.encode_arrays(np.stack(batch))
             for k, i in enumerate(batch_idx):
-                results[i] = Encoded(long[k].tobytes(), short[k].tobytes())
+                results[i] = Encoded(long[k].tobytes(), short[k].tobytes(), thumbs[k])
             batch_idx.clear()
             batch.clear()
+            thumbs.clear()
 
         refill()
         while pending:
             i, fut = pending.popleft()
             refill()  # keep the decoders busy while this thread runs inference
             try:
-                arr = fut.result()
+                arr, thumb = fut.result()
             except ImageError as exc:
                 results[i] = exc
                 continue
             batch_idx.append(i)
             batch.append(arr)
+            thumbs.append(thumb)
             if len(batch) >= self._batch_size:
                 flush()
         if batch:
@@ -180,11 +193,13 @@ class Encoder:
         assert len(done) == len(items), "every item gets a code or an error"
         return done
 
-    async def aencode(self, items: list[bytes]) -> list[Encoded | ImageError]:
+    async def aencode(
+        self, items: list[bytes], thumbnails: int = 0
+    ) -> list[Encoded | ImageError]:
         """:meth:`encode_bytes` off the event loop."""
         _, infer = self._pools()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(infer, self.encode_bytes, items)
+        return await loop.run_in_executor(infer, self.encode_bytes, items, thumbnails)
 
     def close(self) -> None:
         with self._lock:

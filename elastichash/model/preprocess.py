@@ -152,17 +152,16 @@ def _crop_box(w: int, h: int, resize: int, size: int) -> tuple[float, float, flo
     return (left, top, left + cw, top + ch)
 
 
-def load_image(
-    data: bytes, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> npt.NDArray[np.float32]:
-    """Decode and preprocess one image: float32 (3, S, S), normalised as the model declares."""
-
+def _model_want(spec: ModelSpec) -> Callable[[int, int], tuple[int, int]]:
     # JPEG draft needs the whole scaled frame, not just the crop, to be >= the target.
     def want(w: int, h: int) -> tuple[int, int]:
         scale = spec.resize / min(w, h)
         return (math.ceil(w * scale), math.ceil(h * scale))
 
-    im = open_image(data, max_pixels, want)
+    return want
+
+
+def _to_model_input(im: Image.Image, spec: ModelSpec) -> npt.NDArray[np.float32]:
     w, h = im.size
     s = spec.input_size
     try:
@@ -178,10 +177,45 @@ def load_image(
     return result
 
 
+def load_image(
+    data: bytes, spec: ModelSpec, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> npt.NDArray[np.float32]:
+    """Decode and preprocess one image: float32 (3, S, S), normalised as the model declares."""
+    return _to_model_input(open_image(data, max_pixels, _model_want(spec)), spec)
+
+
+def load_image_and_thumbnail(
+    data: bytes, spec: ModelSpec, thumb_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[npt.NDArray[np.float32], bytes]:
+    """:func:`load_image` and :func:`make_thumbnail`, from one decode where that is exact.
+
+    The model input must come from exactly the decode :func:`load_image` does (same JPEG draft
+    scale), or ingest and query codes of one image could differ. The thumbnail reuses that
+    decode when it is large enough; only when draft mode shrank the image below the
+    thumbnail size is the image decoded a second time.
+    """
+    model_want = _model_want(spec)
+    original: list[tuple[int, int]] = []
+
+    def want(w: int, h: int) -> tuple[int, int]:
+        original.append((w, h))
+        return model_want(w, h)
+
+    im = open_image(data, max_pixels, want)
+    arr = _to_model_input(im, spec)
+    if not original or im.size == original[0] or max(im.size) >= thumb_size:
+        return arr, _encode_thumbnail(im.copy(), thumb_size)
+    return arr, make_thumbnail(data, thumb_size, max_pixels)
+
+
+def _encode_thumbnail(im: Image.Image, size: int) -> bytes:
+    im.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
 def make_thumbnail(data: bytes, size: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """A JPEG no larger than ``size`` on its longer side (aspect kept)."""
     im = open_image(data, max_pixels, want=lambda w, h: (min(w, size), min(h, size)))
-    im.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=85, optimize=True)
-    return buf.getvalue()
+    return _encode_thumbnail(im, size)
