@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 HEADROOM = 4096
+TIE_MARGIN = 64  # extra heap entries so the boundary's ties rarely need a second scan
 A = TypeVar("A", bound=npt.NDArray[Any])
 
 
@@ -185,8 +186,9 @@ class CodeTable:
                 s.delta_subs[:d_n], np.arange(s.base_n, s.n, dtype=np.uint32), values
             )
             found = np.concatenate([found, extra])
-        pos = np.unique(found).astype(np.int64)
-        pos = pos[s.alive[pos]]
+        pos = mih.unique(found)
+        if s.dead.size:
+            pos = pos[s.alive[pos]]
         d = kernels.distances_at(code, s.codes, pos)
         scanned = int(pos.size)
         if max_distance is not None:
@@ -194,36 +196,50 @@ class CodeTable:
             pos, d = pos[within], d[within]
         total = int(pos.size)
         pos, d = kernels.cut(pos, d, need)
-        return Candidates(pos, d, total, scanned)
+        return Candidates(pos.astype(np.int64), d, total, scanned)
 
     @staticmethod
     def exact(s: Snapshot, code: U8, need: int, max_distance: int | None) -> Candidates:
+        """The ``need`` nearest alive codes plus every code tied with the last of them.
+
+        One heap scan for ``need + dead + margin`` codes settles almost every query: it holds
+        every code at the boundary distance unless its last entry sits at that distance too;
+        only then a range scan fetches the whole tie set. With ``max_distance`` the heap also
+        answers the count when its last entry lies beyond the range; otherwise a counting scan
+        (no output) does.
+        """
         n = s.n
         if n == 0:
             return Candidates(np.zeros(0, np.int64), np.zeros(0, np.int32), 0, 0)
         codes = s.codes[:n]
+        n_dead = int(s.dead.size)
+        k = min(n, need + n_dead + max(need, TIE_MARGIN))
+        dist, ids = kernels.knn(code, codes, k)
+        last = int(dist[-1])
+        ok = s.alive[ids] if n_dead else None
         if max_distance is not None:
-            d = kernels.distances(code, codes)
-            d[s.dead] = 1 << 20
-            total = int(np.count_nonzero(d <= max_distance))
-            if total <= max(4 * need, 65536):
-                pos = np.flatnonzero(d <= max_distance)
-                p, dd = kernels.cut(pos, d[pos], need)
-                return Candidates(p, dd, total, n)
-        else:
+            inside = dist <= max_distance
+            ok = inside if ok is None else ok & inside
+        dk, ik = (dist, ids) if ok is None else (dist[ok], ids[ok])
+        if max_distance is None:
             total = s.n_alive
-        k = min(n, need + int(s.dead.size) + 1)
-        while True:
-            dist, ids = kernels.knn(code, codes, k)
-            ok = s.alive[ids]
-            if max_distance is not None:
-                ok &= dist <= max_distance
-            dk, ik = dist[ok], ids[ok]
-            if dk.size >= need:
-                boundary = dk[need - 1]
-                if k >= n or dist[-1] > boundary:
-                    keep = dk <= boundary
-                    return Candidates(ik[keep], dk[keep], total, n)
-            elif k >= n:
-                return Candidates(ik, dk, total, n)
-            k = min(n, 2 * k)
+        elif k >= n or last > max_distance:
+            total = int(dk.size)  # the heap holds every code within range
+        else:
+            dead_d = kernels.distances_at(code, codes, s.dead)
+            dead_in = int(np.count_nonzero(dead_d <= max_distance))
+            total = kernels.count_within(code, codes, max_distance) - dead_in
+        if dk.size < need:
+            # Fewer than ``need`` matches in the heap: it holds all of them (k >= n, or its
+            # last entry is beyond ``max_distance``; ``k`` covers every dead code).
+            return Candidates(ik, dk, total, n)
+        boundary = int(dk[need - 1])
+        if k >= n or last > boundary:
+            keep = dk <= boundary
+            return Candidates(ik[keep], dk[keep], total, n)
+        # The heap cut through the tie set at ``boundary``: fetch all of it.
+        pos, d = kernels.within(code, codes, boundary)
+        if n_dead:
+            live = s.alive[pos]
+            pos, d = pos[live], d[live]
+        return Candidates(pos, d, total, n)

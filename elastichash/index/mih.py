@@ -112,6 +112,21 @@ def lookup(tables: Tables, values: npt.NDArray[np.int64]) -> U32:
     return out
 
 
+def unique(found: U32) -> U32:
+    """Sorted distinct positions of ``found`` (a code shows up once per table it matched in).
+
+    A sort of the uint32 array (SIMD in numpy 2) and a neighbour compare: several times
+    faster than ``np.unique``, and the ascending order makes the re-rank's gather sequential."""
+    if found.size < 2:
+        return found.copy()
+    s = np.sort(found)
+    keep = np.empty(s.size, bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    out: U32 = s[keep]
+    return out
+
+
 def scan_delta(delta_subs: U16, delta_pos: U32, values: npt.NDArray[np.int64]) -> U32:
     """Delta positions any of whose subcodes is among the query's neighbour values."""
     if delta_pos.size == 0:
