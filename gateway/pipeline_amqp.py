@@ -65,6 +65,23 @@ class AmqpPipeline:
             await self._connection.close()
             self._connection = None
 
+    def is_queued(self, image_id: str) -> bool | None:
+        return None  # the backlog is in the broker; the gateway falls back on its own memory
+
+    async def backlog(self) -> int | None:
+        """Messages waiting in the ingest and index queues (passive declares)."""
+        if self._rpc is None or self._connection is None or self._connection.is_closed:
+            return None
+        total = 0
+        try:
+            for rk in (amqp.RK_INGEST, amqp.RK_INDEX):
+                q = await self._rpc.channel.declare_queue(self.topo.queue(rk), passive=True)
+                total += q.declaration_result.message_count or 0
+        except Exception as exc:  # stats must not fail because the broker is restarting
+            log.debug("backlog unavailable: %s", exc)
+            return None
+        return total
+
     async def ready(self) -> bool:
         conn = self._connection
         return conn is not None and not conn.is_closed

@@ -1,0 +1,356 @@
+"""Ingest throughput of the distributed pipeline vs the encoder alone, in the same run.
+
+    python bench/ingest.py [--images 1000] [--dir /work/shared/datasets/corel1k/images]
+                           [--amqp amqp://guest:guest@127.0.0.1:5672/]
+                           [--out bench/results/ingest.json]
+
+1. Reference: the encoder worker's own CPU step (decode, ONNX, thumbnail) in this process,
+   on the same images, same batch size: images/s with no broker, no index, no HTTP.
+2. Pipeline with one, then two encoder workers: gateway, indexer and search service as
+   subprocesses over RabbitMQ; all images posted to the gateway at once; images/s from the
+   first POST until the search service counts them all (a cheap poll, so the probe does not
+   take the CPU it measures). CPU seconds per process (and the local broker's) are recorded.
+3. Latency: images posted one at a time at about half the measured rate; time from the 202
+   to searchable, p50 and p99.
+Target: one encoder in the pipeline reaches >= 80% of the encoder alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from elastichash.ids import content_id  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load_images(folder: Path | None, n: int) -> list[bytes]:
+    if folder is not None and folder.exists():
+        files = sorted(
+            p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"}
+        )
+        if files:
+            return [files[i % len(files)].read_bytes() for i in range(n)][: len(files)]
+    from tests.imagegen import make_image
+
+    return [make_image(s, size=(320, 240)) for s in range(n)]
+
+
+def encoder_alone(images: list[bytes], model: Path, batch: int) -> float:
+    from elastichash.model.encoder import Encoder
+    from elastichash.pipeline import IngestItem
+    from elastichash.settings import ImageLimits, ModelSettings
+    from encoder_worker import encode
+
+    enc = Encoder.load(ModelSettings(path=model, intra_op_threads=0), ImageLimits())
+    items = [IngestItem(id=content_id(d), data=d) for d in images]
+    encode.encode_batch(enc, items[:batch])  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(items), batch):
+        encode.encode_batch(enc, items[i : i + batch])
+    return len(items) / (time.perf_counter() - started)
+
+
+class Stack:
+    def __init__(self, amqp: str, model: Path, tmp: Path, encoders: int, batch: int) -> None:
+        self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        self.amqp, self.model, self.tmp = amqp, model, tmp
+        self.encoders, self.batch = encoders, batch
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.names: list[str] = []
+        self.search_port, self.gateway_port = free_port(), free_port()
+
+    def spawn(self, command: str, env: dict[str, str]) -> None:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("EH_")}
+        full.update(env, ELASTICHASH_DATA=str(self.tmp / "data"))
+        log = (self.tmp / f"{command}-{len(self.procs)}.log").open("wb")
+        self.names.append(command)
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "elastichash.cli", command],
+                cwd=ROOT,
+                env=full,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+
+    async def start(self) -> None:
+        search = f"http://127.0.0.1:{self.search_port}"
+        self.spawn(
+            "search-service",
+            {
+                "EH_SEARCH_HOST": "127.0.0.1",
+                "EH_SEARCH_PORT": str(self.search_port),
+                "EH_SEARCH_INDEX__BACKEND": "embedded",
+                "EH_SEARCH_INDEX__DATA_DIR": str(self.tmp / "index"),
+            },
+        )
+        await wait_http(f"{search}/readyz")
+        amqp = {"AMQP__URL": self.amqp, "AMQP__PREFIX": self.prefix}
+        health = []
+        port = free_port()
+        health.append(port)
+        self.spawn(
+            "indexer-worker",
+            {
+                **{f"EH_INDEXER_{k}": v for k, v in amqp.items()},
+                "EH_INDEXER_INDEX__BACKEND": "remote",
+                "EH_INDEXER_INDEX__SEARCH_URL": search,
+                "EH_INDEXER_HEALTH_PORT": str(port),
+            },
+        )
+        for _ in range(self.encoders):
+            port = free_port()
+            health.append(port)
+            self.spawn(
+                "encoder-worker",
+                {
+                    **{f"EH_ENCODER_{k}": v for k, v in amqp.items()},
+                    "EH_ENCODER_MODEL__PATH": str(self.model),
+                    "EH_ENCODER_BATCH_MAX": str(self.batch),
+                    "EH_ENCODER_HEALTH_PORT": str(port),
+                },
+            )
+        self.spawn(
+            "gateway",
+            {
+                **{f"EH_GATEWAY_{k}": v for k, v in amqp.items()},
+                "EH_GATEWAY_HOST": "127.0.0.1",
+                "EH_GATEWAY_PORT": str(self.gateway_port),
+                "EH_GATEWAY_MODEL__PATH": str(self.model),
+                "EH_GATEWAY_INDEX__BACKEND": "remote",
+                "EH_GATEWAY_INDEX__SEARCH_URL": search,
+            },
+        )
+        for p in health:
+            await wait_http(f"http://127.0.0.1:{p}/readyz")
+        await wait_http(f"http://127.0.0.1:{self.gateway_port}/readyz")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User+system CPU each service process has used so far (Linux /proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out: dict[str, float] = {}
+        for name, p in zip(self.names, self.procs, strict=True):
+            try:
+                fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+async def wait_http(url: str, timeout: float = 120) -> None:  # noqa: ASYNC109
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit(f"{url} not ready in {timeout}s")
+
+
+async def post(http: aiohttp.ClientSession, base: str, chunk: list[bytes]) -> float:
+    form = aiohttp.FormData()
+    for i, data in enumerate(chunk):
+        form.add_field("file", data, filename=f"{i}.jpg", content_type="image/jpeg")
+    async with http.post(f"{base}/v1/images", data=form) as r:
+        if r.status != 202:
+            raise SystemExit(f"ingest answered {r.status}: {await r.text()}")
+    return time.perf_counter()
+
+
+async def watch(
+    http: aiohttp.ClientSession, search: str, ids: list[str], seen: dict[str, float]
+) -> None:
+    """Record when each id first becomes gettable from the search service."""
+    pending = list(dict.fromkeys(ids))
+    failed: set[str] = set()
+
+    async def has(i: str) -> bool:
+        async with http.get(f"{search}/v1/documents/{i}") as r:
+            if r.status == 200:
+                return True
+        async with http.get(f"{search}/v1/failures/{i}") as r:
+            if r.status == 200:
+                failed.add(i)
+                return True
+        return False
+
+    while pending:
+        window = pending[:32]
+        found = await asyncio.gather(*(has(i) for i in window))
+        now = time.perf_counter()
+        for i, ok in zip(window, found, strict=True):
+            if ok:
+                seen[i] = now
+        pending = [i for i in pending if i not in seen]
+        await asyncio.sleep(0.01)
+    if failed:
+        print(f"  {len(failed)} images failed to encode (counted as done)", file=sys.stderr)
+
+
+def broker_cpu_seconds() -> float | None:
+    """CPU used so far by the local RabbitMQ node, when rabbitmqctl can reach it."""
+    try:
+        out = (
+            subprocess.run(
+                ["rabbitmqctl", "eval", "os:getpid()."], capture_output=True, text=True, timeout=20
+            )
+            .stdout.strip()
+            .strip('"')
+        )
+        fields = Path(f"/proc/{int(out)}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def count(http: aiohttp.ClientSession, search: str) -> int:
+    async with http.get(f"{search}/v1/stats") as r:
+        return int((await r.json())["count"])
+
+
+async def run_stack(
+    args: argparse.Namespace, images: list[bytes], model: Path, encoders: int, tmp: Path
+) -> dict[str, Any]:
+    stack = Stack(args.amqp, model, tmp / f"e{encoders}", encoders, args.batch)
+    stack.tmp.mkdir()
+    await stack.start()
+    base = f"http://127.0.0.1:{stack.gateway_port}"
+    search = f"http://127.0.0.1:{stack.search_port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            ids = [content_id(d) for d in images]
+            unique = len(set(ids))
+            cpu0 = stack.cpu_seconds()
+            broker0 = broker_cpu_seconds()
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(post(http, base, images[i : i + 20]) for i in range(0, len(images), 20))
+            )
+            posted = time.perf_counter() - started
+            # A cheap count poll (not per-id GETs) so the probe does not steal the CPU it measures.
+            while await count(http, search) < unique:
+                if time.perf_counter() - started > 600:
+                    raise SystemExit("pipeline did not index everything in 600 s")
+                await asyncio.sleep(0.05)
+            rate = unique / (time.perf_counter() - started)
+            cpu = {k: round(v - cpu0.get(k, 0.0), 2) for k, v in stack.cpu_seconds().items()}
+            broker1 = broker_cpu_seconds()
+            if broker0 is not None and broker1 is not None:
+                cpu["rabbitmq"] = round(broker1 - broker0, 2)
+            cpu["wall"] = round(unique / rate, 2)
+            print(f"  CPU seconds during the run: {cpu}", file=sys.stderr)
+            print(
+                f"  {encoders} encoder(s): {unique} searchable, posted in {posted:.1f}s",
+                file=sys.stderr,
+            )
+            # Latency at about half that rate, one image per request.
+            lat_images = [d + b"\0" * (k + 1) for k, d in enumerate(images[: args.latency_images])]
+            lat: list[float] = []
+            for data in lat_images:
+                ident = content_id(data)
+                t202 = await post(http, base, [data])
+                seen2: dict[str, float] = {}
+                await watch(http, search, [ident], seen2)
+                lat.append(seen2[ident] - t202)
+                await asyncio.sleep(max(0.0, 2.0 / rate - (time.perf_counter() - t202)))
+    finally:
+        stack.stop()
+        from elastichash.amqp import delete_topology
+
+        await delete_topology(args.amqp, stack.prefix)
+    return {
+        "encoders": encoders,
+        "images_per_s": rate,
+        "post_s": posted,
+        "cpu_s": cpu,
+        "p50_s": float(np.percentile(lat, 50)),
+        "p99_s": float(np.percentile(lat, 99)),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--dir", type=Path, default=Path("/work/shared/datasets/corel1k/images"))
+    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--latency-images", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/ingest.json")
+    args = parser.parse_args()
+    from elastichash.model.default import ensure_default_model
+
+    images = load_images(args.dir, args.images)
+    with tempfile.TemporaryDirectory(prefix="eh-bench-") as t:
+        tmp = Path(t)
+        model = ensure_default_model(tmp / "default.onnx")
+        alone = encoder_alone(images, model, args.batch)
+        print(f"encoder alone: {alone:.1f} images/s", file=sys.stderr)
+        runs = [asyncio.run(run_stack(args, images, model, n, tmp)) for n in (1, 2)]
+    print(
+        f"{len(images)} images, batch {args.batch}, {os.cpu_count()} CPUs"
+        f" ({platform.processor() or platform.machine()})"
+    )
+    print(f"{'setup':<28}{'images/s':>10}{'vs alone':>10}{'202->searchable p50':>22}{'p99':>10}")
+    print(f"{'encoder alone (in-process)':<28}{alone:>10.1f}{1.0:>10.2f}{'-':>22}{'-':>10}")
+    for r in runs:
+        r["ratio_vs_alone"] = r["images_per_s"] / alone
+        print(
+            f"{'pipeline, ' + str(r['encoders']) + ' encoder(s)':<28}{r['images_per_s']:>10.1f}"
+            f"{r['ratio_vs_alone']:>10.2f}{r['p50_s'] * 1000:>20.0f}ms{r['p99_s'] * 1000:>8.0f}ms"
+        )
+    result = {
+        "images": len(images),
+        "batch": args.batch,
+        "cpus": os.cpu_count(),
+        "encoder_alone_images_per_s": alone,
+        "pipeline": runs,
+        "target_ratio": 0.8,
+        "one_encoder_meets_target": runs[0]["ratio_vs_alone"] >= 0.8,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

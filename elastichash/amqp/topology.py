@@ -1,0 +1,143 @@
+"""Topology: names, queue arguments, idempotent declaration, connection."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
+
+from elastichash.errors import Unavailable
+from elastichash.settings import AmqpSettings
+
+RK_INGEST = "ingest"
+RK_INDEX = "index"
+RK_RPC = "encode_rpc"
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+RPC_MAX_LENGTH = 1000
+# A fixed ceiling, not each caller's timeout: queue arguments must be identical in every
+# process that declares the queue. Each request also carries its caller's own timeout as a
+# per-message ``expiration``, which is what normally drops it.
+RPC_QUEUE_TTL_MS = 60_000
+RECONNECT_INTERVAL_S = 1.0
+
+# Failures that mean "the connection or channel went away": retry after it is restored.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+)
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+    delivery_limit: int = 5
+
+    @classmethod
+    def of(cls, settings: AmqpSettings) -> Topology:
+        return cls(settings.prefix, settings.delivery_limit)
+
+    @property
+    def exchange(self) -> str:
+        return self.prefix
+
+    @property
+    def dlx(self) -> str:
+        return f"{self.prefix}.dlx"
+
+    def queue(self, routing_key: str) -> str:
+        return f"{self.prefix}.{routing_key}"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}.dead"
+
+    def work_queue_arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": self.dlx,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def rpc_queue_arguments(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "classic",
+            "x-message-ttl": RPC_QUEUE_TTL_MS,
+            "x-max-length": RPC_MAX_LENGTH,
+            "x-overflow": "reject-publish",
+        }
+
+    def queue_names(self) -> list[str]:
+        return [self.queue(RK_INGEST), self.queue(RK_INDEX), self.queue(RK_RPC), self.dead]
+
+
+@dataclass(frozen=True)
+class Declared:
+    exchange: AbstractExchange
+    dlx: AbstractExchange
+    queues: dict[str, AbstractQueue]  # by routing key, plus "dead"
+
+
+async def declare(channel: AbstractChannel, topo: Topology) -> Declared:
+    """Declare everything; safe to repeat, and done on every channel that uses it so that a
+    robust channel re-declares it after a broker restart (the RPC queue is not durable).
+    Differing arguments on an existing queue make the broker answer PRECONDITION_FAILED,
+    which we let surface: silently using a queue with other guarantees would be worse."""
+    exchange = await channel.declare_exchange(
+        topo.exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    dlx = await channel.declare_exchange(topo.dlx, aio_pika.ExchangeType.FANOUT, durable=True)
+    dead = await channel.declare_queue(
+        topo.dead, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead.bind(dlx, routing_key="")
+    queues: dict[str, AbstractQueue] = {"dead": dead}
+    for rk in (RK_INGEST, RK_INDEX):
+        q = await channel.declare_queue(
+            topo.queue(rk), durable=True, arguments=topo.work_queue_arguments()
+        )
+        await q.bind(exchange, routing_key=rk)
+        queues[rk] = q
+    rpc = await channel.declare_queue(
+        topo.queue(RK_RPC), durable=False, arguments=topo.rpc_queue_arguments()
+    )
+    await rpc.bind(exchange, routing_key=RK_RPC)
+    queues[RK_RPC] = rpc
+    return Declared(exchange, dlx, queues)
+
+
+async def connect(settings: AmqpSettings, name: str) -> AbstractRobustConnection:
+    """A robust connection: reconnects by itself and restores channels, queues, consumers."""
+    try:
+        return await aio_pika.connect_robust(
+            settings.url,
+            client_properties={"connection_name": name},
+            reconnect_interval=RECONNECT_INTERVAL_S,
+            timeout=settings.publish_timeout_s,
+        )
+    except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
+        raise Unavailable(f"cannot connect to the broker: {exc}") from exc
+
+
+async def delete_topology(url: str, prefix: str, extra_queues: Sequence[str] = ()) -> None:
+    """Delete a prefix's queues and exchanges (tests, benchmarks, tearing down a trial)."""
+    topo = Topology(prefix)
+    conn = await aio_pika.connect(url, timeout=5)
+    try:
+        for name in [*topo.queue_names(), *extra_queues]:
+            ch = await conn.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await ch.queue_delete(name)
+        for name in (topo.exchange, topo.dlx):
+            ch = await conn.channel()
+            with contextlib.suppress(aio_pika.exceptions.AMQPError):
+                await ch.exchange_delete(name)
+    finally:
+        await conn.close()

@@ -1,0 +1,209 @@
+"""Versioned wire schemas for everything that crosses RabbitMQ, in one place.
+
+Three message kinds:
+
+* **ingest** (gateway -> encoder): the raw image bytes as the body (never base64 in JSON:
+  a third less traffic and no decode step) plus validated headers: schema version, id,
+  source, metadata as a JSON string, content type. A size cap applies to the body.
+* **index** (encoder -> indexer): JSON, either a document (codes as hex, thumbnail as
+  base64) or a failure record, so status can say why an image was not indexed.
+* **encode RPC** (gateway -> encoder -> gateway): request = raw image bytes, reply = JSON.
+
+Every schema carries ``v``; a consumer refuses versions it does not know (dead-lettered with
+reason ``unsupported_version``) instead of guessing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from elastichash.errors import InvalidInput
+from elastichash.ids import check_id
+from elastichash.index.base import Document, Failure
+from elastichash.pipeline import IngestItem
+
+SCHEMA_VERSION = 1
+
+# Header names. The x-eh- prefix keeps them apart from broker headers (x-death, ...).
+H_VERSION = "x-eh-v"
+H_ID = "x-eh-id"
+H_SOURCE = "x-eh-source"
+H_METADATA = "x-eh-metadata"
+H_REASON = "x-eh-reason"  # on dead-lettered copies: stable reason code
+H_DETAIL = "x-eh-detail"  # on dead-lettered copies: human-readable message
+H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consumed from
+
+# Metadata travels in a header; RabbitMQ's frame_max (128 KiB) bounds all headers together.
+MAX_METADATA_BYTES = 16 * 1024
+MAX_SOURCE_CHARS = 2048
+HEX64 = r"^[0-9a-f]{64}$"
+HEX16 = r"^[0-9a-f]{16}$"
+
+
+class BadMessage(InvalidInput):
+    """A message that can never be processed: dead-letter it with ``reason``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IngestHeaders(_Frozen):
+    v: Literal[1] = 1
+    id: str
+    source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    content_type: str | None = Field(default=None, max_length=128)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return check_id(value)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
+def encode_ingest(item: IngestItem) -> tuple[bytes, dict[str, Any], str | None]:
+    """Body, headers and content type of an ingest message (validated before sending)."""
+    meta = json.dumps(item.metadata, separators=(",", ":"), ensure_ascii=False)
+    if len(meta.encode()) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata over {MAX_METADATA_BYTES} bytes", field="metadata")
+    IngestHeaders(
+        id=item.id, source=item.source, metadata=item.metadata, content_type=item.content_type
+    )
+    headers: dict[str, Any] = {H_VERSION: SCHEMA_VERSION, H_ID: item.id, H_METADATA: meta}
+    if item.source is not None:
+        headers[H_SOURCE] = item.source
+    return item.data, headers, item.content_type
+
+
+def decode_ingest(
+    body: bytes, headers: Mapping[str, Any], content_type: str | None, max_bytes: int
+) -> IngestItem:
+    """Validate an ingest message; raises :class:`BadMessage` with a stable reason."""
+    version = headers.get(H_VERSION)
+    if version != SCHEMA_VERSION:
+        raise BadMessage("unsupported_version", f"ingest schema version {version!r} unknown")
+    try:
+        meta_text = _text(headers.get(H_METADATA)) or "{}"
+        if len(meta_text.encode()) > MAX_METADATA_BYTES:
+            raise BadMessage("bad_headers", f"metadata over {MAX_METADATA_BYTES} bytes")
+        meta = json.loads(meta_text)
+        parsed = IngestHeaders(
+            id=_text(headers.get(H_ID)) or "",
+            source=_text(headers.get(H_SOURCE)),
+            metadata=meta,
+            content_type=content_type,
+        )
+    except (ValidationError, ValueError, InvalidInput) as exc:
+        if isinstance(exc, BadMessage):
+            raise
+        raise BadMessage("bad_headers", f"invalid ingest headers: {exc}") from exc
+    if not body:
+        raise BadMessage("empty", "empty image body")
+    if len(body) > max_bytes:
+        raise BadMessage("too_large", f"image of {len(body)} bytes over the {max_bytes} cap")
+    return IngestItem(
+        id=parsed.id,
+        data=body,
+        source=parsed.source,
+        metadata=parsed.metadata,
+        content_type=parsed.content_type,
+    )
+
+
+class IndexDoc(_Frozen):
+    kind: Literal["doc"] = "doc"
+    v: Literal[1] = 1
+    id: str
+    code: str = Field(pattern=HEX64)
+    short: str = Field(pattern=HEX16)
+    source: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    thumbnail: str | None = None  # base64 JPEG
+
+    @classmethod
+    def of(cls, doc: Document) -> IndexDoc:
+        thumb = base64.b64encode(doc.thumbnail).decode() if doc.thumbnail else None
+        return cls(
+            id=doc.id,
+            code=doc.code.hex(),
+            short=doc.short.hex(),
+            source=doc.source,
+            metadata=doc.metadata,
+            thumbnail=thumb,
+        )
+
+    def document(self) -> Document:
+        return Document(
+            id=self.id,
+            code=bytes.fromhex(self.code),
+            short=bytes.fromhex(self.short),
+            source=self.source,
+            metadata=dict(self.metadata),
+            thumbnail=base64.b64decode(self.thumbnail) if self.thumbnail else None,
+        )
+
+
+class IndexFailure(_Frozen):
+    kind: Literal["failure"] = "failure"
+    v: Literal[1] = 1
+    id: str
+    reason: str
+    message: str
+    source: str | None = None
+    at: float = Field(default_factory=time.time)
+
+    def failure(self) -> Failure:
+        return Failure(
+            id=self.id, reason=self.reason, message=self.message, source=self.source, at=self.at
+        )
+
+
+IndexMessage = Annotated[IndexDoc | IndexFailure, Field(discriminator="kind")]
+_INDEX_ADAPTER: TypeAdapter[IndexDoc | IndexFailure] = TypeAdapter(IndexMessage)
+
+
+def decode_index(body: bytes) -> IndexDoc | IndexFailure:
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:
+        raise BadMessage("bad_message", f"index message is not JSON: {exc}") from exc
+    if isinstance(raw, dict) and raw.get("v") not in (None, SCHEMA_VERSION):
+        raise BadMessage("unsupported_version", f"index schema version {raw.get('v')!r} unknown")
+    try:
+        return _INDEX_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        raise BadMessage("bad_message", f"invalid index message: {exc}") from exc
+
+
+class EncodeReply(_Frozen):
+    v: Literal[1] = 1
+    ok: bool
+    code: str | None = Field(default=None, pattern=HEX64)
+    short: str | None = Field(default=None, pattern=HEX16)
+    reason: str | None = None
+    message: str | None = None
+
+
+def decode_reply(body: bytes) -> EncodeReply:
+    try:
+        return EncodeReply.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadMessage("bad_message", f"invalid encode reply: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Encoder worker: ingest queue -> micro-batched ONNX encoding -> index queue; encode RPC."""

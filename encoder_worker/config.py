@@ -1,0 +1,30 @@
+"""Encoder worker settings: env prefix ``EH_ENCODER_``, nested groups with ``__``
+(``EH_ENCODER_AMQP__URL``, ``EH_ENCODER_MODEL__PATH``, ``EH_ENCODER_BATCH_MAX``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from elastichash.settings import AmqpSettings, ImageLimits, ModelSettings
+
+
+class EncoderWorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EH_ENCODER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    limits: ImageLimits = Field(default_factory=ImageLimits)
+    amqp: AmqpSettings = Field(default_factory=AmqpSettings)
+    # A batch closes at batch_max images or batch_ms after its first image, whichever first:
+    # big enough to amortise the ONNX call, short enough that a trickle is not held back.
+    batch_max: int = Field(default=16, ge=1, le=1024)
+    batch_ms: float = Field(default=20.0, ge=0.0)
+    # SIGTERM: stop consuming, finish in-flight batches within this grace, then cancel.
+    drain_timeout_s: float = 30.0
+    health_host: str = "0.0.0.0"
+    health_port: int = 9100
+    # Query encodings (RPC) in flight at once; they have their own thread, never queued
+    # behind ingest batches.
+    rpc_prefetch: int = 4

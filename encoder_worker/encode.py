@@ -1,0 +1,78 @@
+"""The CPU part of the encoder worker, run in the bounded executor: bytes in, index
+messages out. No I/O here, so it is tested without a broker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from elastichash.errors import ImageError
+from elastichash.index.base import Document
+from elastichash.messages import EncodeReply, IndexDoc, IndexFailure
+from elastichash.pipeline import IngestItem
+
+log = logging.getLogger(__name__)
+
+
+# Thumbnails come from the decode the encoder does anyway (see Encoder.encode_bytes).
+THUMBNAIL_SIZE = 256
+
+
+def _encode_many(encoder: Any, datas: list[bytes], thumbnails: int = 0) -> list[Any]:
+    """One batched call; if the batch itself blows up (not a per-image ImageError), encode
+    one by one so one poison image cannot take its batch-mates down with it."""
+    try:
+        results: list[Any] = encoder.encode_bytes(datas, thumbnails)
+        return results
+    except Exception:
+        log.exception("batch of %d failed; encoding one by one", len(datas))
+    out: list[Any] = []
+    for data in datas:
+        try:
+            out.extend(encoder.encode_bytes([data], thumbnails))
+        except ImageError as exc:
+            out.append(exc)
+        except Exception as exc:
+            out.append(ImageError("corrupt", f"encoder failed on this image: {exc}"))
+    return out
+
+
+def encode_batch(encoder: Any, items: Sequence[IngestItem]) -> list[IndexDoc | IndexFailure]:
+    """One index message per item, in order: a document, or a failure record."""
+    results = _encode_many(encoder, [item.data for item in items], THUMBNAIL_SIZE)
+    out: list[IndexDoc | IndexFailure] = []
+    for item, res in zip(items, results, strict=True):
+        if isinstance(res, ImageError):
+            out.append(
+                IndexFailure(
+                    id=item.id,
+                    reason=res.reason,
+                    message=res.message,
+                    source=item.source,
+                    at=time.time(),
+                )
+            )
+            continue
+        doc = Document(
+            id=item.id,
+            code=bytes(res.code),
+            short=bytes(res.short),
+            source=item.source,
+            metadata=dict(item.metadata),
+            thumbnail=res.thumbnail,
+        )
+        out.append(IndexDoc.of(doc))
+    return out
+
+
+def encode_query(encoder: Any, data: bytes, max_bytes: int) -> EncodeReply:
+    if not data:
+        return EncodeReply(ok=False, reason="empty", message="empty image")
+    if len(data) > max_bytes:
+        return EncodeReply(ok=False, reason="too_large", message=f"image over {max_bytes} bytes")
+    res = _encode_many(encoder, [data])[0]
+    if isinstance(res, ImageError):
+        return EncodeReply(ok=False, reason=res.reason, message=res.message)
+    return EncodeReply(ok=True, code=bytes(res.code).hex(), short=bytes(res.short).hex())

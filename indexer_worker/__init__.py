@@ -1,0 +1,1 @@
+"""Indexer worker: index queue -> batched index writes, acked per item once written."""

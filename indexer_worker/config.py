@@ -1,0 +1,36 @@
+"""Indexer worker settings: env prefix ``EH_INDEXER_``, nested groups with ``__``
+(``EH_INDEXER_AMQP__URL``, ``EH_INDEXER_INDEX__BACKEND``, ``EH_INDEXER_BATCH_MAX``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from elastichash.settings import AmqpSettings, IndexSettings
+
+
+class IndexerIndexSettings(IndexSettings):
+    # A subclass, not a default_factory: pydantic-settings builds the group from the env
+    # when any EH_INDEXER_INDEX__* variable is set, and would then fall back to "embedded".
+    backend: Literal["embedded", "elasticsearch", "remote"] = "remote"
+
+
+class IndexerWorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EH_INDEXER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    amqp: AmqpSettings = Field(default_factory=AmqpSettings)
+    # Distributed mode writes through the search service, which owns the embedded store.
+    index: IndexerIndexSettings = Field(default_factory=IndexerIndexSettings)
+    # One index write per batch_max messages or batch_ms after the first, whichever first.
+    batch_max: int = Field(default=64, ge=1, le=5000)
+    batch_ms: float = Field(default=50.0, ge=0.0)
+    drain_timeout_s: float = 30.0
+    health_host: str = "0.0.0.0"
+    health_port: int = 9101
+    # Backoff before requeueing after a transient index failure (doubles, capped).
+    retry_backoff_s: float = 0.2
+    retry_backoff_max_s: float = 5.0

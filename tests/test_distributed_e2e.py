@@ -1,0 +1,84 @@
+"""The whole distributed system as subprocesses: gateway, two encoders, one indexer and the
+search service over a real RabbitMQ. 500 images in over HTTP; every one searchable, none twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+import pytest
+
+from tests.distributed_fixtures import (
+    Cluster,
+    account,
+    cluster_factory,
+    dead_letters,
+    images,
+    model_file,
+)
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
+__all__ = ["cluster_factory", "model_file"]
+
+N = 500
+PER_REQUEST = 50
+
+
+async def test_500_images_over_http_are_each_searchable_exactly_once(
+    rabbitmq_url: str, amqp_prefix: str, cluster_factory: Callable[[str, str], Cluster]
+) -> None:
+    c = cluster_factory(rabbitmq_url, amqp_prefix)
+    search = c.search_service()
+    await c.ready(search)
+    workers = [c.indexer(), c.encoder(), c.encoder()]
+    gateway = c.gateway()
+    for svc in workers:
+        await c.ready(svc)
+    await c.ready(gateway)
+    items = images(range(20_000, 20_000 + N))
+
+    async with aiohttp.ClientSession() as http:
+        accepted: list[str] = []
+        for start in range(0, N, PER_REQUEST):
+            form = aiohttp.FormData()
+            for item in items[start : start + PER_REQUEST]:
+                form.add_field("file", item.data, filename=item.source, content_type="image/jpeg")
+            async with http.post(gateway.url("/v1/images"), data=form) as resp:
+                body = await resp.json()
+                assert resp.status == 202, body
+                assert not body.get("errors")
+                accepted += [img["id"] for img in body["images"]]
+        assert sorted(accepted) == sorted(i.id for i in items)  # content ids, as sent
+
+        indexed, failed = await account(c.search_url, items, timeout=180)
+        assert len(indexed) == N
+        assert not failed
+
+        async def hits_of(ident: str) -> list[str]:
+            async with http.post(gateway.url("/v1/search"), json={"id": ident, "k": 10}) as resp:
+                assert resp.status == 200, await resp.text()
+                return [h["id"] for h in (await resp.json())["results"]]
+
+        sem = asyncio.Semaphore(8)
+
+        async def check(ident: str) -> None:
+            async with sem:
+                hits = await hits_of(ident)
+            assert hits.count(ident) == 1, (ident, hits)
+            assert len(hits) == len(set(hits))
+
+        await asyncio.gather(*(check(i.id) for i in items))
+        # Search by upload: the query is encoded by an encoder worker over the RPC queue.
+        form = aiohttp.FormData()
+        form.add_field("file", items[3].data, filename="q.jpg", content_type="image/jpeg")
+        form.add_field("k", "5")
+        async with http.post(gateway.url("/v1/search"), data=form) as resp:
+            assert resp.status == 200, await resp.text()
+            top = (await resp.json())["results"]
+        assert top
+        assert top[0]["distance"] == 0
+        assert items[3].id in [h["id"] for h in top if h["distance"] == 0]
+        async with http.get(gateway.url(f"/v1/images/{items[0].id}")) as resp:
+            assert (await resp.json())["status"] == "indexed"
+    assert await dead_letters(rabbitmq_url, amqp_prefix) == []

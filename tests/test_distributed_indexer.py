@@ -1,0 +1,136 @@
+"""The indexer worker as a subprocess between RabbitMQ and the search service: written items
+acked once, malformed messages dead-lettered with a reason, an index outage waited out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+
+from elastichash import amqp
+from elastichash.index.base import Document
+from elastichash.index.remote import RemoteIndex
+from elastichash.messages import IndexDoc, IndexFailure
+from elastichash.settings import AmqpSettings
+from tests.distributed_fixtures import Cluster, cluster_factory, dead_letters, model_file, wait_for
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
+__all__ = ["cluster_factory", "model_file"]
+
+
+def _docs(n: int, start: int = 0) -> list[Document]:
+    return [
+        Document(
+            id=f"doc-{start + i}",
+            code=os.urandom(32),
+            short=os.urandom(8),
+            source=f"s{i}",
+            metadata={"i": i},
+        )
+        for i in range(n)
+    ]
+
+
+async def _send(url: str, prefix: str, bodies: list[bytes]) -> None:
+    settings = AmqpSettings(url=url, prefix=prefix)
+    conn = await amqp.connect(settings, "test")
+    try:
+        pub = amqp.Publisher(conn, amqp.Topology.of(settings))
+        await pub.open()
+        for body in bodies:
+            await pub.publish(amqp.RK_INDEX, body, timeout=10, content_type="application/json")
+    finally:
+        await conn.close()
+
+
+async def _count_is(search_url: str, n: int) -> bool:
+    index = RemoteIndex(search_url)
+    await index.open()
+    try:
+        return await index.count() >= n
+    finally:
+        await index.close()
+
+
+async def test_indexer_writes_documents_and_failures_and_dead_letters_malformed_messages(
+    rabbitmq_url: str, amqp_prefix: str, cluster_factory: Callable[[str, str], Cluster]
+) -> None:
+    c = cluster_factory(rabbitmq_url, amqp_prefix)
+    docs = _docs(50)
+    bodies = [IndexDoc.of(d).model_dump_json().encode() for d in docs]
+    bodies.append(
+        IndexFailure(id="bad-1", reason="corrupt", message="cannot decode")
+        .model_dump_json()
+        .encode()
+    )
+    bodies += [b"{not json", b'{"kind": "doc", "v": 1, "id": "x", "code": "00", "short": "00"}']
+    await _send(rabbitmq_url, amqp_prefix, bodies)
+    await c.ready(c.search_service())
+    await c.ready(c.indexer(batch_max=16))
+    await wait_for(lambda: _count_is(c.search_url, len(docs)), 60, "documents indexed")
+
+    async def two_dead() -> bool:
+        return len(await dead_letters(rabbitmq_url, amqp_prefix)) >= 2
+
+    await wait_for(two_dead, 30, "malformed messages dead-lettered")
+    assert (
+        sorted(r for _, r in await dead_letters(rabbitmq_url, amqp_prefix)) == ["bad_message"] * 2
+    )
+    index = RemoteIndex(c.search_url)
+    await index.open()
+    try:
+        assert await index.count() == len(docs)
+        for d in docs[:5]:
+            got = await index.get(d.id)
+            assert got is not None
+            assert (got.code, got.short) == (d.code, d.short)
+        failure = await index.get_failure("bad-1")
+        assert failure is not None
+        assert failure.reason == "corrupt"
+    finally:
+        await index.close()
+
+
+async def test_an_index_outage_pauses_the_indexer_without_burning_the_delivery_limit(
+    rabbitmq_url: str, amqp_prefix: str, cluster_factory: Callable[[str, str], Cluster]
+) -> None:
+    c = cluster_factory(rabbitmq_url, amqp_prefix)
+    docs = _docs(40, start=100)
+    indexer = c.indexer(batch_max=8, EH_INDEXER_RETRY_BACKOFF_MAX_S="0.5")
+    await c.ready(indexer)  # the search service is not running yet
+    await _send(
+        rabbitmq_url, amqp_prefix, [IndexDoc.of(d).model_dump_json().encode() for d in docs]
+    )
+
+    async def retried() -> bool:
+        return "retrying" in indexer.tail(200)
+
+    await wait_for(retried, 30, "the indexer to hit the outage")
+    await c.ready(c.search_service())
+    await wait_for(
+        lambda: _count_is(c.search_url, len(docs)), 60, "documents indexed after the outage"
+    )
+    assert await dead_letters(rabbitmq_url, amqp_prefix) == []
+
+
+async def test_check_flag_exits_0_for_a_ready_worker_and_1_when_it_is_gone(
+    rabbitmq_url: str, amqp_prefix: str, cluster_factory: Callable[[str, str], Cluster]
+) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    c = cluster_factory(rabbitmq_url, amqp_prefix)
+    indexer = c.indexer()
+    await c.ready(indexer)
+
+    def check() -> int:
+        env = {**os.environ, "EH_INDEXER_HEALTH_PORT": str(indexer.port)}
+        cmd = [sys.executable, "-m", "indexer_worker", "--check"]
+        return subprocess.run(cmd, env=env, capture_output=True, timeout=30).returncode
+
+    assert await asyncio.to_thread(check) == 0
+    indexer.proc.terminate()
+    assert await asyncio.to_thread(indexer.proc.wait, 30) == 0
+    assert await asyncio.to_thread(check) == 1
