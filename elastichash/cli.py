@@ -31,6 +31,7 @@ def _service(module: str) -> Handler:
 def _serve(args: argparse.Namespace) -> int:
     """Standalone mode: the gateway app over an in-process pipeline and embedded index."""
     import asyncio
+    import contextlib
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
@@ -44,14 +45,18 @@ def _serve(args: argparse.Namespace) -> int:
         open_local,
     )
     from gateway.app import create_app
-    from gateway.config import GatewaySettings
+    from gateway.config import GatewayIndexSettings, GatewaySettings
     from gateway.state import Components
 
+    if args.images is not None and not args.images.is_dir():
+        print(f"error: --images {args.images} is not a folder", file=sys.stderr)
+        return 2
     settings = GatewaySettings(mode="standalone", host=args.host, port=args.port)
     if args.api_keys:
         settings.api_keys = list(args.api_keys)
     settings.model = model_settings(args, settings.model)
-    settings.index = index_settings(args, IndexSettings(strategy=settings.index.strategy))
+    settings.index = GatewayIndexSettings.model_validate(
+        index_settings(args, IndexSettings(strategy=settings.index.strategy)).model_dump())
     spool = data_dir(args) / "spool"
     log = logging.getLogger("elastichash.serve")
 
@@ -62,8 +67,15 @@ def _serve(args: argparse.Namespace) -> int:
             if args.images is not None:
 
                 async def index_folder() -> None:
-                    report = await ingest_folder(local.pipeline, local.index, args.images)
-                    log.info("folder %s: %s", args.images, report.summary())
+                    try:
+                        report = await ingest_folder(local.pipeline, local.index, args.images,
+                                                     limits=cfg.limits)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception("indexing folder %s stopped", args.images)
+                    else:
+                        log.info("folder %s: %s", args.images, report.summary())
 
                 task = asyncio.create_task(index_folder())
             try:
@@ -71,6 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
             finally:
                 if task is not None:
                     task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app = create_app(settings, components)
     print(f"elastichash: serving http://{args.host}:{args.port}/ "
@@ -115,9 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * args.verbose if args.verbose else logging.INFO
+    level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(
-        level=max(level, logging.DEBUG),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

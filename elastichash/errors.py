@@ -47,6 +47,12 @@ class ModelContractError(ElasticHashError):
     code = "model_contract"
 
 
+class Conflict(ElasticHashError):
+    """The request cannot be done in the resource's current state (e.g. still queued)."""
+
+    code = "conflict"
+
+
 class Unavailable(ElasticHashError):
     """A dependency (broker, index, encoder) cannot serve now; retrying later may succeed."""
 
@@ -82,6 +88,7 @@ HTTP_STATUS: dict[type[ElasticHashError], int] = {
     ForbiddenTarget: 400,
     InvalidInput: 400,
     NotFound: 404,
+    Conflict: 409,
     Unauthorized: 401,
     ModelContractError: 500,
     Unavailable: 503,

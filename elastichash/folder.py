@@ -9,14 +9,18 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
+from elastichash.errors import ElasticHashError
 from elastichash.ids import content_id
 from elastichash.index.base import Index
 from elastichash.model.preprocess import sniff_format
 from elastichash.pipeline import IngestItem
+from elastichash.settings import ImageLimits
 from elastichash.standalone import LocalPipeline
+from elastichash.validate import check_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ class FolderReport:
     already_indexed: int = 0
     not_images: int = 0
     unreadable: int = 0
+    too_large: int = 0
     indexed: int = 0
     failed: int = 0
     not_image_examples: list[str] = field(default_factory=list)
@@ -37,7 +42,7 @@ class FolderReport:
     def summary(self) -> str:
         return (f"{self.files} files: {self.indexed} indexed, {self.failed} failed, "
                 f"{self.already_indexed} already indexed, {self.not_images} not images, "
-                f"{self.unreadable} unreadable")
+                f"{self.too_large} too large, {self.unreadable} unreadable")
 
 
 def walk(root: Path) -> Iterator[Path]:
@@ -48,9 +53,34 @@ def walk(root: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
+def _read_candidate(path: Path, max_bytes: int, max_pixels: int) -> tuple[str, Any] | bytes:
+    """The file's bytes if it is an image we take, else why not: ('not_image' | 'too_large'
+    | 'unreadable', detail). Only the header is read from files that are not images."""
+    try:
+        if path.stat().st_size > max_bytes:
+            return ("too_large", path.stat().st_size)
+        with path.open("rb") as fh:
+            if sniff_format(fh.read(16)) is None:
+                return ("not_image", None)
+            fh.seek(0)
+            return fh.read()
+    except OSError as exc:
+        return ("unreadable", exc)
+
+
+def _describe(data: bytes, max_pixels: int) -> tuple[str, dict[str, Any]] | ElasticHashError:
+    try:
+        _, width, height = check_image_bytes(data, max_pixels)
+    except ElasticHashError as exc:
+        return exc
+    return content_id(data), {"width": width, "height": height}
+
+
 async def ingest_folder(pipeline: LocalPipeline, index: Index, root: Path, *,
-                        progress: bool = True) -> FolderReport:
+                        progress: bool = True, limits: ImageLimits | None = None
+                        ) -> FolderReport:
     report = FolderReport()
+    limits = limits or ImageLimits()
     files = await asyncio.to_thread(lambda: list(walk(root)))
     report.files = len(files)
     start_counts = dict(pipeline.counts)
@@ -61,6 +91,7 @@ async def ingest_folder(pipeline: LocalPipeline, index: Index, root: Path, *,
         last = 0
         while True:
             done = (report.already_indexed + report.not_images + report.unreadable
+                    + report.too_large
                     + pipeline.counts["indexed"] - start_counts["indexed"]
                     + pipeline.counts["failed"] - start_counts["failed"])
             bar.update(done - last)
@@ -71,23 +102,33 @@ async def ingest_folder(pipeline: LocalPipeline, index: Index, root: Path, *,
     group: list[IngestItem] = []
     try:
         for path in files:
-            try:
-                data = await asyncio.to_thread(path.read_bytes)
-            except OSError as exc:
-                log.warning("cannot read %s: %s", path, exc)
+            got = await asyncio.to_thread(_read_candidate, path, limits.max_bytes,
+                                          limits.max_pixels)
+            if isinstance(got, tuple):
+                kind, detail = got
+                if kind == "not_image":
+                    report.not_images += 1
+                    if len(report.not_image_examples) < 5:
+                        report.not_image_examples.append(str(path))
+                elif kind == "too_large":
+                    report.too_large += 1
+                    log.warning("skipping %s: %s bytes is over the limit", path, detail)
+                else:
+                    report.unreadable += 1
+                    log.warning("cannot read %s: %s", path, detail)
+                continue
+            described = await asyncio.to_thread(_describe, got, limits.max_pixels)
+            if isinstance(described, ElasticHashError):
+                # Not queued at all, so it is counted (and logged) here, not in the index.
                 report.unreadable += 1
+                log.warning("skipping %s: %s", path, described.message)
                 continue
-            if sniff_format(data) is None:
-                report.not_images += 1
-                if len(report.not_image_examples) < 5:
-                    report.not_image_examples.append(str(path))
-                continue
-            image_id = content_id(data)
+            image_id, metadata = described
             if await index.get(image_id) is not None:
                 report.already_indexed += 1
                 continue
-            group.append(IngestItem(image_id, data, str(path),
-                                    {"filename": path.name}))
+            group.append(IngestItem(image_id, got, str(path),
+                                    {"filename": path.name, **metadata}))
             if len(group) >= GROUP:
                 await pipeline.submit(group)
                 report.submitted += len(group)

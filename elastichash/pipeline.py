@@ -56,4 +56,13 @@ class Pipeline(Protocol):
         """Name, fingerprint, code bits and short-bit source of the model in use."""
         ...
 
+    def is_queued(self, image_id: str) -> bool | None:
+        """Whether the id is accepted and not yet indexed or failed; None where this pipeline
+        cannot know (distributed mode: the broker holds the backlog)."""
+        ...
+
+    async def backlog(self) -> int | None:
+        """Images accepted and not yet indexed or failed, or None if unknown."""
+        ...
+
     async def ready(self) -> bool: ...

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,16 @@ log = logging.getLogger(__name__)
 THUMBNAIL_SIZE = 256
 
 
-@dataclass(frozen=True)
+# A batch that fails to index as a whole (the store is locked by another process, the disk
+# is full) is retried with backoff; after this many attempts its images are recorded failed.
+MAX_ATTEMPTS = 5
+
+
+@dataclass
 class _Spooled:
     item: IngestItem
     path: Path | None
+    attempts: int = 0
 
 
 class LocalPipeline:
@@ -55,49 +62,62 @@ class LocalPipeline:
         self._batch_size = batch_size
         self._batch_s = batch_ms / 1000
         self._queue: asyncio.Queue[_Spooled] = asyncio.Queue(queue_size)
+        # Retries never go back into the bounded queue: producers may have filled it, and
+        # the worker must never block on (or fail at) handing work to itself.
+        self._retry: deque[_Spooled] = deque()
         self._max_pixels = max_pixels
-        self._worker: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.counts = {"indexed": 0, "failed": 0, "retried": 0}
         self._idle = asyncio.Event()
         self._idle.set()
         self._inflight = 0
+        self._pending: Counter[str] = Counter()  # ids accepted and not yet indexed or failed
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        paths: list[Path] = []
         if self._spool is not None:
-            self._spool.mkdir(parents=True, exist_ok=True)
-        self._worker = asyncio.create_task(self._run(), name="standalone-indexer")
-        replay = await asyncio.to_thread(self._read_spool)
-        if replay:
-            log.info("replaying %d spooled images from an earlier run", len(replay))
-        for sp in replay:
-            await self._put(sp)
+            paths = await asyncio.to_thread(self._list_spool)
+        for path in paths:
+            self._pending[path.stem] += 1
+        self._tasks.append(asyncio.create_task(self._run(), name="standalone-indexer"))
+        if paths:
+            log.info("replaying %d spooled images from an earlier run", len(paths))
+            self._idle.clear()
+            self._tasks.append(asyncio.create_task(self._replay(paths), name="spool-replay"))
 
     async def stop(self, grace_s: float = 30.0) -> None:
         self._stopping = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.drained(), grace_s)
-        if self._worker is not None:
-            self._worker.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+                await task
         log.info("standalone pipeline stopped: %d indexed, %d failed, %d left in the spool",
-                 self.counts["indexed"], self.counts["failed"], self._queue.qsize())
+                 self.counts["indexed"], self.counts["failed"], sum(self._pending.values()))
 
     async def drained(self) -> None:
         """Wait until everything submitted so far is indexed or failed."""
-        while self._queue.qsize() or self._inflight:
+        while self._pending:
             self._idle.clear()
             await self._idle.wait()
 
     async def ready(self) -> bool:
-        return self._worker is not None and not self._worker.done()
+        return bool(self._tasks) and not self._tasks[0].done()
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize() + self._inflight
+        return sum(self._pending.values())
+
+    def is_queued(self, image_id: str) -> bool | None:
+        return image_id in self._pending
+
+    async def backlog(self) -> int | None:
+        return self.queued
 
     # --- Pipeline protocol -------------------------------------------------------------
 
@@ -106,8 +126,9 @@ class LocalPipeline:
             raise Unavailable("shutting down; not accepting new images")
         spooled = await asyncio.to_thread(self._write_spool, list(items))
         for sp in spooled:
-            await self._put(sp)
-
+            self._pending[sp.item.id] += 1
+            self._idle.clear()
+            await self._queue.put(sp)
     async def encode_query(self, data: bytes) -> QueryCode:
         [result] = await self._encoder.aencode([data])
         if isinstance(result, ImageError):
@@ -149,35 +170,54 @@ class LocalPipeline:
                 os.close(dfd)
         return out
 
-    def _read_spool(self) -> list[_Spooled]:
-        if self._spool is None:
-            return []
-        out = []
-        for path in sorted(self._spool.glob("*.img"), key=lambda p: p.stat().st_mtime):
-            try:
-                raw = path.read_bytes()
-                n = int.from_bytes(raw[:4], "big")
-                meta = json.loads(raw[4:4 + n])
-                item = IngestItem(meta["id"], raw[4 + n:], meta.get("source"),
-                                  meta.get("metadata") or {}, meta.get("content_type"))
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("dropping unreadable spool file %s: %s", path, exc)
-                path.unlink(missing_ok=True)
-                continue
-            out.append(_Spooled(item, path))
+    def _list_spool(self) -> list[Path]:
+        assert self._spool is not None
+        self._spool.mkdir(parents=True, exist_ok=True)
         for tmp in self._spool.glob("*.tmp"):
             tmp.unlink(missing_ok=True)  # never acknowledged: the client got no 202
-        return out
+        return sorted(self._spool.glob("*.img"), key=lambda p: p.stat().st_mtime)
+
+    @staticmethod
+    def _read_spooled(path: Path) -> _Spooled | None:
+        try:
+            raw = path.read_bytes()
+            n = int.from_bytes(raw[:4], "big")
+            meta = json.loads(raw[4:4 + n])
+            item = IngestItem(meta["id"], raw[4 + n:], meta.get("source"),
+                              meta.get("metadata") or {}, meta.get("content_type"))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("dropping unreadable spool file %s: %s", path, exc)
+            path.unlink(missing_ok=True)
+            return None
+        return _Spooled(item, path)
+
+    async def _replay(self, paths: list[Path]) -> None:
+        """Feed spooled images to the worker one file at a time, behind the server start."""
+        for path in paths:
+            sp = await asyncio.to_thread(self._read_spooled, path)
+            if sp is None:
+                self._done_id(path.stem)
+                continue
+            if sp.item.id != path.stem:  # a file renamed by hand: count it under its own id
+                self._done_id(path.stem)
+                self._pending[sp.item.id] += 1
+            await self._queue.put(sp)
 
     # --- worker ------------------------------------------------------------------------
 
-    async def _put(self, sp: _Spooled) -> None:
-        self._idle.clear()
-        await self._queue.put(sp)
+    def _done_id(self, image_id: str) -> None:
+        self._pending[image_id] -= 1
+        if self._pending[image_id] <= 0:
+            del self._pending[image_id]
+        if not self._pending:
+            self._idle.set()
 
     async def _next_batch(self) -> list[_Spooled]:
-        batch = [await self._queue.get()]
-        self._inflight += 1
+        batch: list[_Spooled] = []
+        while self._retry and len(batch) < self._batch_size:
+            batch.append(self._retry.popleft())
+        if not batch:
+            batch.append(await self._queue.get())
         deadline = time.monotonic() + self._batch_s
         while len(batch) < self._batch_size:
             timeout = deadline - time.monotonic()
@@ -185,7 +225,6 @@ class LocalPipeline:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                self._inflight += 1
             except TimeoutError:
                 break
         return batch
@@ -193,26 +232,48 @@ class LocalPipeline:
     async def _run(self) -> None:
         while True:
             batch = await self._next_batch()
+            self._inflight = len(batch)
             try:
                 await self._process(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("indexing a batch of %d failed; retrying it", len(batch))
-                self.counts["retried"] += len(batch)
-                await asyncio.sleep(1.0)
-                for sp in batch:
-                    self._queue.put_nowait(sp)
+            except Exception as exc:
+                log.exception("indexing a batch of %d failed", len(batch))
+                await self._retry_later(batch, f"{type(exc).__name__}: {exc}")
             finally:
-                self._inflight -= len(batch)
-                if not self._queue.qsize() and not self._inflight:
-                    self._idle.set()
+                self._inflight = 0
+
+    async def _retry_later(self, batch: list[_Spooled], why: str) -> None:
+        """Bounded retries with backoff; then the images are recorded failed, so nothing
+        stays 'queued' for ever and the worker keeps going."""
+        give_up: list[_Spooled] = []
+        for sp in batch:
+            sp.attempts += 1
+            if sp.attempts >= MAX_ATTEMPTS:
+                give_up.append(sp)
+            else:
+                self._retry.append(sp)
+                self.counts["retried"] += 1
+        if give_up:
+            now = time.time()
+            failures = [Failure(sp.item.id, "index_error", f"gave up after {MAX_ATTEMPTS} "
+                                f"attempts: {why}", sp.item.source, now) for sp in give_up]
+            try:
+                await self._index.record_failures(failures)
+            except Exception:
+                log.exception("could not record %d failures either", len(failures))
+            self.counts["failed"] += len(give_up)
+            for sp in give_up:
+                self._done_id(sp.item.id)
+        attempts = max((sp.attempts for sp in batch), default=1)
+        await asyncio.sleep(min(0.2 * 2 ** attempts, 10.0))
 
     async def _process(self, batch: list[_Spooled]) -> None:
         results = await self._encoder.aencode([sp.item.data for sp in batch],
                                               thumbnails=THUMBNAIL_SIZE)
         docs: list[Document] = []
         done: list[_Spooled] = []
+        retry: list[_Spooled] = []
         failures: list[Failure] = []
         now = time.time()
         for sp, res in zip(batch, results, strict=True):
@@ -232,8 +293,7 @@ class LocalPipeline:
                     done.append(by_id[wr.id])
                     self.counts["indexed"] += 1
                 elif wr.transient:
-                    self.counts["retried"] += 1
-                    self._queue.put_nowait(by_id[wr.id])
+                    retry.append(by_id[wr.id])
                 else:
                     failures.append(Failure(wr.id, "index_error", wr.error or "write failed",
                                             by_id[wr.id].item.source, now))
@@ -242,6 +302,10 @@ class LocalPipeline:
             await self._index.record_failures(failures)
             self.counts["failed"] += len(failures)
         await asyncio.to_thread(self._unspool, done)
+        for sp in done:
+            self._done_id(sp.item.id)
+        if retry:
+            await self._retry_later(retry, "transient index write failure")
 
     @staticmethod
     def _unspool(done: list[_Spooled]) -> None:

@@ -115,7 +115,8 @@ def run_index(args: argparse.Namespace) -> int:
     async def go() -> int:
         async with open_local(model_settings(args), ImageLimits(), index_settings(args),
                               data_dir(args) / "spool") as local:
-            report = await ingest_folder(local.pipeline, local.index, args.folder)
+            report = await ingest_folder(local.pipeline, local.index, args.folder,
+                                         limits=ImageLimits())
             print(report.summary())
             return 0
 

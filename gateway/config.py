@@ -23,6 +23,12 @@ class FetchSettings(BaseModel):
     user_agent: str = "elastichash/0.1 (+image similarity search)"
 
 
+class GatewayIndexSettings(IndexSettings):
+    # A field default, not a default_factory argument: pydantic-settings rebuilds the group
+    # from its class defaults as soon as any EH_GATEWAY_INDEX__* variable is set.
+    backend: Literal["embedded", "elasticsearch", "remote"] = "remote"
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EH_GATEWAY_", env_nested_delimiter="__", extra="ignore"
@@ -37,13 +43,12 @@ class GatewaySettings(BaseSettings):
     max_request_bytes: int = 512 * 1024 * 1024
     max_files_per_request: int = 1000
     max_urls_per_request: int = 1000
-    default_k: int = 24
     # Ids the gateway remembers as queued until indexed or failed (bounded memory).
     pending_capacity: int = 200_000
     shutdown_timeout_s: float = 30.0
 
     model: ModelSettings = Field(default_factory=ModelSettings)
     limits: ImageLimits = Field(default_factory=ImageLimits)
-    index: IndexSettings = Field(default_factory=lambda: IndexSettings(backend="remote"))
+    index: GatewayIndexSettings = Field(default_factory=GatewayIndexSettings)
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)

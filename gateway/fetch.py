@@ -26,12 +26,25 @@ log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+# Ranges some Python versions' ipaddress does not flag (fixed upstream after 3.11.7:
+# CVE-2024-4032): IETF protocol assignments, shared address space (CGNAT), "this network".
+ALWAYS_BLOCKED = [ipaddress.ip_network(n) for n in (
+    "192.0.0.0/24", "100.64.0.0/10", "0.0.0.0/8", "198.18.0.0/15", "fc00::/7", "fe80::/10",
+)]
+
 
 def is_forbidden(addr: IPAddress, settings: FetchSettings) -> bool:
     if any(addr in net for net in settings.allow_networks):
         return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return is_forbidden(addr.ipv4_mapped, settings)
+    if any(addr in net for net in ALWAYS_BLOCKED):
+        return True
+    if isinstance(addr, ipaddress.IPv6Address):
+        # IPv6 forms that carry an IPv4 address: judge the address they lead to.
+        embedded = addr.ipv4_mapped or addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
+        if embedded is not None:
+            return is_forbidden(embedded, settings) or not addr.is_global
+        if addr.is_site_local:
+            return True
     return (
         addr.is_private
         or addr.is_loopback

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
@@ -52,9 +52,12 @@ def validation_message(exc: ValidationError) -> tuple[str, str | None]:
 
 
 async def read_json(request: web.Request) -> Any:
+    """The JSON body; anything a client can send that is not JSON is a 400, never a 500
+    (unknown charsets, bad content encodings, absurd nesting or integer sizes)."""
     try:
         return await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError, LookupError, HttpProcessingError,
+            web_protocol.RequestPayloadError) as exc:
         raise InvalidInput(f"body is not valid JSON: {exc}") from None
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from elastichash.errors import (
+    Conflict,
     ElasticHashError,
     InvalidInput,
     NotFound,
@@ -16,6 +17,7 @@ from elastichash.errors import (
 )
 from elastichash.ids import check_id, content_id
 from elastichash.pipeline import IngestItem
+from elastichash.validate import check_image_bytes
 from gateway.http import error_response, json_model, multipart_guard, read_json
 from gateway.schemas import (
     AcceptedImage,
@@ -27,7 +29,6 @@ from gateway.schemas import (
     ItemError,
 )
 from gateway.state import COMPONENTS, FETCHER, METRICS, PENDING, SETTINGS
-from gateway.validate import check_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ async def _read_part_capped(part: BodyPartReader, cap: int) -> bytes | None:
     return bytes(buf)
 
 
+def _inspect(data: bytes, max_pixels: int) -> tuple[str, int, int, str]:
+    content_type, width, height = check_image_bytes(data, max_pixels)
+    return content_type, width, height, content_id(data)
+
+
 class _Batch:
     """Collects accepted items and errors; flushes to the pipeline in bounded groups."""
 
@@ -62,6 +68,7 @@ class _Batch:
         self.nbytes = 0
         self.accepted: list[AcceptedImage] = []
         self.errors: list[ItemError] = []
+        self.flushed = False
 
     def error(self, exc: ElasticHashError, *, filename: str | None = None,
               url: str | None = None) -> None:
@@ -73,8 +80,10 @@ class _Batch:
                   filename: str | None = None, url: str | None = None) -> None:
         settings = self.app[SETTINGS]
         try:
-            content_type, width, height = check_image_bytes(data, settings.limits.max_pixels)
-            image_id = check_id(given_id) if given_id else content_id(data)
+            # Header parse and hashing of up to max_bytes: off the event loop.
+            content_type, width, height, digest = await asyncio.to_thread(
+                _inspect, data, settings.limits.max_pixels)
+            image_id = check_id(given_id) if given_id else digest
         except ElasticHashError as exc:
             self.error(exc, filename=filename, url=url)
             return
@@ -93,6 +102,7 @@ class _Batch:
             return
         items, self.items, self.nbytes = self.items, [], 0
         await self.app[COMPONENTS].pipeline.submit(items)
+        self.flushed = True
         pending = self.app[PENDING]
         for it in items:
             pending.add(it.id, it.source)
@@ -121,7 +131,13 @@ async def post_images(request: web.Request) -> web.Response:
         if declared is not None and declared > settings.max_request_bytes:
             raise PayloadTooLarge(
                 f"request is {declared} bytes; the limit is {settings.max_request_bytes}")
-        await multipart_guard(_multipart_ingest(request, batch))
+        try:
+            await multipart_guard(_multipart_ingest(request, batch))
+        except InvalidInput as exc:
+            if not batch.flushed:
+                raise
+            # Some images are already queued: say which, and what stopped the rest.
+            batch.error(exc)
     elif request.content_type == "application/json":
         if (request.content_length or 0) > 4 * 1024 * 1024:
             raise PayloadTooLarge("JSON body over 4 MiB")
@@ -138,7 +154,15 @@ async def post_images(request: web.Request) -> web.Response:
     return batch.response()
 
 
+async def _read_field(part: BodyPartReader) -> str:
+    value = await _read_part_capped(part, 4096)
+    if value is None:
+        raise InvalidInput(f"form field {part.name!r} is over 4096 bytes", field=part.name)
+    return value.decode("utf-8", "replace").strip()
+
+
 async def _multipart_ingest(request: web.Request, batch: _Batch) -> None:
+    """Files in order; an ``id`` field names the file part that follows it."""
     settings = request.app[SETTINGS]
     reader = await request.multipart()
     given_id: str | None = None
@@ -158,40 +182,44 @@ async def _multipart_ingest(request: web.Request, batch: _Batch) -> None:
                 batch.error(PayloadTooLarge(
                     f"{filename} is over the {settings.limits.max_bytes}-byte limit"),
                     filename=filename)
-                continue
-            await batch.add(data, given_id=given_id, source=source or filename,
-                            filename=filename)
-            given_id = None
-        elif part.name in ("id", "source"):
-            value = (await part.read_chunk(4096)).decode("utf-8", "replace").strip()
-            if part.name == "id":
-                given_id = value or None
             else:
-                source = value or None
+                await batch.add(data, given_id=given_id, source=source or filename,
+                                filename=filename)
+            given_id = None
+        elif part.name == "id":
+            if given_id is not None:
+                raise InvalidInput("two 'id' fields in a row: each 'id' names the file part "
+                                   "that follows it", field="id")
+            given_id = check_id(await _read_field(part))
+        elif part.name == "source":
+            source = await _read_field(part) or None
         else:
             raise InvalidInput(f"unknown form field {part.name!r}", field=part.name)
+    if given_id is not None:
+        raise InvalidInput("an 'id' field must come before the file part it names", field="id")
     if files == 0:
         raise InvalidInput("no 'file' part in the upload", field="file")
 
 
 async def _url_ingest(request: web.Request, batch: _Batch,
                       pairs: list[tuple[str, str | None]]) -> None:
+    """Fetch with bounded concurrency and hand each image on as it arrives, so at most
+    FETCH_CONCURRENCY bodies (plus one submit group) are in memory at once."""
     fetcher = request.app[FETCHER]
     sem = asyncio.Semaphore(FETCH_CONCURRENCY)
+    order = asyncio.Lock()
 
-    async def one(url: str) -> bytes | ElasticHashError:
+    async def one(url: str, given: str | None) -> None:
         async with sem:
             try:
-                return await fetcher.fetch(url)
+                data = await fetcher.fetch(url)
             except ElasticHashError as exc:
-                return exc
+                batch.error(exc, url=url)
+                return
+            async with order:
+                await batch.add(data, given_id=given, source=url, url=url)
 
-    fetched = await asyncio.gather(*(one(u) for u, _ in pairs))
-    for (url, given), got in zip(pairs, fetched, strict=True):
-        if isinstance(got, ElasticHashError):
-            batch.error(got, url=url)
-        else:
-            await batch.add(got, given_id=given, source=url, url=url)
+    await asyncio.gather(*(one(u, g) for u, g in pairs))
 
 
 async def get_image(request: web.Request) -> web.Response:
@@ -204,25 +232,31 @@ async def get_image(request: web.Request) -> web.Response:
         return json_model(ImageStatus(
             id=image_id, status="indexed", source=doc.source,
             thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata))
+    queued = comp.pipeline.is_queued(image_id)
     failure = await comp.index.get_failure(image_id)
-    if failure is not None:
-        pending.discard(image_id)
-        return json_model(ImageStatus(id=image_id, status="failed", reason=failure.reason,
-                                      message=failure.message, source=failure.source))
-    if image_id in pending:
+    if queued is None:  # distributed: the gateway's own memory of what it accepted
+        submitted = pending.submitted_at(image_id)
+        queued = submitted is not None and (failure is None or failure.at < submitted)
+    if queued:
         return json_model(ImageStatus(id=image_id, status="queued",
                                       source=pending.source(image_id)))
+    pending.discard(image_id)
+    if failure is not None:
+        return json_model(ImageStatus(id=image_id, status="failed", reason=failure.reason,
+                                      message=failure.message, source=failure.source))
     raise NotFound(f"no image with id {image_id}")
 
 
 async def delete_image(request: web.Request) -> web.Response:
     image_id = check_id(request.match_info["id"])
-    request.app[PENDING].discard(image_id)
-    [result] = await request.app[COMPONENTS].index.delete([image_id])
+    comp = request.app[COMPONENTS]
+    [result] = await comp.index.delete([image_id])
     if not result.ok:
-        if result.error == "not_found":
-            raise NotFound(f"no image with id {image_id}")
-        raise InvalidInput(f"could not delete {image_id}: {result.error}")
+        if result.error != "not_found":
+            raise InvalidInput(f"could not delete {image_id}: {result.error}")
+        if comp.pipeline.is_queued(image_id) or image_id in request.app[PENDING]:
+            raise Conflict(f"image {image_id} is still queued; delete it once it is indexed")
+        raise NotFound(f"no image with id {image_id}")
     return web.Response(status=204)
 
 

@@ -48,12 +48,12 @@ def build_openapi() -> dict[str, Any]:
             "file": {"type": "string", "format": "binary"},
             "k": {"type": "integer", "minimum": 1, "maximum": 1000},
             "max_distance": {"type": "integer", "minimum": 0, "maximum": 256},
-            "offset": {"type": "integer", "minimum": 0},
+            "offset": {"type": "integer", "minimum": 0, "maximum": 100_000},
             "strategy": {"type": "string", "enum": ["two_stage", "exact", "dense_bit"]}}}}}
     paths: dict[str, Any] = {
         "/v1/images": {"post": {
             "summary": "Ingest images (multipart upload or a JSON list of URLs)",
-            "operationId": "ingestImages",
+            "operationId": "ingestImages", "security": [{}, {"apiKey": []}],
             "requestBody": {"required": True,
                             "content": {**upload, **_json(s.IngestUrlsRequest)}},
             "responses": {"202": {"description": "accepted", "content": _json(s.IngestResponse)},
@@ -65,6 +65,7 @@ def build_openapi() -> dict[str, Any]:
                                           "content": _json(s.ImageStatus)},
                                   **_errors(400, 404)}},
             "delete": {"summary": "Delete an image", "operationId": "deleteImage",
+                       "security": [{}, {"apiKey": []}],
                        "parameters": [ID_PARAM],
                        "responses": {"204": {"description": "deleted"},
                                      **_errors(400, 401, 404)}}},

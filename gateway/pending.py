@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 
 class PendingSet:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._items: OrderedDict[str, str | None] = OrderedDict()
+        self._items: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
 
     def add(self, image_id: str, source: str | None) -> None:
-        self._items[image_id] = source
+        self._items[image_id] = (source, time.time())
         self._items.move_to_end(image_id)
         while len(self._items) > self._capacity:
             self._items.popitem(last=False)
@@ -23,7 +24,12 @@ class PendingSet:
         return image_id in self._items
 
     def source(self, image_id: str) -> str | None:
-        return self._items.get(image_id)
+        entry = self._items.get(image_id)
+        return entry[0] if entry else None
+
+    def submitted_at(self, image_id: str) -> float | None:
+        entry = self._items.get(image_id)
+        return entry[1] if entry else None
 
     def __len__(self) -> int:
         return len(self._items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import BodyPartReader, web
@@ -10,6 +11,7 @@ from elastichash import codes
 from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
 from elastichash.pipeline import QueryCode
+from elastichash.validate import check_image_bytes
 from gateway.http import json_model, multipart_guard, read_json
 from gateway.schemas import (
     QueryInfo,
@@ -20,7 +22,6 @@ from gateway.schemas import (
     StatsResponse,
 )
 from gateway.state import COMPONENTS, FETCHER, PENDING, SETTINGS
-from gateway.validate import check_image_bytes
 
 
 async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
@@ -51,7 +52,7 @@ async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
 
 
 async def _encode(request: web.Request, data: bytes) -> QueryCode:
-    check_image_bytes(data, request.app[SETTINGS].limits.max_pixels)
+    await asyncio.to_thread(check_image_bytes, data, request.app[SETTINGS].limits.max_pixels)
     return await request.app[COMPONENTS].pipeline.encode_query(data)
 
 
@@ -116,7 +117,12 @@ async def get_stats(request: web.Request) -> web.Response:
     return json_model(StatsResponse(
         count=await comp.index.count(), model=comp.pipeline.model_info(),
         backend=comp.backend, strategy=settings.index.strategy, mode=settings.mode,
-        queued=len(request.app[PENDING]), index=_jsonable(stats)))
+        queued=await _backlog(request), index=_jsonable(stats)))
+
+
+async def _backlog(request: web.Request) -> int:
+    backlog = await request.app[COMPONENTS].pipeline.backlog()
+    return len(request.app[PENDING]) if backlog is None else backlog
 
 
 def _jsonable(stats: dict[str, object]) -> dict[str, object]:

@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from elastichash.settings import ImageLimits, IndexSettings, ModelSettings
+from elastichash.settings import ModelSettings
 from elastichash.standalone_commands import open_local
 from gateway.app import create_app
-from gateway.config import GatewaySettings
+from gateway.config import GatewayIndexSettings, GatewaySettings
 from gateway.state import Components
 
 
@@ -33,7 +33,7 @@ def standalone_settings(data: Path, model: Path, **overrides: Any) -> GatewaySet
     settings = GatewaySettings(
         mode="standalone",
         model=ModelSettings(path=model, batch_size=16),
-        index=IndexSettings(backend="embedded", data_dir=data / "index"),
+        index=GatewayIndexSettings(backend="embedded", data_dir=data / "index"),
         **overrides,
     )
     return settings
@@ -55,16 +55,17 @@ async def gateway_client(settings: GatewaySettings, data: Path) -> AsyncIterator
         yield client
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 30.0,
+async def wait_for(check: Callable[[], Awaitable[bool]], within_s: float = 30.0,
                    what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while not await check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            raise AssertionError(f"timed out after {within_s:g} s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
-async def wait_indexed(client: TestClient, ids: list[str], timeout: float = 60.0) -> dict[str, Any]:
+async def wait_indexed(client: TestClient, ids: list[str],
+                       within_s: float = 60.0) -> dict[str, Any]:
     statuses: dict[str, Any] = {}
 
     async def all_done() -> bool:
@@ -75,7 +76,7 @@ async def wait_indexed(client: TestClient, ids: list[str], timeout: float = 60.0
             statuses[i] = await resp.json()
         return all(s.get("status") in ("indexed", "failed") for s in statuses.values())
 
-    await wait_for(all_done, timeout, f"{len(ids)} images to be indexed")
+    await wait_for(all_done, within_s, f"{len(ids)} images to be indexed")
     return statuses
 
 

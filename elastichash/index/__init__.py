@@ -11,4 +11,6 @@ from elastichash.index.base import (
     WriteResult,
 )
 
-__all__ = ["MAX_K", "STRATEGIES", "Document", "Failure", "Hit", "Index", "SearchResult", "WriteResult"]
+__all__ = [
+    "MAX_K", "STRATEGIES", "Document", "Failure", "Hit", "Index", "SearchResult", "WriteResult",
+]
