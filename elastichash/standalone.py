@@ -149,6 +149,7 @@ class LocalPipeline:
     def _write_spool(self, items: list[IngestItem]) -> list[_Spooled]:
         if self._spool is None:
             return [_Spooled(it, None) for it in items]
+        self._spool.mkdir(parents=True, exist_ok=True)
         out = []
         for it in items:
             final = self._spool / f"{it.id}.img"

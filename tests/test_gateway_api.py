@@ -163,7 +163,8 @@ async def test_search_by_id_reuses_the_stored_code_and_pages(client: TestClient)
     assert page1["results"][0]["id"] == ids[0]
     assert page1["results"][0]["distance"] == 0
     assert page1["query"]["id"] == ids[0]
-    assert page1["total"] == 12 and page1["next_offset"] == 5
+    assert page1["total"] == 12
+    assert page1["next_offset"] == 5
     resp = await client.post("/v1/search", json={"id": ids[0], "k": 5, "offset": 5,
                                                  "strategy": "exact"})
     page2 = await resp.json()
@@ -218,7 +219,8 @@ async def test_delete_removes_the_image_from_status_and_search(client: TestClien
     ids = [i["id"] for i in body["images"]]
     await wait_indexed(client, ids)
     thumb = await client.get(f"/v1/images/{ids[0]}/thumbnail")
-    assert thumb.status == 200 and thumb.content_type == "image/jpeg"
+    assert thumb.status == 200
+    assert thumb.content_type == "image/jpeg"
     assert Image.open(io.BytesIO(await thumb.read())).size[0] <= 256
     assert (await client.delete(f"/v1/images/{ids[0]}")).status == 204
     assert (await client.get(f"/v1/images/{ids[0]}")).status == 404
@@ -238,7 +240,8 @@ async def test_operational_endpoints(client: TestClient) -> None:
     assert spec["openapi"].startswith("3.")
     assert {"/v1/images", "/v1/search", "/v1/stats"} <= set(spec["paths"])
     stats = await (await client.get("/v1/stats")).json()
-    assert stats["backend"] == "embedded" and stats["mode"] == "standalone"
+    assert stats["backend"] == "embedded"
+    assert stats["mode"] == "standalone"
     assert stats["model"]["code_bits"] == 256
     missing = await client.get("/v1/nothing-here")
     assert missing.status == 404

@@ -98,9 +98,11 @@ def test_serve_folder_indexing_skips_non_images_and_what_is_indexed(
     args = [str(exe), "index", str(tmp_path / "photos"), "--data", str(tmp_path / "d"),
             "--model", str(model)]
     first = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
-    assert "8 indexed" in first.stdout and "1 not images" in first.stdout, first.stdout
+    assert "8 indexed" in first.stdout, first.stdout
+    assert "1 not images" in first.stdout, first.stdout
     second = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
-    assert "0 indexed" in second.stdout and "8 already indexed" in second.stdout
+    assert "0 indexed" in second.stdout
+    assert "8 already indexed" in second.stdout
     out = subprocess.run([str(exe), "search", str(folder / "p3.jpg"), "--data",
                           str(tmp_path / "d"), "--model", str(model), "--json", "-k", "3"],
                          capture_output=True, text=True, timeout=120, check=True)
@@ -109,3 +111,28 @@ def test_serve_folder_indexing_skips_non_images_and_what_is_indexed(
     result = json.loads(out.stdout)
     assert result["results"][0]["id"] == content_id(make_image(3003))
     assert result["results"][0]["distance"] == 0
+
+
+def test_serve_with_images_indexes_the_folder_in_the_background(tmp_path: Path) -> None:
+    from elastichash.model.default import ensure_default_model
+
+    model = ensure_default_model(tmp_path / "m" / "default.onnx")
+    folder = tmp_path / "photos"
+    (folder / "a" / "b").mkdir(parents=True)
+    for s in range(6):
+        (folder / "a" / "b" / f"p{s}.jpg").write_bytes(make_image(4000 + s))
+    (folder / "a" / "notes.md").write_text("# not an image")
+    proc = ServeProcess(tmp_path / "d", model, "--images", str(folder)).start()
+    try:
+        deadline = time.monotonic() + 90
+        while requests.get(f"{proc.base}/v1/stats", timeout=10).json()["count"] < 6:
+            assert time.monotonic() < deadline, proc.log.read_text()
+            time.sleep(0.1)
+        top = requests.post(f"{proc.base}/v1/search", json={"id": content_id(make_image(4002)),
+                                                            "k": 1}, timeout=10).json()
+        assert top["results"][0]["source"].endswith("p2.jpg")
+    finally:
+        assert proc.stop() == 0
+    log = proc.log.read_text()
+    assert "6 indexed" in log, log
+    assert "1 not images" in log, log
