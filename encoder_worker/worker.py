@@ -13,7 +13,6 @@ Ack policy (per input message):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import functools
@@ -27,6 +26,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from elastichash import amqp
 from elastichash.errors import Unavailable
+from elastichash.health import run_worker
 from elastichash.messages import BadMessage, IndexDoc, IndexFailure, decode_ingest
 from elastichash.pipeline import IngestItem
 from encoder_worker import encode, health
@@ -109,25 +109,28 @@ class EncoderWorker:
             # Drain: stop intake first, then finish what was delivered, within the grace.
             self._stopping = True
             log.info("draining (grace %gs)", s.drain_timeout_s)
+            # One deadline for the whole drain, so the pod's termination grace can be set
+            # just above drain_timeout_s.
+            deadline = asyncio.get_running_loop().time() + s.drain_timeout_s
             for queue, tag in ((ingest_q, ingest_tag), (rpc_q, rpc_tag)):
                 try:
-                    await asyncio.wait_for(queue.cancel(tag), 5.0)
+                    async with asyncio.timeout_at(deadline):
+                        await queue.cancel(tag)
                 except Exception as exc:  # the broker may be gone: then nothing more arrives
                     log.warning("cancel consumer %s: %s", tag, exc)
             await amqp.let_deliveries_land()
             self._buffer.put_nowait(None)
             try:
-                await asyncio.wait_for(asyncio.shield(loop_task), s.drain_timeout_s)
-                if self._tasks:
-                    await asyncio.wait_for(asyncio.gather(*self._tasks), s.drain_timeout_s)
-                # Belt and braces: a delivery that landed after the loop closed its intake.
-                late = amqp.drain_nowait(self._buffer, 1 << 30)
-                for i in range(0, len(late), s.batch_max):
-                    log.info("settling %d late deliveries", len(late[i : i + s.batch_max]))
-                    chunk = late[i : i + s.batch_max]
-                    await asyncio.wait_for(
-                        self._process(chunk, _Slot(asyncio.Semaphore(0))), s.drain_timeout_s
-                    )
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(loop_task)
+                    if self._tasks:
+                        await asyncio.gather(*self._tasks)
+                    # Belt and braces: a delivery that landed after the loop closed its intake.
+                    late = amqp.drain_nowait(self._buffer, 1 << 30)
+                    for i in range(0, len(late), s.batch_max):
+                        chunk = late[i : i + s.batch_max]
+                        log.info("settling %d late deliveries", len(chunk))
+                        await self._process(chunk, _Slot(asyncio.Semaphore(0)))
             except TimeoutError:
                 log.warning(
                     "drain grace over: cancelling %d batches (they are not acked)", len(self._tasks)
@@ -148,10 +151,10 @@ class EncoderWorker:
             log.info(
                 "encoder worker stopped: consumed=%d encoded=%d redelivered=%d requeued=%d"
                 " resent=%d",
-                m.total(m.consumed),
-                m.total(m.encoded),
-                m.total(m.redelivered),
-                m.total(m.requeued),
+                health.total(m.consumed),
+                health.total(m.encoded),
+                health.total(m.redelivered),
+                health.total(m.requeued),
                 self._publisher.resent if self._publisher else 0,
             )
 
@@ -334,22 +337,7 @@ async def _amain(settings: EncoderWorkerSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="elastichash encoder-worker", description=__doc__.splitlines()[0]
+    return run_worker(
+        "elastichash encoder-worker", (__doc__ or "").splitlines()[0], argv, EncoderWorkerSettings,
+        lambda s: s.health_port, _amain,
     )
-    parser.add_argument(
-        "--check", action="store_true", help="probe a running worker's /readyz; exit 0 if ready"
-    )
-    args = parser.parse_args(argv)
-    settings = EncoderWorkerSettings()
-    if args.check:
-        return health.check(settings.health_port)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    try:
-        return asyncio.run(_amain(settings))
-    except Unavailable as exc:
-        log.error("%s", exc.message)
-        return 2

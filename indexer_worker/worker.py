@@ -12,7 +12,6 @@ Ack policy (per message):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
@@ -23,6 +22,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from elastichash import amqp
 from elastichash.errors import InvalidInput, Unavailable
+from elastichash.health import run_worker
 from elastichash.index.base import Index, WriteResult
 from elastichash.messages import BadMessage, IndexDoc, IndexFailure, decode_index
 from indexer_worker import health
@@ -71,18 +71,21 @@ class IndexerWorker:
             await stop.wait()
             self._stopping = True
             log.info("draining (grace %gs)", s.drain_timeout_s)
+            deadline = asyncio.get_running_loop().time() + s.drain_timeout_s  # one for it all
             try:
-                await asyncio.wait_for(queue.cancel(tag), 5.0)
+                async with asyncio.timeout_at(deadline):
+                    await queue.cancel(tag)
             except Exception as exc:  # the broker may be gone: then nothing more arrives
                 log.warning("cancel consumer: %s", exc)
             await amqp.let_deliveries_land()
             self._buffer.put_nowait(None)
             try:
-                await asyncio.wait_for(asyncio.shield(loop_task), s.drain_timeout_s)
-                late = amqp.drain_nowait(self._buffer, 1 << 30)  # landed after intake closed
-                if late:
-                    log.info("settling %d late deliveries", len(late))
-                    await asyncio.wait_for(self._write(late), s.drain_timeout_s)
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(loop_task)
+                    late = amqp.drain_nowait(self._buffer, 1 << 30)  # landed after intake closed
+                    if late:
+                        log.info("settling %d late deliveries", len(late))
+                        await self._write(late)
             except TimeoutError:
                 log.warning("drain grace over: cancelling the write in flight (not acked)")
             loop_task.cancel()
@@ -97,11 +100,11 @@ class IndexerWorker:
             log.info(
                 "indexer worker stopped: consumed=%d written=%d failures=%d redelivered=%d"
                 " requeued=%d",
-                m.total(m.consumed),
-                m.total(m.written),
-                m.total(m.failures),
-                m.total(m.redelivered),
-                m.total(m.requeued),
+                health.total(m.consumed),
+                health.total(m.written),
+                health.total(m.failures),
+                health.total(m.redelivered),
+                health.total(m.requeued),
             )
 
     async def _on_message(self, message: Msg) -> None:
@@ -239,22 +242,7 @@ async def _amain(settings: IndexerWorkerSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="elastichash indexer-worker", description=__doc__.splitlines()[0]
+    return run_worker(
+        "elastichash indexer-worker", (__doc__ or "").splitlines()[0], argv, IndexerWorkerSettings,
+        lambda s: s.health_port, _amain,
     )
-    parser.add_argument(
-        "--check", action="store_true", help="probe a running worker's /readyz; exit 0 if ready"
-    )
-    args = parser.parse_args(argv)
-    settings = IndexerWorkerSettings()
-    if args.check:
-        return health.check(settings.health_port)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    try:
-        return asyncio.run(_amain(settings))
-    except Unavailable as exc:
-        log.error("%s", exc.message)
-        return 2
