@@ -198,12 +198,21 @@ def page(browser: Browser, base_url: str) -> Iterator[Page]:
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
+def _poll(page: Page, expression: str, within_s: float = 30) -> None:
+    """Wait until a page expression is true. Not page.wait_for_function: that evaluates its
+    predicate with eval() inside the page, which the page's CSP rightly forbids."""
+    deadline = time.monotonic() + within_s
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {within_s} s: {expression}")
+        page.wait_for_timeout(50)
+
+
 def _shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     # Lazy thumbnails below the fold would show as grey boxes in a full-page shot.
     page.locator("#gallery img").evaluate_all("els => els.forEach(e => { e.loading = 'eager' })")
-    page.wait_for_function(
-        "[...document.querySelectorAll('#gallery img')].every(i => i.complete)")
+    _poll(page, "[...document.querySelectorAll('#gallery img')].every(i => i.complete)")
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
@@ -376,7 +385,7 @@ def test_results_are_browsed_with_the_keyboard(page: Page, seeded: dict[str, Any
     page.keyboard.press("Escape")
     expect(viewer).to_be_hidden()
     # "close" is dispatched as a task after the dialog hides: wait for it, with a deadline.
-    page.wait_for_function(f"{focused_id} === {json.dumps(ids[2])}", timeout=5000)
+    _poll(page, f"{focused_id} === {json.dumps(ids[2])}", within_s=5)
 
     # Tab reaches the tile's "Similar" button; Enter runs the search from it.
     page.keyboard.press("Tab")
