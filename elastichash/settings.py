@@ -41,7 +41,8 @@ class ImageLimits(BaseModel):
 class IndexSettings(BaseModel):
     backend: Literal["embedded", "elasticsearch", "remote"] = "embedded"
     data_dir: Path | None = None  # embedded store; None: default_data_dir()/index
-    strategy: Literal["exact", "two_stage", "dense_bit"] = "two_stage"
+    # auto: exact (full ranking) up to AUTO_EXACT_MAX codes, two_stage (MIH) above.
+    strategy: Literal["auto", "exact", "two_stage", "dense_bit"] = "auto"
     # elasticsearch backend
     es_url: str = "http://localhost:9200"
     es_index: str = "elastichash"

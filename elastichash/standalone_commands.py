@@ -21,8 +21,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
                         "default $ELASTICHASH_DATA or ~/.local/share/elastichash")
     p.add_argument("--model", type=Path, default=None,
                    help="ONNX model meeting the contract; default: the built-in model")
-    p.add_argument("--strategy", choices=["two_stage", "exact"], default=None,
-                   help="search strategy (default two_stage)")
+    p.add_argument("--strategy", choices=["auto", "two_stage", "exact"], default=None,
+                   help="search strategy (default auto: exact up to 100,000 images, "
+                        "two_stage above)")
 
 
 def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:

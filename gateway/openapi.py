@@ -49,7 +49,7 @@ def build_openapi() -> dict[str, Any]:
             "k": {"type": "integer", "minimum": 1, "maximum": 1000},
             "max_distance": {"type": "integer", "minimum": 0, "maximum": 256},
             "offset": {"type": "integer", "minimum": 0, "maximum": 100_000},
-            "strategy": {"type": "string", "enum": ["two_stage", "exact", "dense_bit"]}}}}}
+            "strategy": {"type": "string", "enum": ["auto", "two_stage", "exact", "dense_bit"]}}}}}
     paths: dict[str, Any] = {
         "/v1/images": {"post": {
             "summary": "Ingest images (multipart upload or a JSON list of URLs)",

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from elastichash.index.base import MAX_K
 
-StrategyName = Literal["two_stage", "exact", "dense_bit"]
+StrategyName = Literal["auto", "two_stage", "exact", "dense_bit"]
 
 
 class Strict(BaseModel):

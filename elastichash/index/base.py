@@ -11,9 +11,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-Strategy = Literal["exact", "two_stage", "dense_bit"]
-STRATEGIES: tuple[str, ...] = ("exact", "two_stage", "dense_bit")
+Strategy = Literal["auto", "exact", "two_stage", "dense_bit"]
+STRATEGIES: tuple[str, ...] = ("auto", "exact", "two_stage", "dense_bit")
 MAX_K = 1000
+# 'auto' ranks the whole index (exact) up to this many codes, where a full scan costs well
+# under a millisecond and finds every match; above it, multi-index hashing (two_stage).
+AUTO_EXACT_MAX = 100_000
+
+
+def resolve_auto(strategy: str, count: int) -> str:
+    if strategy != "auto":
+        return strategy
+    return "exact" if count <= AUTO_EXACT_MAX else "two_stage"
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,22 @@ from elastichash.codes import LONG_BYTES, SHORT_BYTES
 from elastichash.errors import InvalidInput, Unavailable
 from elastichash.ids import check_id
 from elastichash.index import kernels
-from elastichash.index.base import MAX_K, Document, Failure, Hit, SearchResult, WriteResult
+from elastichash.index.base import (
+    MAX_K,
+    Document,
+    Failure,
+    Hit,
+    SearchResult,
+    WriteResult,
+    resolve_auto,
+)
 from elastichash.index.memtable import Candidates, CodeTable, Snapshot
 from elastichash.index.store import Store
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-EMBEDDED_STRATEGIES = ("exact", "two_stage")
+EMBEDDED_STRATEGIES = ("auto", "exact", "two_stage")
 DB_NAME = "index.sqlite3"
 
 
@@ -282,7 +290,7 @@ class EmbeddedIndex:
                 field="strategy",
             )
         validate_query(code, short, k, max_distance, offset)
-        _ = self.table  # raises Unavailable when closed
+        strategy = resolve_auto(strategy, self.table.snapshot.n_alive)  # Unavailable if closed
         t0 = time.perf_counter()
         q = np.frombuffer(code, np.uint8)
         need = offset + k

@@ -176,6 +176,10 @@ class ElasticsearchIndex:
         strategy: str | None = None,
     ) -> SearchResult:
         strategy = strategy or self.strategy
+        if strategy == "auto":
+            # A count per query would double the requests; ES serves large collections, and
+            # two_stage there is what ElasticHash designed the index for.
+            strategy = "two_stage"
         q.check_codes(code, short)
         q.check_paging(k, offset, max_distance)
         count_query: dict[str, Any] | None
