@@ -89,7 +89,7 @@ def test_elastichash_layout_loads_good_rows_and_reports_bad_ones(
     assert f"{f}:6: r0 is not an integer" in err
     assert f"{f}:10:" in err
     assert f"{f}:13:" in err
-    count, doc = asyncio.run(load(tmp_path / "idx", "oi000001"))
+    count, doc = asyncio.run(load(tmp_path / "idx" / "index", "oi000001"))
     assert count == 37
     good = eh_rows(0, 2)[1]
     assert doc is not None
@@ -131,29 +131,28 @@ def test_plain_layout_cuts_the_short_code_at_the_given_bits(tmp_path: Path) -> N
         )
         == 0
     )
-    count, doc = asyncio.run(load(tmp_path / "i", "p4"))
+    count, doc = asyncio.run(load(tmp_path / "i" / "index", "p4"))
     assert count == 10
     assert doc.short == select_bits(codes[4], SHORT_BITS).tobytes()  # type: ignore[attr-defined]
     assert (doc.source, doc.metadata) == ("/img/4.png", {"k": 4})  # type: ignore[attr-defined]
 
 
-def test_plain_layout_without_short_bits_is_refused(tmp_path: Path) -> None:
+def test_plain_layout_without_short_bits_takes_those_of_the_model(tmp_path: Path) -> None:
+    from elastichash.model.contract import load_spec
+    from elastichash.model.default import ensure_default_model
+
+    model = ensure_default_model(tmp_path / "m.onnx")
+    short_bits = load_spec(model).short_bits
+    assert short_bits is not None
+    code = bytes(range(32))
     f = tmp_path / "plain.csv"
-    write_csv(f, [["p0", "00" * 32]])
-    assert (
-        cli(
-            [
-                "import-codes",
-                str(f),
-                "--data",
-                str(tmp_path / "i"),
-                "--format",
-                "plain",
-                "--no-progress",
-            ]
-        )
-        == 2
-    )
+    write_csv(f, [["p0", code.hex()]])
+    args = ["import-codes", str(f), "--data", str(tmp_path / "d"), "--format", "plain",
+            "--no-progress", "--model", str(model)]
+    assert cli(args) == 0
+    _, doc = asyncio.run(load(tmp_path / "d" / "index", "p0"))
+    assert doc is not None
+    assert doc.short == select_bits(code, short_bits).tobytes()
 
 
 def test_resume_continues_after_the_last_committed_line(
@@ -171,6 +170,6 @@ def test_resume_continues_after_the_last_committed_line(
     out = capsys.readouterr().out
     assert "imported 15 documents" in out
     assert "resumed after line 25" in out
-    count, doc = asyncio.run(load(data, "oi000039"))
+    count, doc = asyncio.run(load(data / "index", "oi000039"))
     assert count == 40
     assert doc is not None

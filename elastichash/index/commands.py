@@ -36,7 +36,8 @@ def register(subparsers: Any) -> None:
         "--data",
         type=Path,
         default=None,
-        help="embedded index directory (default: $ELASTICHASH_DATA/index)",
+        help="data directory, as for `elastichash serve` (the index is DATA/index); "
+        "default $ELASTICHASH_DATA or ~/.local/share/elastichash",
     )
     p.add_argument(
         "--format",
@@ -50,7 +51,15 @@ def register(subparsers: Any) -> None:
         "--short-bits",
         type=_short_bits,
         default=None,
-        help="plain layout: the model's 64 short-code bit positions, comma-separated or @FILE",
+        help="plain layout: the model's 64 short-code bit positions, comma-separated or @FILE "
+        "(default: those of --model)",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="plain layout: take the short-code bits from this model "
+        "(default: the built-in model)",
     )
     p.add_argument("--batch", type=int, default=5000, help="documents per committed batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -64,7 +73,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         print(f"import-codes: no such file {args.file}", file=sys.stderr)
         return 2
-    data: Path = args.data or default_data_dir() / "index"
+    root: Path = args.data or default_data_dir()
+    data = root / "index"
+    short_bits = args.short_bits
+    if args.format == "plain" and short_bits is None:
+        from elastichash.model.contract import load_spec
+        from elastichash.model.default import ensure_default_model
+
+        model = args.model or ensure_default_model(root / "models" / "default.onnx")
+        short_bits = load_spec(model).short_bits
 
     async def go() -> int:
         index = EmbeddedIndex(data)
@@ -76,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 fmt=args.format,
                 checkpoint=checkpoint_path(data, args.file),
                 resume=args.resume,
-                short_bits=args.short_bits,
+                short_bits=short_bits,
                 batch_size=args.batch,
                 progress=not args.no_progress,
             )
