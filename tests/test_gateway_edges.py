@@ -8,6 +8,7 @@ import io
 from collections.abc import AsyncIterator
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -239,3 +240,40 @@ async def test_images_accepted_before_a_crash_are_indexed_after_restart(
     assert list(spool.glob("*")) == []
     await restarted.stop()
     await index.close()
+
+
+class FlakyIndex(EmbeddedIndex):
+    """A real embedded index whose first writes fail, as when another process holds the
+    SQLite write lock."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures_left = failures
+
+    async def upsert(self, docs: Any) -> Any:
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise OSError("database is locked")
+        return await super().upsert(docs)
+
+
+async def test_the_standalone_worker_survives_failed_writes_with_a_full_queue(
+        tmp_path: Path, model_path: Path) -> None:  # noqa: F811
+    encoder = await asyncio.to_thread(Encoder.load, ModelSettings(path=model_path),
+                                      ImageLimits())
+    index = FlakyIndex(tmp_path / "index", failures=2)
+    await index.open()
+    pipeline = LocalPipeline(encoder, index, tmp_path / "spool", batch_size=2, queue_size=2)
+    await pipeline.start()
+    try:
+        items = [IngestItem(content_id(make_image(900 + s)), make_image(900 + s))
+                 for s in range(10)]
+        # Producers keep the tiny queue full while the worker's first writes fail.
+        await asyncio.gather(*(pipeline.submit([it]) for it in items))
+        await asyncio.wait_for(pipeline.drained(), 60)
+        assert await pipeline.ready()
+        assert await index.count() == 10
+        assert pipeline.counts["retried"] >= 2
+    finally:
+        await pipeline.stop()
+        await index.close()
