@@ -1,6 +1,6 @@
 """Ingest throughput of the distributed pipeline vs the encoder alone, in the same run.
 
-    python bench/ingest.py [--images 1000] [--dir /work/shared/datasets/corel1k/images]
+    python bench/ingest.py [--images 1000] [--dir DIR]
                            [--amqp amqp://guest:guest@127.0.0.1:5672/]
                            [--out bench/results/ingest.json]
 
@@ -310,7 +310,8 @@ async def run_stack(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--dir", type=Path, default=Path("/work/shared/datasets/corel1k/images"))
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="folder of photos (default: generated images)")
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--latency-images", type=int, default=40)
