@@ -41,6 +41,8 @@ H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consume
 
 # Metadata travels in a header; RabbitMQ's frame_max (128 KiB) bounds all headers together.
 MAX_METADATA_BYTES = 16 * 1024
+# Deeper metadata is no photo caption: it is an attack on recursive parsers and serialisers.
+MAX_METADATA_DEPTH = 32
 MAX_SOURCE_CHARS = 2048
 HEX64 = r"^[0-9a-f]{64}$"
 HEX16 = r"^[0-9a-f]{16}$"
@@ -111,10 +113,12 @@ def decode_ingest(
             metadata=meta,
             content_type=content_type,
         )
-    except (ValidationError, ValueError, InvalidInput) as exc:
+    except (ValidationError, ValueError, InvalidInput, RecursionError) as exc:
         if isinstance(exc, BadMessage):
             raise
         raise BadMessage("bad_headers", f"invalid ingest headers: {exc}") from exc
+    if _depth(parsed.metadata) > MAX_METADATA_DEPTH:
+        raise BadMessage("bad_headers", f"metadata nested deeper than {MAX_METADATA_DEPTH}")
     if not body:
         raise BadMessage("empty", "empty image body")
     if len(body) > max_bytes:
@@ -150,6 +154,23 @@ class IndexDoc(_Frozen):
             thumbnail=thumb,
         )
 
+    @field_validator("metadata")
+    @classmethod
+    def _shallow(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if _depth(v) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata nested deeper than {MAX_METADATA_DEPTH}")
+        return v
+
+    @field_validator("thumbnail")
+    @classmethod
+    def _base64(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                base64.b64decode(v, validate=True)
+            except ValueError as exc:
+                raise ValueError(f"thumbnail is not base64: {exc}") from None
+        return v
+
     def document(self) -> Document:
         return Document(
             id=self.id,
@@ -180,10 +201,18 @@ IndexMessage = Annotated[IndexDoc | IndexFailure, Field(discriminator="kind")]
 _INDEX_ADAPTER: TypeAdapter[IndexDoc | IndexFailure] = TypeAdapter(IndexMessage)
 
 
+def _depth(value: Any, limit: int = 64) -> int:
+    """Nesting depth of a JSON value, counting no further than ``limit`` + 1."""
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, limit - 1) for v in items), default=0)
+
+
 def decode_index(body: bytes) -> IndexDoc | IndexFailure:
     try:
         raw = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise BadMessage("bad_message", f"index message is not JSON: {exc}") from exc
     if isinstance(raw, dict) and raw.get("v") not in (None, SCHEMA_VERSION):
         raise BadMessage("unsupported_version", f"index schema version {raw.get('v')!r} unknown")

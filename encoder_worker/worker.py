@@ -139,11 +139,14 @@ class EncoderWorker:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(loop_task, *self._tasks, return_exceptions=True)
-            await amqp.close_gracefully(ingest_ch, rpc_ch, self.publisher.channel)
+            # A little past the drain deadline: closing is bounded too (see close_gracefully).
+            await amqp.close_gracefully(
+                ingest_ch, rpc_ch, self.publisher.channel, deadline=deadline + 5.0
+            )
             return 0
         finally:
             if self._connection is not None:
-                await self._connection.close()
+                await amqp.close_connection(self._connection)
             await runner.cleanup()
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._rpc_executor.shutdown(wait=False, cancel_futures=True)
@@ -186,6 +189,21 @@ class EncoderWorker:
             log.error("batch failed", exc_info=task.exception())
 
     async def _process(self, batch: list[AbstractIncomingMessage], slot: _Slot) -> None:
+        """Settle every message of the batch, whatever happens: an unexpected error puts
+        back (requeue, bounded by the delivery limit) what was not settled yet, so no
+        message can sit unacked on the channel for ever."""
+        try:
+            await self._process_batch(batch, slot)
+        except asyncio.CancelledError:
+            raise  # shutdown: never ack; the broker redelivers
+        except Exception:
+            log.exception("batch of %d failed; requeueing what is unsettled", len(batch))
+            for message in batch:
+                if not message.processed:
+                    self.metrics.requeued.inc()
+                    await amqp.settle(message, "requeue")
+
+    async def _process_batch(self, batch: list[AbstractIncomingMessage], slot: _Slot) -> None:
         s = self.settings
         timeout = s.amqp.publish_timeout_s
         good: list[tuple[AbstractIncomingMessage, IngestItem]] = []
@@ -204,7 +222,9 @@ class EncoderWorker:
                         ),
                     )
                 )
-            except BadMessage as exc:
+            except Exception as err:
+                exc = err if isinstance(err, BadMessage) else BadMessage(
+                    "bad_message", f"cannot decode ingest message: {err!r}")
                 self.metrics.failed.labels(exc.reason).inc()
                 log.warning("dead-lettering ingest message %s: %s", message.message_id, exc.message)
                 futs: list[asyncio.Future[Any]] = [
@@ -241,12 +261,19 @@ class EncoderWorker:
             self.metrics.encode_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(good))
             for (message, _item), result in zip(good, results, strict=True):
-                settled.append((message, self._hand_on(message, result, timeout)))
+                try:
+                    handed = self._hand_on(message, result, timeout)
+                except Exception as exc:  # e.g. metadata the serialiser refuses
+                    handed = [asyncio.ensure_future(self.publisher.dead_letter(
+                        message, self.topo.queue(amqp.RK_INGEST), "bad_message",
+                        f"cannot forward: {exc!r}", timeout=timeout))]
+                settled.append((message, handed))
         for _, futs in settled:
             outcomes.extend(futs)
         await asyncio.gather(*outcomes, return_exceptions=True)
         for message, futs in settled:
-            errors = [f.exception() for f in futs if f.exception() is not None]
+            errors = [f.exception() or "cancelled" for f in futs
+                      if f.cancelled() or f.exception() is not None]
             if not errors:
                 await amqp.settle(message, "ack")
             else:

@@ -90,11 +90,12 @@ class IndexerWorker:
                 log.warning("drain grace over: cancelling the write in flight (not acked)")
             loop_task.cancel()
             await asyncio.gather(loop_task, return_exceptions=True)
-            await amqp.close_gracefully(channel, self.publisher.channel)
+            # A little past the drain deadline: closing is bounded too (see close_gracefully).
+            await amqp.close_gracefully(channel, self.publisher.channel, deadline=deadline + 5.0)
             return 0
         finally:
             if self._connection is not None:
-                await self._connection.close()
+                await amqp.close_connection(self._connection)
             await runner.cleanup()
             m = self.metrics
             log.info(
@@ -126,7 +127,7 @@ class IndexerWorker:
                     await self._write(chunk)
                 except Exception:  # a bug must not stop the consumer: retry, bounded
                     log.exception("writing a batch of %d failed; requeueing", len(chunk))
-                    await self._requeue(chunk)
+                    await self._requeue([m for m in chunk if not m.processed])
 
     async def _dead(self, message: Msg, reason: str, detail: str) -> None:
         self.metrics.dead.labels(reason).inc()
@@ -177,7 +178,11 @@ class IndexerWorker:
         for message in batch:
             try:
                 parsed = decode_index(message.body)
-            except BadMessage as exc:
+                if isinstance(parsed, IndexDoc):
+                    parsed.document()  # all conversions checked before any write
+            except Exception as err:
+                exc = err if isinstance(err, BadMessage) else BadMessage(
+                    "bad_message", f"cannot decode index message: {err!r}")
                 await self._dead(message, exc.reason, exc.message)
                 continue
             if isinstance(parsed, IndexDoc):
@@ -186,7 +191,14 @@ class IndexerWorker:
                 fails.append((message, parsed))
         if fails:
             records = [f.failure() for _, f in fails]
-            if await self._retrying("record failures", lambda: self.index.record_failures(records)):
+            try:
+                recorded = await self._retrying(
+                    "record failures", lambda: self.index.record_failures(records))
+            except InvalidInput as exc:  # the index refuses the records: an operator's case
+                for message, _ in fails:
+                    await self._dead(message, "index_rejected", exc.message)
+                recorded = False
+            if recorded:
                 self.metrics.failures.inc(len(fails))
                 for message, _ in fails:
                     await amqp.settle(message, "ack")

@@ -3,6 +3,7 @@ acked once, malformed messages dead-lettered with a reason, an index outage wait
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 
@@ -65,17 +66,22 @@ async def test_indexer_writes_documents_and_failures_and_dead_letters_malformed_
         .encode()
     )
     bodies += [b"{not json", b'{"kind": "doc", "v": 1, "id": "x", "code": "00", "short": "00"}']
+    # A thumbnail that is not base64, and nesting deep enough to break json.loads: each
+    # must cost only itself, not requeue its batch-mates until the delivery limit.
+    bodies.append(json.dumps({"kind": "doc", "v": 1, "id": "y", "code": "0" * 64,
+                              "short": "0" * 16, "thumbnail": "abc"}).encode())
+    bodies.append(b"[" * 5000 + b"]" * 5000)
     await _send(rabbitmq_url, amqp_prefix, bodies)
     await c.ready(c.search_service())
     await c.ready(c.indexer(batch_max=16))
     await wait_for(lambda: _count_is(c.search_url, len(docs)), 60, "documents indexed")
 
-    async def two_dead() -> bool:
-        return len(await dead_letters(rabbitmq_url, amqp_prefix)) >= 2
+    async def four_dead() -> bool:
+        return len(await dead_letters(rabbitmq_url, amqp_prefix)) >= 4
 
-    await wait_for(two_dead, 30, "malformed messages dead-lettered")
+    await wait_for(four_dead, 30, "malformed messages dead-lettered")
     assert (
-        sorted(r for _, r in await dead_letters(rabbitmq_url, amqp_prefix)) == ["bad_message"] * 2
+        sorted(r for _, r in await dead_letters(rabbitmq_url, amqp_prefix)) == ["bad_message"] * 4
     )
     index = RemoteIndex(c.search_url)
     await index.open()

@@ -65,6 +65,10 @@ async def test_poison_messages_are_dead_lettered_with_their_reason_while_others_
         ({H_VERSION: 1, H_ID: "../../etc/passwd"}, "bad_headers"),
         ({H_VERSION: 1, H_ID: "meta-1", H_METADATA: "{not json"}, "bad_headers"),
         ({H_VERSION: 42, H_ID: "future-1"}, "unsupported_version"),
+        # Nesting that breaks recursive parsers (RecursionError) or serialisers.
+        ({H_VERSION: 1, H_ID: "deep-1", H_METADATA: "[" * 4000 + "]" * 4000}, "bad_headers"),
+        ({H_VERSION: 1, H_ID: "deep-2", H_METADATA: '{"a":' * 300 + "1" + "}" * 300},
+         "bad_headers"),
     ]
     for headers, _ in bad_headers:
         await publish_raw(rabbitmq_url, amqp_prefix, jpeg, headers)  # type: ignore[arg-type]
@@ -85,7 +89,8 @@ async def test_poison_messages_are_dead_lettered_with_their_reason_while_others_
     assert reasons["corrupt-1"] in {"corrupt", "unsupported_format"}
     assert reasons["truncated-1"] in {"truncated", "corrupt"}
     assert reasons["future-1"] == "unsupported_version"
-    assert sorted(r for i, r in dead if i in {"../../etc/passwd", "meta-1"}) == ["bad_headers"] * 2
+    named = {"../../etc/passwd", "meta-1", "deep-1", "deep-2"}
+    assert sorted(r for i, r in dead if i in named) == ["bad_headers"] * 4
     # Bad images also leave a failure record, so the image's status says why.
     index = RemoteIndex(c.search_url)
     await index.open()

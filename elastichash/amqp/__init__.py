@@ -17,6 +17,7 @@ Topology (``P`` = ``AmqpSettings.prefix``), declared idempotently by every proce
 """
 
 from elastichash.amqp.consume import (
+    close_connection,
     close_gracefully,
     collect_batch,
     delivery_count,
@@ -53,6 +54,7 @@ __all__ = [
     "Declared",
     "Publisher",
     "Topology",
+    "close_connection",
     "close_gracefully",
     "collect_batch",
     "connect",

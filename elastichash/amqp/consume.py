@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -107,11 +107,23 @@ async def let_deliveries_land(turns: int = 10) -> None:
         await asyncio.sleep(0)
 
 
-async def close_gracefully(*channels: AbstractChannel) -> None:
+async def close_gracefully(*channels: AbstractChannel, deadline: float | None = None) -> None:
     """Close consumer channels one by one before the connection, so the broker has handled
     every ack sent on them (channel.close is a round trip that follows them in order). Closing
     only the connection raced with the last acks on quorum queues: one message in a few hundred
-    came back redelivered after a clean drain."""
-    for channel in channels:
-        with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.AMQPError):
-            await asyncio.wait_for(channel.close(), 5.0)
+    came back redelivered after a clean drain. All of it within ``deadline`` (loop time; default
+    5 s from now): a broker that stopped answering must not hold the shutdown past the grace."""
+    if deadline is None:
+        deadline = asyncio.get_running_loop().time() + 5.0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            for channel in channels:
+                with contextlib.suppress(*CONNECTION_ERRORS, aio_pika.exceptions.AMQPError):
+                    await channel.close()
+
+
+async def close_connection(connection: Any, within_s: float = 5.0) -> None:
+    """Close a connection without letting a silent broker hang the process."""
+    with contextlib.suppress(TimeoutError, *CONNECTION_ERRORS, aio_pika.exceptions.AMQPError):
+        async with asyncio.timeout(within_s):
+            await connection.close()
