@@ -17,7 +17,7 @@ def content_id(data: bytes) -> str:
 
 def check_id(value: str) -> str:
     """Validate a client-given id: 1-128 chars of [A-Za-z0-9._:-], not starting with a symbol."""
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):  # match() would let a trailing newline through
         raise InvalidInput(
             "id must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
             "starting with a letter or digit",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +21,7 @@ MAX_FAILURES_LIMIT = 1000
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError, LookupError):  # bad JSON, charset, absurd nesting
         raise InvalidInput("the request body must be JSON", field="body") from None
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object", field="body")

@@ -281,3 +281,29 @@ async def test_concurrent_searches_share_one_client(
 
 def test_the_module_runs_live_when_es_url_is_set() -> None:
     assert isinstance(LIVE, bool)
+
+
+async def test_a_gateway_counts_an_elasticsearch_index_through_the_search_service(
+    es_index: ElasticsearchIndex,
+) -> None:
+    """The distributed wiring of docker-compose: gateway -> RemoteIndex -> search service ->
+    Elasticsearch. RemoteIndex.count() reads the service's stats, which every backend must
+    answer with a 'count'."""
+    from aiohttp.test_utils import TestServer
+
+    from elastichash.index.remote import RemoteIndex
+    from search_service.app import create_app
+    from search_service.config import SearchServiceSettings
+
+    docs = make_docs(np.random.default_rng(9), 3)
+    await es_index.upsert(docs)
+    await es_index.refresh()
+    served = ElasticsearchIndex(es_index._url, es_index.names.alias, nbs_index=es_index.names.nbs)
+    async with TestServer(create_app(SearchServiceSettings(), index=served)) as server:
+        remote = RemoteIndex(str(server.make_url("/")).rstrip("/"))
+        await remote.open()
+        try:
+            assert await remote.count() == 3
+            assert (await remote.stats())["count"] == 3
+        finally:
+            await remote.close()

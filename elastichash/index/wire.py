@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import Any
 
 from elastichash.codes import (
@@ -181,6 +182,13 @@ def failure_from_json(item: Any) -> Failure:
     ):
         raise InvalidInput("a failure needs string 'id', 'reason' and 'message'", field="failures")
     at = item.get("at") or 0.0
-    if not isinstance(at, (int, float)):
-        raise InvalidInput("at must be a unix time", field="at")
-    return Failure(item["id"], item["reason"], item["message"], item.get("source"), float(at))
+    source = item.get("source")
+    if source is not None and not isinstance(source, str):
+        raise InvalidInput("source must be a string or null", field="source")
+    try:
+        at_f = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
+    except OverflowError:
+        at_f = None
+    if at_f is None or not math.isfinite(at_f):
+        raise InvalidInput("at must be a finite unix time", field="at")
+    return Failure(item["id"], item["reason"], item["message"], source, at_f)

@@ -238,6 +238,7 @@ class ElasticsearchIndex:
             "backend": "elasticsearch",
             "alias": self.names.alias,
             "index": self.names.concrete,
+            "count": await self.count(),
             "documents": prim["docs"]["count"],
             "deleted": prim["docs"]["deleted"],
             "store_bytes": prim["store"]["size_in_bytes"],

@@ -62,7 +62,10 @@ async def run_bulk(
     results: dict[str, WriteResult] = {}
     try:
         async for ok, item in async_streaming_bulk(
-            client,
+            # The helper retries failed items itself. Transport-level retries would re-send a
+            # whole bulk after a timeout: harmless for index actions, but a delete that did
+            # happen would come back not_found. Unanswered items become transient failures.
+            client.options(max_retries=0, retry_on_timeout=False),
             actions,
             chunk_size=policy.chunk_size,
             max_chunk_bytes=policy.max_chunk_bytes,
