@@ -220,7 +220,11 @@ class EmbeddedIndex:
                 raise
             return found
 
-        found = await self._run(self._writer, write)
+        try:
+            found = await self._run(self._writer, write)
+        except sqlite3.Error as exc:  # locked, disk full: the caller may retry (503)
+            log.warning("index delete of %d ids failed: %s", len(unique), exc)
+            raise Unavailable(f"index store error: {exc}", retry_after=1.0) from None
         seen: set[str] = set()
         out = []
         for i in ids:
