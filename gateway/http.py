@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiohttp import web, web_protocol
+from aiohttp import BodyPartReader, web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
@@ -69,6 +69,25 @@ async def multipart_guard(work: Awaitable[T]) -> T:
         raise
     except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
         raise InvalidInput(f"malformed multipart body: {exc}") from None
+
+
+async def read_part_capped(part: BodyPartReader, cap: int) -> bytes | None:
+    """The part's bytes, or None (after discarding the rest) when it exceeds ``cap``."""
+    buf = bytearray()
+    while chunk := await part.read_chunk(256 * 1024):
+        buf += chunk
+        if len(buf) > cap:
+            while await part.read_chunk(256 * 1024):
+                pass
+            return None
+    return bytes(buf)
+
+
+async def read_field(part: BodyPartReader) -> str:
+    value = await read_part_capped(part, 4096)
+    if value is None:
+        raise InvalidInput(f"form field {part.name!r} is over 4096 bytes", field=part.name)
+    return value.decode("utf-8", "replace").strip()
 
 
 class Metrics:

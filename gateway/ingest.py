@@ -18,7 +18,14 @@ from elastichash.errors import (
 from elastichash.ids import check_id, content_id
 from elastichash.pipeline import IngestItem
 from elastichash.validate import check_image_bytes
-from gateway.http import error_response, json_model, multipart_guard, read_json
+from gateway.http import (
+    error_response,
+    json_model,
+    multipart_guard,
+    read_field,
+    read_json,
+    read_part_capped,
+)
 from gateway.schemas import (
     AcceptedImage,
     FailureOut,
@@ -40,18 +47,6 @@ FETCH_CONCURRENCY = 8
 
 def thumbnail_url(image_id: str, external: str | None) -> str:
     return external or f"/v1/images/{image_id}/thumbnail"
-
-
-async def _read_part_capped(part: BodyPartReader, cap: int) -> bytes | None:
-    """The part's bytes, or None (after discarding the rest) when it exceeds ``cap``."""
-    buf = bytearray()
-    while chunk := await part.read_chunk(256 * 1024):
-        buf += chunk
-        if len(buf) > cap:
-            while await part.read_chunk(256 * 1024):
-                pass
-            return None
-    return bytes(buf)
 
 
 def _inspect(data: bytes, max_pixels: int) -> tuple[str, int, int, str]:
@@ -154,13 +149,6 @@ async def post_images(request: web.Request) -> web.Response:
     return batch.response()
 
 
-async def _read_field(part: BodyPartReader) -> str:
-    value = await _read_part_capped(part, 4096)
-    if value is None:
-        raise InvalidInput(f"form field {part.name!r} is over 4096 bytes", field=part.name)
-    return value.decode("utf-8", "replace").strip()
-
-
 async def _multipart_ingest(request: web.Request, batch: _Batch) -> None:
     """Files in order; an ``id`` field names the file part that follows it."""
     settings = request.app[SETTINGS]
@@ -177,7 +165,7 @@ async def _multipart_ingest(request: web.Request, batch: _Batch) -> None:
                 raise InvalidInput(
                     f"at most {settings.max_files_per_request} files per request", field="file")
             filename = part.filename or f"file-{files}"
-            data = await _read_part_capped(part, settings.limits.max_bytes)
+            data = await read_part_capped(part, settings.limits.max_bytes)
             if data is None:
                 batch.error(PayloadTooLarge(
                     f"{filename} is over the {settings.limits.max_bytes}-byte limit"),
@@ -190,9 +178,9 @@ async def _multipart_ingest(request: web.Request, batch: _Batch) -> None:
             if given_id is not None:
                 raise InvalidInput("two 'id' fields in a row: each 'id' names the file part "
                                    "that follows it", field="id")
-            given_id = check_id(await _read_field(part))
+            given_id = check_id(await read_field(part))
         elif part.name == "source":
-            source = await _read_field(part) or None
+            source = await read_field(part) or None
         else:
             raise InvalidInput(f"unknown form field {part.name!r}", field=part.name)
     if given_id is not None:

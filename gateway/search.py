@@ -12,7 +12,7 @@ from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
-from gateway.http import json_model, multipart_guard, read_json
+from gateway.http import json_model, multipart_guard, read_field, read_json, read_part_capped
 from gateway.schemas import (
     QueryInfo,
     ResultItem,
@@ -33,15 +33,11 @@ async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
         if not isinstance(part, BodyPartReader):
             raise InvalidInput("nested multipart bodies are not accepted")
         if part.name == "file":
-            buf = bytearray()
-            while chunk := await part.read_chunk(256 * 1024):
-                buf += chunk
-                if len(buf) > limits.max_bytes:
-                    raise PayloadTooLarge(
-                        f"query image is over the {limits.max_bytes}-byte limit")
-            data = bytes(buf)
+            data = await read_part_capped(part, limits.max_bytes)
+            if data is None:
+                raise PayloadTooLarge(f"query image is over the {limits.max_bytes}-byte limit")
         elif part.name in SearchParams.model_fields:
-            value = (await part.read_chunk(256)).decode("utf-8", "replace").strip()
+            value = await read_field(part)
             if value:
                 fields[part.name] = value
         else:
