@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from elastichash.settings import IndexSettings
+from elastichash.settings import IndexSettings, RemoteIndexSettings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
         open_local,
     )
     from gateway.app import create_app
-    from gateway.config import GatewayIndexSettings, GatewaySettings
+    from gateway.config import GatewaySettings
     from gateway.state import Components
 
     if args.images is not None and not args.images.is_dir():
@@ -55,7 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.api_keys:
         settings.api_keys = list(args.api_keys)
     settings.model = model_settings(args, settings.model)
-    settings.index = GatewayIndexSettings.model_validate(
+    settings.index = RemoteIndexSettings.model_validate(
         index_settings(args, IndexSettings(strategy=settings.index.strategy)).model_dump())
     spool = data_dir(args) / "spool"
     log = logging.getLogger("elastichash.serve")

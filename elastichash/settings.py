@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -55,6 +56,26 @@ class IndexSettings(BaseModel):
     es_bulk_max_retries: int = 3  # per item, on 429/502/503/504, capped exponential backoff
     # remote backend: the search service's base URL (distributed mode)
     search_url: str = "http://localhost:8081"
+
+
+class RemoteIndexSettings(IndexSettings):
+    """For services that reach the index through the search service by default (the
+    gateway and indexer workers in distributed mode). A subclass with a field default, not
+    a default_factory argument: pydantic-settings rebuilds the group from its class
+    defaults as soon as any ``*_INDEX__*`` variable is set, and would fall back to embedded."""
+
+    backend: Literal["embedded", "elasticsearch", "remote"] = "remote"
+
+
+class WorkerSettings(BaseSettings):
+    """What every queue worker has; each worker sets its own env prefix."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    # SIGTERM: stop consuming, finish in-flight work within this grace, then cancel.
+    drain_timeout_s: float = 30.0
+    health_host: str = "0.0.0.0"
+    health_port: int = 9100
 
 
 class AmqpSettings(BaseModel):

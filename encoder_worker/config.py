@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from elastichash.settings import AmqpSettings, ImageLimits, ModelSettings
+from elastichash.settings import AmqpSettings, ImageLimits, ModelSettings, WorkerSettings
 
 
-class EncoderWorkerSettings(BaseSettings):
+class EncoderWorkerSettings(WorkerSettings):
     model_config = SettingsConfigDict(
         env_prefix="EH_ENCODER_", env_nested_delimiter="__", extra="ignore"
     )
@@ -21,10 +21,6 @@ class EncoderWorkerSettings(BaseSettings):
     # big enough to amortise the ONNX call, short enough that a trickle is not held back.
     batch_max: int = Field(default=16, ge=1, le=1024)
     batch_ms: float = Field(default=20.0, ge=0.0)
-    # SIGTERM: stop consuming, finish in-flight batches within this grace, then cancel.
-    drain_timeout_s: float = 30.0
-    health_host: str = "0.0.0.0"
-    health_port: int = 9100
     # Query encodings (RPC) in flight at once; they have their own thread, never queued
     # behind ingest batches.
     rpc_prefetch: int = 4

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from elastichash.settings import AmqpSettings, ImageLimits, IndexSettings, ModelSettings
+from elastichash.settings import AmqpSettings, ImageLimits, ModelSettings, RemoteIndexSettings
 
 
 class FetchSettings(BaseModel):
@@ -21,12 +21,6 @@ class FetchSettings(BaseModel):
     # through (for a trusted intranet, or tests that serve images on 127.0.0.1).
     allow_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
     user_agent: str = "elastichash/0.1 (+image similarity search)"
-
-
-class GatewayIndexSettings(IndexSettings):
-    # A field default, not a default_factory argument: pydantic-settings rebuilds the group
-    # from its class defaults as soon as any EH_GATEWAY_INDEX__* variable is set.
-    backend: Literal["embedded", "elasticsearch", "remote"] = "remote"
 
 
 class GatewaySettings(BaseSettings):
@@ -49,6 +43,7 @@ class GatewaySettings(BaseSettings):
 
     model: ModelSettings = Field(default_factory=ModelSettings)
     limits: ImageLimits = Field(default_factory=ImageLimits)
-    index: GatewayIndexSettings = Field(default_factory=GatewayIndexSettings)
+    # Distributed mode: through the search service, which owns the index.
+    index: RemoteIndexSettings = Field(default_factory=RemoteIndexSettings)
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)

@@ -3,33 +3,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from elastichash.settings import AmqpSettings, IndexSettings
-
-
-class IndexerIndexSettings(IndexSettings):
-    # A subclass, not a default_factory: pydantic-settings builds the group from the env
-    # when any EH_INDEXER_INDEX__* variable is set, and would then fall back to "embedded".
-    backend: Literal["embedded", "elasticsearch", "remote"] = "remote"
+from elastichash.settings import AmqpSettings, RemoteIndexSettings, WorkerSettings
 
 
-class IndexerWorkerSettings(BaseSettings):
+class IndexerWorkerSettings(WorkerSettings):
     model_config = SettingsConfigDict(
         env_prefix="EH_INDEXER_", env_nested_delimiter="__", extra="ignore"
     )
 
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     # Distributed mode writes through the search service, which owns the embedded store.
-    index: IndexerIndexSettings = Field(default_factory=IndexerIndexSettings)
+    index: RemoteIndexSettings = Field(default_factory=RemoteIndexSettings)
     # One index write per batch_max messages or batch_ms after the first, whichever first.
     batch_max: int = Field(default=64, ge=1, le=5000)
     batch_ms: float = Field(default=50.0, ge=0.0)
-    drain_timeout_s: float = 30.0
-    health_host: str = "0.0.0.0"
     health_port: int = 9101
     # Backoff before requeueing after a transient index failure (doubles, capped).
     retry_backoff_s: float = 0.2

@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from elastichash.settings import ModelSettings
+from elastichash.settings import ModelSettings, RemoteIndexSettings
 from elastichash.standalone_commands import open_local
 from gateway.app import create_app
-from gateway.config import GatewayIndexSettings, GatewaySettings
+from gateway.config import GatewaySettings
 from gateway.state import Components
 
 
@@ -33,7 +33,7 @@ def standalone_settings(data: Path, model: Path, **overrides: Any) -> GatewaySet
     settings = GatewaySettings(
         mode="standalone",
         model=ModelSettings(path=model, batch_size=16),
-        index=GatewayIndexSettings(backend="embedded", data_dir=data / "index"),
+        index=RemoteIndexSettings(backend="embedded", data_dir=data / "index"),
         **overrides,
     )
     return settings
