@@ -14,13 +14,12 @@ from typing import Any
 from tqdm import tqdm
 
 from elastichash.errors import ElasticHashError
-from elastichash.ids import content_id
 from elastichash.index.base import Index
 from elastichash.model.preprocess import sniff_format
 from elastichash.pipeline import IngestItem
 from elastichash.settings import ImageLimits
 from elastichash.standalone import LocalPipeline
-from elastichash.validate import check_image_bytes
+from elastichash.validate import inspect_image
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +67,6 @@ def _read_candidate(path: Path, max_bytes: int, max_pixels: int) -> tuple[str, A
         return ("unreadable", exc)
 
 
-def _describe(data: bytes, max_pixels: int) -> tuple[str, dict[str, Any]] | ElasticHashError:
-    try:
-        _, width, height = check_image_bytes(data, max_pixels)
-    except ElasticHashError as exc:
-        return exc
-    return content_id(data), {"width": width, "height": height}
-
-
 async def ingest_folder(pipeline: LocalPipeline, index: Index, root: Path, *,
                         progress: bool = True, limits: ImageLimits | None = None
                         ) -> FolderReport:
@@ -117,18 +108,19 @@ async def ingest_folder(pipeline: LocalPipeline, index: Index, root: Path, *,
                     report.unreadable += 1
                     log.warning("cannot read %s: %s", path, detail)
                 continue
-            described = await asyncio.to_thread(_describe, got, limits.max_pixels)
-            if isinstance(described, ElasticHashError):
+            try:
+                info = await asyncio.to_thread(inspect_image, got, limits.max_pixels)
+            except ElasticHashError as exc:
                 # Not queued at all, so it is counted (and logged) here, not in the index.
                 report.unreadable += 1
-                log.warning("skipping %s: %s", path, described.message)
+                log.warning("skipping %s: %s", path, exc.message)
                 continue
-            image_id, metadata = described
-            if await index.get(image_id) is not None:
+            if await index.get(info.content_id) is not None:
                 report.already_indexed += 1
                 continue
-            group.append(IngestItem(image_id, got, str(path),
-                                    {"filename": path.name, **metadata}))
+            metadata = {"filename": path.name, "width": info.width, "height": info.height}
+            group.append(IngestItem(info.content_id, got, str(path), metadata,
+                                    info.content_type))
             if len(group) >= GROUP:
                 await pipeline.submit(group)
                 report.submitted += len(group)

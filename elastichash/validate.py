@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
 from elastichash.errors import ImageError, UnsupportedMediaType
+from elastichash.ids import content_id
 from elastichash.model.preprocess import sniff_format
 
 ORIENTATION_TAG = 0x0112
@@ -48,3 +50,18 @@ def check_image_bytes(data: bytes, max_pixels: int) -> tuple[str, int, int]:
                          f"image is {width}x{height} = {width * height} pixels; "
                          f"the limit is {max_pixels}")
     return CONTENT_TYPES[fmt], width, height
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    content_type: str
+    width: int
+    height: int
+    content_id: str
+
+
+def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
+    """What ingest needs before queueing an image: the checks above plus its content id.
+    Hashes up to the whole upload, so callers on an event loop run it in a thread."""
+    content_type, width, height = check_image_bytes(data, max_pixels)
+    return ImageInfo(content_type, width, height, content_id(data))

@@ -15,9 +15,9 @@ from elastichash.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from elastichash.ids import check_id, content_id
+from elastichash.ids import check_id
 from elastichash.pipeline import IngestItem
-from elastichash.validate import check_image_bytes
+from elastichash.validate import inspect_image
 from gateway.http import (
     error_response,
     json_model,
@@ -49,11 +49,6 @@ def thumbnail_url(image_id: str, external: str | None) -> str:
     return external or f"/v1/images/{image_id}/thumbnail"
 
 
-def _inspect(data: bytes, max_pixels: int) -> tuple[str, int, int, str]:
-    content_type, width, height = check_image_bytes(data, max_pixels)
-    return content_type, width, height, content_id(data)
-
-
 class _Batch:
     """Collects accepted items and errors; flushes to the pipeline in bounded groups."""
 
@@ -76,16 +71,15 @@ class _Batch:
         settings = self.app[SETTINGS]
         try:
             # Header parse and hashing of up to max_bytes: off the event loop.
-            content_type, width, height, digest = await asyncio.to_thread(
-                _inspect, data, settings.limits.max_pixels)
-            image_id = check_id(given_id) if given_id else digest
+            info = await asyncio.to_thread(inspect_image, data, settings.limits.max_pixels)
+            image_id = check_id(given_id) if given_id else info.content_id
         except ElasticHashError as exc:
             self.error(exc, filename=filename, url=url)
             return
-        metadata: dict[str, Any] = {"width": width, "height": height}
+        metadata: dict[str, Any] = {"width": info.width, "height": info.height}
         if filename:
             metadata["filename"] = filename
-        self.items.append(IngestItem(image_id, data, source, metadata, content_type))
+        self.items.append(IngestItem(image_id, data, source, metadata, info.content_type))
         self.nbytes += len(data)
         self.accepted.append(AcceptedImage(id=image_id, filename=filename, url=url,
                                            status_url=f"/v1/images/{image_id}"))
