@@ -139,10 +139,7 @@ class LocalPipeline:
         return self._encoder.short_of(code)
 
     def model_info(self) -> dict[str, Any]:
-        spec = self._encoder.spec
-        return {"name": spec.name, "version": spec.version, "fingerprint": spec.sha256[:16],
-                "code_bits": spec.code_bits, "input_size": spec.input_size,
-                "providers": list(self._encoder.providers)}
+        return {**self._encoder.spec.info(), "providers": list(self._encoder.providers)}
 
     # --- spool -------------------------------------------------------------------------
 

@@ -181,13 +181,4 @@ class AmqpPipeline:
         return bytes(codes.select_bits(code, list(spec.short_bits)).tobytes())
 
     def model_info(self) -> dict[str, Any]:
-        spec = self._spec
-        if spec is None:
-            return {}
-        return {
-            "name": spec.name,
-            "version": spec.version,
-            "fingerprint": spec.fingerprint,
-            "code_bits": spec.code_bits,
-            "short_source": "model_output" if spec.short_bits is None else "metadata",
-        }
+        return {} if self._spec is None else self._spec.info()

@@ -59,6 +59,18 @@ class ModelSpec:
     def fingerprint(self) -> str:
         return f"{self.name}:{self.version}:{self.sha256[:12]}"
 
+    def info(self) -> dict[str, Any]:
+        """What the API reports about the model in use, the same in every mode."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "sha256": self.sha256[:16],
+            "code_bits": self.code_bits,
+            "input_size": self.input_size,
+            "short_source": "model_output" if self.short_bits is None else "metadata",
+        }
+
 
 def _floats(text: str, key: str) -> tuple[float, float, float]:
     try:

@@ -20,7 +20,7 @@ export class StatsView {
       this.strategy = typeof s.strategy === "string" ? s.strategy : null;
       const model = s.model || {};
       const name = model.name || "unknown model";
-      const fp = model.fingerprint ? ` (${String(model.fingerprint).slice(0, 8)})` : "";
+      const fp = model.sha256 ? ` (${String(model.sha256).slice(0, 8)})` : "";
       const parts = [
         `<strong>${nf.format(s.count ?? 0)}</strong> images indexed`,
         `model ${esc(name)}${esc(fp)}`,
