@@ -24,13 +24,14 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from elastichash import amqp
+from elastichash import amqp, health
 from elastichash.errors import Unavailable
 from elastichash.health import run_worker
 from elastichash.messages import BadMessage, IndexDoc, IndexFailure, decode_ingest
 from elastichash.pipeline import IngestItem
-from encoder_worker import encode, health
+from encoder_worker import encode
 from encoder_worker.config import EncoderWorkerSettings
+from encoder_worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class EncoderWorker:
         self.settings = settings
         self.encoder = encoder
         self.topo = amqp.Topology.of(settings.amqp)
-        self.metrics = health.Metrics()
+        self.metrics = Metrics()
         # Batches in flight at once = executor threads: enough to keep the next batch
         # collecting while one encodes, bounded by the prefetch and the cores.
         per_prefetch = max(1, settings.amqp.prefetch // settings.batch_max - 1)

@@ -20,13 +20,13 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from elastichash import amqp
+from elastichash import amqp, health
 from elastichash.errors import InvalidInput, Unavailable
 from elastichash.health import run_worker
 from elastichash.index.base import Index, WriteResult
 from elastichash.messages import BadMessage, IndexDoc, IndexFailure, decode_index
-from indexer_worker import health
 from indexer_worker.config import IndexerWorkerSettings
+from indexer_worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Msg = AbstractIncomingMessage
@@ -37,7 +37,7 @@ class IndexerWorker:
         self.settings = settings
         self.index = index
         self.topo = amqp.Topology.of(settings.amqp)
-        self.metrics = health.Metrics()
+        self.metrics = Metrics()
         self.prefetch = max(settings.amqp.prefetch, settings.batch_max * 2)
         self._buffer: asyncio.Queue[Msg | None] = asyncio.Queue()
         self._connection: AbstractRobustConnection | None = None

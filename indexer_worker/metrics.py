@@ -1,13 +1,8 @@
-"""The indexer worker's Prometheus metrics; the health server, probe and
-``main()`` skeleton are shared (``elastichash.health``)."""
+"""The indexer worker's Prometheus metrics (served by ``elastichash.health``)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-
-from elastichash.health import check, serve, start_app, total
-
-__all__ = ["Metrics", "check", "serve", "start_app", "total"]
 
 
 class Metrics:
