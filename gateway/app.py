@@ -158,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
-    return 0
+    from gateway.server import run
+
+    def announce(url: str) -> None:
+        log.info("gateway serving %s", url)
+
+    return run(create_app(settings), settings.host, settings.port, settings.server,
+               shutdown_timeout=settings.shutdown_timeout_s, announce=announce,
+               hint="; set --port or EH_GATEWAY_PORT")
