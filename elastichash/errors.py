@@ -72,6 +72,22 @@ class Unavailable(ElasticHashError):
         self.retry_after = retry_after
 
 
+class PartlyAccepted(Unavailable):
+    """A pipeline took some items of a submitted group (``accepted``, their ids) and not the
+    rest: the caller must answer for the accepted ones, not report them failed."""
+
+    def __init__(self, message: str, accepted: list[str], *,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.accepted = accepted
+
+
+class InsufficientStorage(Unavailable):
+    """The disk that holds accepted work is (nearly) full; retrying later may succeed."""
+
+    code = "insufficient_storage"
+
+
 class Unauthorized(ElasticHashError):
     code = "unauthorized"
 
@@ -113,6 +129,7 @@ HTTP_STATUS: dict[type[ElasticHashError], int] = {
     Conflict: 409,
     Unauthorized: 401,
     ModelContractError: 500,
+    InsufficientStorage: 507,
     Unavailable: 503,
     ElasticHashError: 500,
 }

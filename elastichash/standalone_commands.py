@@ -14,7 +14,13 @@ from typing import Any
 
 from elastichash.errors import InvalidInput
 from elastichash.index.query import PORTABLE_STRATEGIES, QueryParams, SearchQuery
-from elastichash.settings import ImageLimits, IndexSettings, ModelSettings, default_data_dir
+from elastichash.settings import (
+    ImageLimits,
+    IndexSettings,
+    ModelSettings,
+    SpoolSettings,
+    default_data_dir,
+)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -87,7 +93,8 @@ class Local:
 
 @asynccontextmanager
 async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: IndexSettings,
-                     spool: Path | None) -> AsyncIterator[Local]:
+                     spool: Path | None, spool_cfg: SpoolSettings | None = None
+                     ) -> AsyncIterator[Local]:
     """Encoder + embedded index + in-process pipeline, opened and closed together."""
     from elastichash.index.factory import make_index
     from elastichash.model.encoder import Encoder
@@ -97,8 +104,11 @@ async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: Index
     index = make_index(index_cfg)
     await index.open()
     try:
+        spool_cfg = spool_cfg or SpoolSettings()
         pipeline = LocalPipeline(encoder, index, spool, batch_size=model.batch_size,
-                                 max_pixels=limits.max_pixels)
+                                 max_pixels=limits.max_pixels,
+                                 spool_max_bytes=spool_cfg.max_bytes,
+                                 spool_min_free_bytes=spool_cfg.min_free_bytes)
         await pipeline.start()
         try:
             yield Local(pipeline, index)
