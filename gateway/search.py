@@ -10,7 +10,7 @@ from aiohttp import BodyPartReader, web
 from elastichash import codes
 from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
-from elastichash.index.query import SearchQuery
+from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
 from gateway.http import json_model, multipart_guard, read_field, read_json, read_part_capped
@@ -102,7 +102,9 @@ async def post_search(request: web.Request) -> web.Response:
         total=result.total, candidates=result.candidates,
         took_ms=round((time.perf_counter() - start) * 1000, 3), strategy=result.strategy,
         k=params.k, offset=params.offset,
-        next_offset=end if result.hits and end < result.total else None,
+        # No next page past the result window: that request would be refused.
+        next_offset=(end if result.hits and end < result.total
+                     and end + params.k <= MAX_WINDOW else None),
         query=QueryInfo(id=query_id, code=codes.to_hex(query.code) if query else None,
                         short=codes.to_hex(query.short) if query else None)))
 

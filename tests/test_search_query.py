@@ -299,3 +299,25 @@ def test_strategy_names_and_query_fields_come_from_one_model() -> None:
     assert props["k"]["maximum"] == 1000
     assert set(props["strategy"]["anyOf"][0]["enum"]) == set(STRATEGIES)
     assert set(SearchRequest.model_fields) >= set(QueryParams.model_fields)
+
+
+async def test_gateway_paging_stops_at_the_result_window(
+    tmp_path: Path, model_path: Path,  # noqa: F811
+) -> None:
+    index = EmbeddedIndex(tmp_path / "emb")
+    await index.open()
+    try:
+        docs = make_docs(MAX_WINDOW + 5)
+        await index.upsert(docs)
+        body = {"code": docs[0].code.hex(), "short": docs[0].short.hex(), "k": 10,
+                "strategy": "exact"}
+        async with gateway_over(index, tmp_path / "g", model_path) as gw:
+            inside = await (await gw.post("/v1/search", json={**body, "offset": 9980})).json()
+            last = await (await gw.post("/v1/search", json={**body, "offset": 9985})).json()
+            past = await gw.post("/v1/search", json={**body, "offset": last["offset"] + 10})
+        assert (inside["total"], inside["next_offset"]) == (MAX_WINDOW + 5, 9990)
+        assert len(last["results"]) == 10
+        assert last["next_offset"] is None  # 9995 + 10 would pass the window
+        assert past.status == 400
+    finally:
+        await index.close()
