@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elastichash.errors import InvalidInput
+from elastichash.index.query import PORTABLE_STRATEGIES, QueryParams, SearchQuery
 from elastichash.settings import (
     ImageLimits,
     IndexSettings,
@@ -27,7 +29,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
                         "default $ELASTICHASH_DATA or ~/.local/share/elastichash")
     p.add_argument("--model", type=Path, default=None,
                    help="ONNX model meeting the contract; default: the built-in model")
-    p.add_argument("--strategy", choices=["auto", "two_stage", "exact"], default=None,
+    p.add_argument("--strategy", choices=PORTABLE_STRATEGIES, default=None,
                    help="search strategy (default auto: exact up to 100,000 images, "
                         "two_stage above)")
 
@@ -144,18 +146,25 @@ def run_search(args: argparse.Namespace) -> int:
         print(f"error: cannot read {args.image}: {exc}", file=sys.stderr)
         return 2
 
+    cfg = index_settings(args)
+    try:
+        params = QueryParams.parse({"k": args.k, "max_distance": args.max_distance,
+                                    "strategy": cfg.strategy}).params()
+    except InvalidInput as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
     async def go() -> int:
         encoder = await asyncio.to_thread(Encoder.load, model_settings(args), ImageLimits())
         [enc] = await encoder.aencode([data])
         if isinstance(enc, Exception):
             print(f"error: {args.image}: {enc}", file=sys.stderr)
             return 2
-        cfg = index_settings(args)
         index = make_index(cfg)
         await index.open()
         try:
-            res = await index.search(enc.code, enc.short, k=args.k,
-                                     max_distance=args.max_distance, strategy=cfg.strategy)
+            res = await index.search(
+                SearchQuery(**params, code=enc.code, short=enc.short))
         finally:
             await index.close()
         if args.json:

@@ -18,6 +18,7 @@ from elastichash.errors import (
     Unauthorized,
     Unavailable,
     http_status,
+    validation_message,
 )
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,6 @@ def json_model(model: BaseModel, status: int = 200) -> web.Response:
     )
 
 
-def validation_message(exc: ValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
-    msg = first.get("msg", "invalid value")
-    return (f"{loc}: {msg}" if loc else msg), (loc or None)
 
 
 class Metrics:
