@@ -47,6 +47,13 @@ class ModelContractError(ElasticHashError):
     code = "model_contract"
 
 
+class ConfigError(ElasticHashError):
+    """A setting cannot work (e.g. a queue exists with other arguments): the process refuses to
+    start. ``field`` names the setting (dotted, as in the settings groups: ``amqp.url``)."""
+
+    code = "config_error"
+
+
 class Conflict(ElasticHashError):
     """The request cannot be done in the resource's current state (e.g. still queued)."""
 
@@ -91,6 +98,7 @@ HTTP_STATUS: dict[type[ElasticHashError], int] = {
     Conflict: 409,
     Unauthorized: 401,
     ModelContractError: 500,
+    ConfigError: 500,
     Unavailable: 503,
     ElasticHashError: 500,
 }
