@@ -65,8 +65,10 @@ class Unavailable(ElasticHashError):
 
     code = "unavailable"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message, field=field)
         self.retry_after = retry_after
 
 

@@ -90,9 +90,7 @@ class Role:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         what = "health and metrics" if self.worker else "HTTP"
-        parser.add_argument(
-            "--host", help=f"{what} bind address ({self.setting(self.host_field)})"
-        )
+        parser.add_argument("--host", help=f"{what} bind address ({self.setting(self.host_field)})")
         parser.add_argument(
             "--port", type=int, help=f"{what} port ({self.setting(self.port_field)})"
         )

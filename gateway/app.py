@@ -17,12 +17,14 @@ from prometheus_client import generate_latest
 
 from elastichash.roles import Role, run_role
 from gateway import ingest, search
+from gateway.backpressure import BacklogGate
 from gateway.config import GatewaySettings
 from gateway.fetch import Fetcher
 from gateway.http import Metrics, make_middlewares
 from gateway.openapi import build_openapi
 from gateway.pending import PendingSet
 from gateway.state import (
+    BACKLOG,
     COMPONENTS,
     FETCHER,
     METRICS,
@@ -111,6 +113,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[PENDING] = PendingSet(settings.pending_capacity)
+    app[BACKLOG] = BacklogGate(settings.max_queued, settings.retry_after_s)
     factory = components or distributed_components
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,13 +29,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(
-    status: int, code: str, message: str, field: str | None = None, **extra: Any
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    *,
+    retry_after: float | None = None,
+    **extra: Any,
 ) -> web.Response:
     body: dict[str, Any] = {"error": {"code": code, "message": message, "field": field}}
     body.update(extra)
     headers = {}
     if status == 503:
-        headers["Retry-After"] = "1"
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after or 1)))
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -132,10 +139,12 @@ def make_middlewares(metrics: Metrics, api_keys: list[str]) -> list[Any]:
             status = http_status(exc)
             if status >= 500:
                 log.warning("%s %s: %s", request.method, request.path, exc.message)
-            extra: dict[str, Any] = {}
+            retry_after = None
             if isinstance(exc, Unavailable):
                 status = 503
-            return error_response(status, exc.code, exc.message, exc.field, **extra)
+                retry_after = exc.retry_after
+            return error_response(status, exc.code, exc.message, exc.field,
+                                  retry_after=retry_after)
         except ValidationError as exc:
             status = 400
             msg, field = validation_message(exc)

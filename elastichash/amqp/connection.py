@@ -45,9 +45,8 @@ class _OutageLog:
         self.down_since: float | None = None
         self.attempts = 0
 
-    def lost(self, _conn: Any, exc: BaseException | None) -> None:
-        conn = _conn if isinstance(_conn, aio_pika.RobustConnection) else None
-        if conn is not None and conn.is_closed:
+    def lost(self, conn: Any, exc: BaseException | None) -> None:
+        if getattr(conn, "close_called", False) or getattr(conn, "is_closed", False):
             return  # our own close()
         if self.down_since is None:
             self.down_since = time.monotonic()
@@ -76,51 +75,67 @@ class _OutageLog:
 
 _OUTAGES: weakref.WeakKeyDictionary[Any, _OutageLog] = weakref.WeakKeyDictionary()
 
+
+def _outage_in_progress() -> bool:
+    for conn, outage in list(_OUTAGES.items()):
+        connected = getattr(conn, "connected", None)
+        if outage.down_since is not None or (connected is not None and not connected.is_set()):
+            return True
+    return False
+
+
+class _OutageNoise(logging.Filter):
+    """The libraries' own records of an outage, which :class:`_OutageLog` replaces: aio-pika's
+    per-attempt reconnect records (counted), aiormq's "error when creating transport" each
+    second and its "unexpected connection close" (our WARNING carries the same reason),
+    aio-pika's failed channel-close callbacks while the transport is gone (the connection
+    restores the channels when it is back), and aiormq's reader traceback (one line kept)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        args = record.args if isinstance(record.args, tuple) else ()
+        if msg.startswith(_ATTEMPT_MESSAGES):
+            outage = _OUTAGES.get(args[0]) if args else None
+            if outage is None:
+                return True
+            if not msg.startswith("Connection to"):
+                outage.attempts += 1
+            return False
+        if not _OUTAGES:
+            return True  # not a process of ours (or nothing connected yet): leave it alone
+        if msg.startswith("Unexpected connection close from remote"):
+            return False
+        if msg.startswith("error when creating transport") or (
+            msg.startswith("Callback %r error") and args and "_on_close" in repr(args[0])
+        ):
+            return not _outage_in_progress()
+        if record.exc_info and msg == "Cancelling cause reader exited abnormally":
+            exc = record.exc_info[1]
+            record.msg, record.args, record.exc_info = (
+                "broker connection reader stopped: %r",
+                (exc,),
+                None,
+            )
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 # aio-pika's per-attempt records (robust_connection.py); the connection is their first argument.
 _ATTEMPT_MESSAGES = (
     "Connection attempt to",
     "Reconnect attempt failed",
     "Connection to %s closed",
 )
-
-
-class _AttemptFilter(logging.Filter):
-    """Count aio-pika's per-attempt reconnect records for connections we watch, drop them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not isinstance(record.msg, str) or not record.msg.startswith(_ATTEMPT_MESSAGES):
-            return True
-        args = record.args if isinstance(record.args, tuple) else ()
-        outage = _OUTAGES.get(args[0]) if args else None
-        if outage is None:
-            return True
-        if not record.msg.startswith("Connection to"):
-            outage.attempts += 1
-        return log.isEnabledFor(logging.DEBUG)
-
-
-class _ReaderTraceback(logging.Filter):
-    """aiormq logs the end of a dropped connection's reader with the library's traceback;
-    we log the outage ourselves, so keep its one line and drop the traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.msg == "Cancelling cause reader exited abnormally":
-            exc = record.exc_info[1]
-            record.msg = "broker connection reader stopped: %r"
-            record.args = (exc,)
-            record.exc_info = None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
+_NOISY_LOGGERS = ("aio_pika.robust_connection", "aio_pika.tools", "aiormq.connection")
 _FILTERS_INSTALLED = False
 
 
 def _install_filters() -> None:
     global _FILTERS_INSTALLED
     if not _FILTERS_INSTALLED:
-        logging.getLogger("aio_pika.robust_connection").addFilter(_AttemptFilter())
-        logging.getLogger("aiormq.connection").addFilter(_ReaderTraceback())
+        noise = _OutageNoise()
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).addFilter(noise)
         _FILTERS_INSTALLED = True
 
 

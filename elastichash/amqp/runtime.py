@@ -133,6 +133,7 @@ class Runtime:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
         self._consumers: list[_Consumer] = []
+        self._consuming = False
         self.stopping = False
 
     @property
@@ -141,8 +142,8 @@ class Runtime:
         return self._publisher
 
     def ready(self) -> bool:
-        """Connected now, every channel open, not draining."""
-        if self.stopping or self._publisher is None:
+        """Consuming, connected now, every channel open, not draining."""
+        if self.stopping or not self._consuming or self._publisher is None:
             return False
         return is_up(
             self._connection, self._publisher.channel, *(c.channel for c in self._consumers)
@@ -216,6 +217,7 @@ class Runtime:
                 if isinstance(c.intake, Batched):
                     c.loop_task = asyncio.create_task(self._batch_loop(c))
                 log.info("%s consuming %s (%s)", self.name, c.queue.name, _describe(c.intake))
+            self._consuming = True
             await stop.wait()
             await self._drain()
             return 0
@@ -341,9 +343,7 @@ class Runtime:
             "requeued": health.total(m.requeued),
             "resent": self._publisher.resent if self._publisher else 0,
         }
-        log.info(
-            "%s stopped: %s", self.name, " ".join(f"{k}={v:g}" for k, v in figures.items())
-        )
+        log.info("%s stopped: %s", self.name, " ".join(f"{k}={v:g}" for k, v in figures.items()))
 
 
 def _describe(intake: Batched | Direct) -> str:
