@@ -17,7 +17,6 @@ import json
 import logging
 import signal
 import socket
-import sys
 from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
@@ -31,11 +30,14 @@ from gateway.config import ServerSettings
 log = logging.getLogger(__name__)
 
 
-class PortInUse(Exception):
+class PortInUse(OSError):
     def __init__(self, host: str, port: int) -> None:
-        super().__init__(f"port {port} on {host} is in use")
+        super().__init__(errno.EADDRINUSE, f"port {port} on {host} is in use")
         self.host = host
         self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -143,18 +145,10 @@ async def start(app: web.Application, sock: socket.socket, settings: ServerSetti
 
 
 def run(app: web.Application, host: str, port: int, settings: ServerSettings, *,
-        shutdown_timeout: float = 30.0, announce: Callable[[str], None] | None = None,
-        hint: str = "") -> int:
-    """Serve until SIGINT or SIGTERM; the exit status for the command line."""
-    try:
-        sock = bind(host, port)
-    except PortInUse as exc:
-        print(f"error: {exc}{hint}", file=sys.stderr, flush=True)
-        return 1
-    except OSError as exc:
-        print(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr,
-              flush=True)
-        return 1
+        shutdown_timeout: float = 30.0, announce: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM. Raises :class:`PortInUse` (an ``OSError`` with errno
+    ``EADDRINUSE``) before the application starts when the port is taken."""
+    sock = bind(host, port)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -174,4 +168,3 @@ def run(app: web.Application, host: str, port: int, settings: ServerSettings, *,
             await runner.cleanup()
 
     asyncio.run(main())
-    return 0

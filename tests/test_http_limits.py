@@ -229,7 +229,7 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_non_zero(
         done = subprocess.run([str(exe), "serve", "--port", str(port), "--data",
                                str(tmp_path)], capture_output=True, text=True, timeout=60,
                               env=env)
-        assert done.returncode == 1
+        assert done.returncode == 2  # as for every role: restarting later may work
         assert f"port {port} on 127.0.0.1 is in use; try `--port 9000`" in done.stderr
         assert "Traceback" not in done.stderr
         assert "serving" not in done.stderr
