@@ -37,6 +37,9 @@ class ImageLimits(BaseModel):
     max_bytes: int = 32 * 1024 * 1024
     # Decompression-bomb guard: 64 MP covers any camera sold today.
     max_pixels: int = 64_000_000
+    # Decoded pixels all decodes of one process (ingest workers and query images) may hold at
+    # once; one decode holds one pixel buffer, at most 256 MB (64 MP at 4 bytes a pixel).
+    decode_memory_bytes: int = 1024 * 1024 * 1024
 
 
 class SpoolSettings(BaseModel):
