@@ -5,8 +5,9 @@ Three message kinds:
 * **ingest** (gateway -> encoder): the raw image bytes as the body (never base64 in JSON:
   a third less traffic and no decode step) plus validated headers: schema version, id,
   source, metadata as a JSON string, content type. A size cap applies to the body.
-* **index** (encoder -> indexer): JSON, either a document (codes as hex, thumbnail as
-  base64) or a failure record, so status can say why an image was not indexed.
+* **index** (encoder -> indexer): JSON, either a document (``schema.DocumentBody``, the
+  search service's document JSON too: codes as hex, thumbnail as base64) or a failure
+  record, so status can say why an image was not indexed.
 * **encode RPC** (gateway -> encoder -> gateway): request = raw image bytes, reply = JSON.
 
 Every schema carries ``v``; a consumer refuses versions it does not know (dead-lettered with
@@ -15,7 +16,6 @@ reason ``unsupported_version``) instead of guessing.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Mapping
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from elastichash.errors import InvalidInput
 from elastichash.ids import check_id
 from elastichash.index.base import Document, Failure
+from elastichash.index.schema import HEX16, HEX64, MAX_METADATA_DEPTH, DocumentBody, depth
 from elastichash.pipeline import IngestItem
 
 SCHEMA_VERSION = 1
@@ -41,11 +42,7 @@ H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consume
 
 # Metadata travels in a header; RabbitMQ's frame_max (128 KiB) bounds all headers together.
 MAX_METADATA_BYTES = 16 * 1024
-# Deeper metadata is no photo caption: it is an attack on recursive parsers and serialisers.
-MAX_METADATA_DEPTH = 32
 MAX_SOURCE_CHARS = 2048
-HEX64 = r"^[0-9a-f]{64}$"
-HEX16 = r"^[0-9a-f]{16}$"
 
 
 class BadMessage(InvalidInput):
@@ -117,7 +114,7 @@ def decode_ingest(
         if isinstance(exc, BadMessage):
             raise
         raise BadMessage("bad_headers", f"invalid ingest headers: {exc}") from exc
-    if _depth(parsed.metadata) > MAX_METADATA_DEPTH:
+    if depth(parsed.metadata) > MAX_METADATA_DEPTH:
         raise BadMessage("bad_headers", f"metadata nested deeper than {MAX_METADATA_DEPTH}")
     if not body:
         raise BadMessage("empty", "empty image body")
@@ -132,54 +129,16 @@ def decode_ingest(
     )
 
 
-class IndexDoc(_Frozen):
+class IndexDoc(DocumentBody):
+    """A document for the indexer: :class:`DocumentBody` (the search service's JSON too) plus
+    the message kind and schema version."""
+
     kind: Literal["doc"] = "doc"
     v: Literal[1] = 1
-    id: str
-    code: str = Field(pattern=HEX64)
-    short: str = Field(pattern=HEX16)
-    source: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    thumbnail: str | None = None  # base64 JPEG
 
     @classmethod
-    def of(cls, doc: Document) -> IndexDoc:
-        thumb = base64.b64encode(doc.thumbnail).decode() if doc.thumbnail else None
-        return cls(
-            id=doc.id,
-            code=doc.code.hex(),
-            short=doc.short.hex(),
-            source=doc.source,
-            metadata=doc.metadata,
-            thumbnail=thumb,
-        )
-
-    @field_validator("metadata")
-    @classmethod
-    def _shallow(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if _depth(v) > MAX_METADATA_DEPTH:
-            raise ValueError(f"metadata nested deeper than {MAX_METADATA_DEPTH}")
-        return v
-
-    @field_validator("thumbnail")
-    @classmethod
-    def _base64(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                base64.b64decode(v, validate=True)
-            except ValueError as exc:
-                raise ValueError(f"thumbnail is not base64: {exc}") from None
-        return v
-
-    def document(self) -> Document:
-        return Document(
-            id=self.id,
-            code=bytes.fromhex(self.code),
-            short=bytes.fromhex(self.short),
-            source=self.source,
-            metadata=dict(self.metadata),
-            thumbnail=base64.b64decode(self.thumbnail) if self.thumbnail else None,
-        )
+    def of(cls, doc: Document, *, binary: bool = True) -> IndexDoc:
+        return cls(**DocumentBody.of(doc, binary=binary).model_dump())
 
 
 class IndexFailure(_Frozen):
@@ -199,14 +158,6 @@ class IndexFailure(_Frozen):
 
 IndexMessage = Annotated[IndexDoc | IndexFailure, Field(discriminator="kind")]
 _INDEX_ADAPTER: TypeAdapter[IndexDoc | IndexFailure] = TypeAdapter(IndexMessage)
-
-
-def _depth(value: Any, limit: int = 64) -> int:
-    """Nesting depth of a JSON value, counting no further than ``limit`` + 1."""
-    if limit < 0 or not isinstance(value, (dict, list)):
-        return 0
-    items = value.values() if isinstance(value, dict) else value
-    return 1 + max((_depth(v, limit - 1) for v in items), default=0)
 
 
 def decode_index(body: bytes) -> IndexDoc | IndexFailure:
