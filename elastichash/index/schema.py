@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,43 +69,43 @@ def empty(spec: FieldSpec) -> Any:
     return {} if spec.kind == "json" else None
 
 
+def _parse(
+    body: dict[str, Any], key: str, ints_key: str, bits: int, from_ints: Callable[..., bytes]
+) -> bytes | None:
+    if body.get(key) is not None:
+        if not isinstance(body[key], str):
+            raise InvalidInput(f"{key} must be a string of {bits // 4} hex digits", field=key)
+        try:
+            return from_hex(body[key], bits)
+        except CodeError as exc:
+            raise InvalidInput(f"{key}: {exc}", field=key) from None
+    if body.get(ints_key) is not None:
+        try:
+            return from_ints(_ints(body[ints_key], ints_key))
+        except CodeError as exc:
+            raise InvalidInput(f"{ints_key}: {exc}", field=ints_key) from None
+    return None
+
+
 def parse_code(body: dict[str, Any]) -> bytes:
     """The long code from ``code`` (64 hex digits) or ``words`` ([r0, r1, r2, r3])."""
-    if body.get("code") is not None:
-        if not isinstance(body["code"], str):
-            raise InvalidInput("code must be a string of 64 hex digits", field="code")
-        try:
-            return from_hex(body["code"], LONG_BITS)
-        except CodeError as exc:
-            raise InvalidInput(f"code: {exc}", field="code") from None
-    if body.get("words") is not None:
-        try:
-            return from_words(_ints(body["words"], "words"))
-        except CodeError as exc:
-            raise InvalidInput(f"words: {exc}", field="words") from None
-    raise InvalidInput(
-        "give the long code as 'code' (64 hex digits) or 'words' ([r0..r3])", field="code"
-    )
+    code = _parse(body, "code", "words", LONG_BITS, from_words)
+    if code is None:
+        raise InvalidInput(
+            "give the long code as 'code' (64 hex digits) or 'words' ([r0..r3])", field="code"
+        )
+    return code
 
 
 def parse_short(body: dict[str, Any]) -> bytes:
     """The short code from ``short`` (16 hex digits) or ``subcodes`` ([f0, f1, f2, f3])."""
-    if body.get("short") is not None:
-        if not isinstance(body["short"], str):
-            raise InvalidInput("short must be a string of 16 hex digits", field="short")
-        try:
-            return from_hex(body["short"], SHORT_BITS)
-        except CodeError as exc:
-            raise InvalidInput(f"short: {exc}", field="short") from None
-    if body.get("subcodes") is not None:
-        try:
-            return from_subcodes(_ints(body["subcodes"], "subcodes"))
-        except CodeError as exc:
-            raise InvalidInput(f"subcodes: {exc}", field="subcodes") from None
-    raise InvalidInput(
-        "the short code is required: 'short' (16 hex digits) or 'subcodes' ([f0..f3])",
-        field="short",
-    )
+    short = _parse(body, "short", "subcodes", SHORT_BITS, from_subcodes)
+    if short is None:
+        raise InvalidInput(
+            "the short code is required: 'short' (16 hex digits) or 'subcodes' ([f0..f3])",
+            field="short",
+        )
+    return short
 
 
 def _ints(value: Any, name: str) -> list[int]:
