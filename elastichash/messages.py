@@ -16,6 +16,7 @@ reason ``unsupported_version``) instead of guessing.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Mapping
@@ -26,7 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from elastichash.errors import InvalidInput
 from elastichash.ids import check_id
 from elastichash.index.base import Document, Failure
-from elastichash.index.schema import HEX16, HEX64, MAX_METADATA_DEPTH, DocumentBody, depth
+from elastichash.index.schema import (
+    HEX16,
+    HEX64,
+    MAX_METADATA_BYTES,
+    MAX_SOURCE_CHARS,
+    MAX_THUMBNAIL_BYTES,
+    DocumentBody,
+    check_metadata,
+    checked_id,
+)
 from elastichash.pipeline import IngestItem
 
 SCHEMA_VERSION = 1
@@ -40,9 +50,14 @@ H_REASON = "x-eh-reason"  # on dead-lettered copies: stable reason code
 H_DETAIL = "x-eh-detail"  # on dead-lettered copies: human-readable message
 H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consumed from
 
-# Metadata travels in a header; RabbitMQ's frame_max (128 KiB) bounds all headers together.
-MAX_METADATA_BYTES = 16 * 1024
-MAX_SOURCE_CHARS = 2048
+# The limits below apply on every queue (ingest and index), checked by the consumer too: a
+# message published by something other than our gateway or encoder gets no more trust.
+# The document limits (metadata size and depth, source length, thumbnail size) live with the
+# document schema in elastichash.index.schema.
+# An index message: the base64 thumbnail, metadata and a few fixed fields.
+MAX_INDEX_MESSAGE_BYTES = MAX_THUMBNAIL_BYTES * 4 // 3 + MAX_METADATA_BYTES + 16 * 1024
+MAX_REASON_CHARS = 64
+MAX_FAILURE_MESSAGE_CHARS = 2000
 
 
 class BadMessage(InvalidInput):
@@ -70,19 +85,27 @@ class IngestHeaders(_Frozen):
         return check_id(value)
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
+def _text(headers: Mapping[str, Any], name: str) -> str | None:
+    """A string header, strictly: a number or a boolean where a string belongs is refused,
+    not turned into one."""
+    value = headers.get(name)
+    if value is None or isinstance(value, str):
+        return value
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8")
-    return str(value)
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadMessage("bad_headers", f"header {name} is not UTF-8") from None
+    raise BadMessage("bad_headers", f"header {name} must be a string, not {type(value).__name__}")
 
 
 def encode_ingest(item: IngestItem) -> tuple[bytes, dict[str, Any], str | None]:
     """Body, headers and content type of an ingest message (validated before sending)."""
+    try:
+        check_metadata(item.metadata)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="metadata") from None
     meta = json.dumps(item.metadata, separators=(",", ":"), ensure_ascii=False)
-    if len(meta.encode()) > MAX_METADATA_BYTES:
-        raise InvalidInput(f"metadata over {MAX_METADATA_BYTES} bytes", field="metadata")
     IngestHeaders(
         id=item.id, source=item.source, metadata=item.metadata, content_type=item.content_type
     )
@@ -97,16 +120,17 @@ def decode_ingest(
 ) -> IngestItem:
     """Validate an ingest message; raises :class:`BadMessage` with a stable reason."""
     version = headers.get(H_VERSION)
-    if version != SCHEMA_VERSION:
+    # ``True == 1`` in Python: a boolean is not a version.
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise BadMessage("unsupported_version", f"ingest schema version {version!r} unknown")
     try:
-        meta_text = _text(headers.get(H_METADATA)) or "{}"
+        meta_text = _text(headers, H_METADATA) or "{}"
         if len(meta_text.encode()) > MAX_METADATA_BYTES:
             raise BadMessage("bad_headers", f"metadata over {MAX_METADATA_BYTES} bytes")
-        meta = json.loads(meta_text)
+        meta = check_metadata(json.loads(meta_text))
         parsed = IngestHeaders(
-            id=_text(headers.get(H_ID)) or "",
-            source=_text(headers.get(H_SOURCE)),
+            id=_text(headers, H_ID) or "",
+            source=_text(headers, H_SOURCE),
             metadata=meta,
             content_type=content_type,
         )
@@ -114,8 +138,6 @@ def decode_ingest(
         if isinstance(exc, BadMessage):
             raise
         raise BadMessage("bad_headers", f"invalid ingest headers: {exc}") from exc
-    if depth(parsed.metadata) > MAX_METADATA_DEPTH:
-        raise BadMessage("bad_headers", f"metadata nested deeper than {MAX_METADATA_DEPTH}")
     if not body:
         raise BadMessage("empty", "empty image body")
     if len(body) > max_bytes:
@@ -145,10 +167,15 @@ class IndexFailure(_Frozen):
     kind: Literal["failure"] = "failure"
     v: Literal[1] = 1
     id: str
-    reason: str
-    message: str
-    source: str | None = None
+    reason: str = Field(max_length=MAX_REASON_CHARS)
+    message: str = Field(max_length=MAX_FAILURE_MESSAGE_CHARS)
+    source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     at: float = Field(default_factory=time.time)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return checked_id(value)
 
     def failure(self) -> Failure:
         return Failure(
@@ -161,16 +188,30 @@ _INDEX_ADAPTER: TypeAdapter[IndexDoc | IndexFailure] = TypeAdapter(IndexMessage)
 
 
 def decode_index(body: bytes) -> IndexDoc | IndexFailure:
+    """Validate an index message, strictly typed (JSON ``true`` is no version, a number no
+    string); raises :class:`BadMessage` with a stable reason."""
+    if len(body) > MAX_INDEX_MESSAGE_BYTES:
+        raise BadMessage(
+            "too_large", f"index message of {len(body)} bytes over {MAX_INDEX_MESSAGE_BYTES}"
+        )
     try:
         raw = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise BadMessage("bad_message", f"index message is not JSON: {exc}") from exc
-    if isinstance(raw, dict) and raw.get("v") not in (None, SCHEMA_VERSION):
-        raise BadMessage("unsupported_version", f"index schema version {raw.get('v')!r} unknown")
+    version = raw.get("v") if isinstance(raw, dict) else None
+    if isinstance(raw, dict) and "v" in raw and (type(version) is not int or version != 1):
+        raise BadMessage("unsupported_version", f"index schema version {version!r} unknown")
     try:
-        return _INDEX_ADAPTER.validate_python(raw)
+        parsed = _INDEX_ADAPTER.validate_python(raw, strict=True)
     except ValidationError as exc:
         raise BadMessage("bad_message", f"invalid index message: {exc}") from exc
+    if isinstance(parsed, IndexDoc) and parsed.thumbnail is not None:
+        size = len(base64.b64decode(parsed.thumbnail))
+        if size > MAX_THUMBNAIL_BYTES:
+            raise BadMessage(
+                "too_large", f"thumbnail of {size} bytes over the {MAX_THUMBNAIL_BYTES} cap"
+            )
+    return parsed
 
 
 class EncodeReply(_Frozen):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from elastichash.codes import LONG_BITS, SHORT_BITS, CodeError, from_hex, from_subcodes, from_words
 from elastichash.errors import InvalidInput
+from elastichash.ids import check_id
 from elastichash.index.base import Document
 
 FieldKind = Literal["keyword", "number", "date", "text", "json", "binary"]
@@ -50,8 +52,17 @@ FIELD_NAMES = tuple(f.name for f in FIELDS)
 HIT_FIELDS = tuple(f.name for f in FIELDS if f.in_hits)
 FILTERABLE = tuple(f.name for f in FIELDS if f.filterable)
 
-# Deeper metadata is no photo caption: it is an attack on recursive parsers and serialisers.
-MAX_METADATA_DEPTH = 32
+# The same limits wherever a document travels (AMQP messages, the search service's JSON): a
+# document from something other than our gateway or encoder gets no more trust.
+# Metadata travels in an AMQP header; RabbitMQ's frame_max (128 KiB) bounds all headers.
+MAX_METADATA_BYTES = 16 * 1024
+# Facts about a photo (size, file name, EXIF groups) nest two or three levels; deeper is an
+# attack on recursive parsers and serialisers, not a caption.
+MAX_METADATA_DEPTH = 5
+MAX_SOURCE_CHARS = 2048
+# A thumbnail is a JPEG of at most 256 px on its long side (tens of KB); 512 KiB leaves room
+# for a noisy one and refuses a full image smuggled in its place.
+MAX_THUMBNAIL_BYTES = 512 * 1024
 HEX64 = r"^[0-9a-f]{64}$"
 HEX16 = r"^[0-9a-f]{16}$"
 
@@ -62,6 +73,27 @@ def depth(value: Any, limit: int = 64) -> int:
         return 0
     items = value.values() if isinstance(value, dict) else value
     return 1 + max((depth(v, limit - 1) for v in items), default=0)
+
+
+def check_metadata(metadata: Any) -> dict[str, Any]:
+    """The same metadata limits on every path: a JSON object, at most MAX_METADATA_BYTES
+    serialised, nested at most MAX_METADATA_DEPTH deep."""
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata must be a JSON object")
+    if depth(metadata, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata nested deeper than {MAX_METADATA_DEPTH}")
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata over {MAX_METADATA_BYTES} bytes")
+    return metadata
+
+
+def checked_id(value: str) -> str:
+    """``check_id`` for pydantic validators (which report ValueErrors only)."""
+    try:
+        return check_id(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
 
 
 def empty(spec: FieldSpec) -> Any:
@@ -125,10 +157,16 @@ class DocumentBody(BaseModel):
     id: str
     code: str = Field(pattern=HEX64, description="256-bit long code, 64 hex digits")
     short: str = Field(pattern=HEX16, description="64-bit short code, 16 hex digits")
-    source: str | None = None
-    thumbnail_url: str | None = None
+    source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
+    thumbnail_url: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    thumbnail: str | None = Field(default=None, description="base64 JPEG")
+    # base64 JPEG; a consumer checks the decoded size against MAX_THUMBNAIL_BYTES
+    thumbnail: str | None = Field(default=None, max_length=MAX_THUMBNAIL_BYTES * 4 // 3 + 4)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return checked_id(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -148,10 +186,8 @@ class DocumentBody(BaseModel):
 
     @field_validator("metadata")
     @classmethod
-    def _shallow(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if depth(v) > MAX_METADATA_DEPTH:
-            raise ValueError(f"metadata nested deeper than {MAX_METADATA_DEPTH}")
-        return v
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_metadata(v)
 
     @field_validator("thumbnail")
     @classmethod
