@@ -10,10 +10,14 @@ from aiohttp import BodyPartReader, web
 from elastichash import codes
 from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
+from elastichash.index.base import Hit
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
 from gateway.http import json_model, multipart_guard, read_field, read_json, read_part_capped
 from gateway.schemas import (
+    DuplicateGroupOut,
+    DuplicatesParams,
+    DuplicatesResponse,
     QueryInfo,
     ResultItem,
     SearchParams,
@@ -95,15 +99,33 @@ async def post_search(request: web.Request) -> web.Response:
         offset=params.offset, strategy=strategy)
     end = params.offset + len(result.hits)
     return json_model(SearchResponse(
-        results=[ResultItem(id=h.id, distance=h.distance, source=h.source,
-                            thumbnail_url=h.thumbnail_url or f"/v1/images/{h.id}/thumbnail",
-                            metadata=h.metadata) for h in result.hits],
+        results=[_item(h) for h in result.hits],
         total=result.total, candidates=result.candidates,
         took_ms=round((time.perf_counter() - start) * 1000, 3), strategy=result.strategy,
         k=params.k, offset=params.offset,
         next_offset=end if result.hits and end < result.total else None,
         query=QueryInfo(id=query_id, code=codes.to_hex(query.code),
                         short=codes.to_hex(query.short))))
+
+
+def _item(h: Hit) -> ResultItem:
+    return ResultItem(id=h.id, distance=h.distance, source=h.source,
+                      thumbnail_url=h.thumbnail_url or f"/v1/images/{h.id}/thumbnail",
+                      metadata=h.metadata)
+
+
+async def get_duplicates(request: web.Request) -> web.Response:
+    params = DuplicatesParams.model_validate(dict(request.query))
+    res = await request.app[COMPONENTS].index.duplicates(
+        max_distance=params.max_distance, offset=params.offset, limit=params.limit)
+    end = params.offset + len(res.groups)
+    return json_model(DuplicatesResponse(
+        groups=[DuplicateGroupOut(keeper=g.keeper, members=[_item(h) for h in g.members],
+                                  distances=g.distances) for g in res.groups],
+        total=res.total, images=res.images, pairs=res.pairs, max_distance=res.max_distance,
+        offset=params.offset, limit=params.limit,
+        next_offset=end if res.groups and end < res.total else None,
+        took_ms=round(res.took_ms, 3)))
 
 
 async def get_stats(request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from elastichash.errors import InvalidInput, NotFound, Unavailable
 from elastichash.index import wire
 from elastichash.index.base import MAX_K, STRATEGIES
+from elastichash.index.duplicates import DEFAULT_DISTANCE, DEFAULT_LIMIT
 from search_service.keys import INDEX_KEY, METRICS_KEY, SETTINGS_KEY
 
 __all__ = ["add_routes"]
@@ -65,6 +66,25 @@ async def search(request: web.Request) -> web.Response:
     metrics.search_seconds.labels(result.strategy).observe(result.took_ms / 1000.0)
     metrics.candidates.labels(result.strategy).observe(result.candidates)
     return web.json_response(wire.result_to_json(result))
+
+
+def _query_int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer", field=name) from None
+
+
+async def duplicates(request: web.Request) -> web.Response:
+    result = await request.app[INDEX_KEY].duplicates(
+        max_distance=_query_int(request, "max_distance", DEFAULT_DISTANCE),
+        offset=_query_int(request, "offset", 0),
+        limit=_query_int(request, "limit", DEFAULT_LIMIT),
+    )
+    return web.json_response(wire.duplicates_to_json(result))
 
 
 async def bulk(request: web.Request) -> web.Response:
@@ -188,6 +208,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/search", search)
+    app.router.add_get("/v1/duplicates", duplicates)
     app.router.add_post("/v1/documents/_bulk", bulk)
     app.router.add_post("/v1/documents/_delete", bulk_delete)
     app.router.add_get("/v1/documents/{id}", get_document)

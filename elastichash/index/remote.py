@@ -17,7 +17,13 @@ import aiohttp
 
 from elastichash.errors import InvalidInput, NotFound, Unavailable
 from elastichash.index import wire
-from elastichash.index.base import Document, Failure, SearchResult, WriteResult
+from elastichash.index.base import (
+    Document,
+    DuplicatesResult,
+    Failure,
+    SearchResult,
+    WriteResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +138,13 @@ class RemoteIndex:
         if strategy is not None:
             req["strategy"] = strategy
         return wire.result_from_json(await self._call("POST", "/v1/search", json=req))
+
+    async def duplicates(
+        self, *, max_distance: int = 8, offset: int = 0, limit: int = 20
+    ) -> DuplicatesResult:
+        params = {"max_distance": str(max_distance), "offset": str(offset), "limit": str(limit)}
+        body = await self._call("GET", "/v1/duplicates", params=params)
+        return wire.duplicates_from_json(body)
 
     async def record_failures(self, failures: Sequence[Failure]) -> None:
         await self._call(

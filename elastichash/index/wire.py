@@ -22,7 +22,15 @@ from elastichash.codes import (
     to_words,
 )
 from elastichash.errors import InvalidInput
-from elastichash.index.base import Document, Failure, Hit, SearchResult, WriteResult
+from elastichash.index.base import (
+    Document,
+    DuplicateGroup,
+    DuplicatesResult,
+    Failure,
+    Hit,
+    SearchResult,
+    WriteResult,
+)
 
 
 def parse_code(body: dict[str, Any]) -> bytes:
@@ -142,23 +150,59 @@ def result_to_json(res: SearchResult) -> dict[str, Any]:
     }
 
 
+def hit_from_json(h: dict[str, Any]) -> Hit:
+    return Hit(
+        h["id"],
+        int(h["distance"]),
+        h.get("source"),
+        h.get("thumbnail_url"),
+        h.get("metadata") or {},
+    )
+
+
 def result_from_json(body: dict[str, Any]) -> SearchResult:
-    hits = [
-        Hit(
-            h["id"],
-            int(h["distance"]),
-            h.get("source"),
-            h.get("thumbnail_url"),
-            h.get("metadata") or {},
-        )
-        for h in body["results"]
-    ]
+    hits = [hit_from_json(h) for h in body["results"]]
     return SearchResult(
         hits,
         int(body["candidates"]),
         int(body["total"]),
         float(body["took_ms"]),
         str(body["strategy"]),
+    )
+
+
+def duplicates_to_json(res: DuplicatesResult) -> dict[str, Any]:
+    return {
+        "groups": [
+            {
+                "keeper": g.keeper,
+                "members": [hit_to_json(h) for h in g.members],
+                "distances": g.distances,
+            }
+            for g in res.groups
+        ],
+        "total": res.total,
+        "images": res.images,
+        "pairs": res.pairs,
+        "max_distance": res.max_distance,
+        "took_ms": round(res.took_ms, 3),
+    }
+
+
+def duplicates_from_json(body: dict[str, Any]) -> DuplicatesResult:
+    groups = [
+        DuplicateGroup(
+            [hit_from_json(h) for h in g["members"]], str(g["keeper"]), g.get("distances")
+        )
+        for g in body["groups"]
+    ]
+    return DuplicatesResult(
+        groups,
+        int(body["total"]),
+        int(body["images"]),
+        int(body["pairs"]),
+        int(body["max_distance"]),
+        float(body["took_ms"]),
     )
 
 
