@@ -23,7 +23,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from elastichash import amqp, health
 from elastichash.errors import InvalidInput, Unavailable
 from elastichash.health import run_worker
-from elastichash.index.base import Index, WriteResult
+from elastichash.index.base import Document, Index, WriteResult
+from elastichash.index.incoming import screen
 from elastichash.messages import BadMessage, IndexDoc, IndexFailure, decode_index
 from indexer_worker.config import IndexerWorkerSettings
 from indexer_worker.metrics import Metrics
@@ -36,6 +37,7 @@ class IndexerWorker:
     def __init__(self, settings: IndexerWorkerSettings, index: Index) -> None:
         self.settings = settings
         self.index = index
+        self.duplicates = settings.index.duplicate_screen()
         self.topo = amqp.Topology.of(settings.amqp)
         self.metrics = Metrics()
         self.prefetch = max(settings.amqp.prefetch, settings.batch_max * 2)
@@ -172,6 +174,20 @@ class IndexerWorker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, s.retry_backoff_max_s)
 
+    async def _screen(self, documents: list[Document], docs: list[tuple[Msg, IndexDoc]]) -> None:
+        """Mark or skip near-duplicates (ingest option); skipped ones are recorded and acked,
+        ``documents`` and ``docs`` keep the rest, in step."""
+        kept, skipped = await screen(self.index, documents, self.duplicates)
+        if skipped:
+            await self.index.record_failures(skipped)
+            self.metrics.failures.inc(len(skipped))
+        ids = {d.id for d in kept}
+        for message, parsed in docs:
+            if parsed.id not in ids:
+                await amqp.settle(message, "ack")
+        docs[:] = [(m, p) for m, p in docs if p.id in ids]
+        documents[:] = kept
+
     async def _write(self, batch: list[Msg]) -> None:
         docs: list[tuple[Msg, IndexDoc]] = []
         fails: list[tuple[Msg, IndexFailure]] = []
@@ -206,6 +222,11 @@ class IndexerWorker:
             return
         started = time.perf_counter()
         documents = [d.document() for _, d in docs]
+        if self.duplicates.active:
+            screened = await self._retrying(
+                "screen duplicates", lambda: self._screen(documents, docs))
+            if not screened or not documents:
+                return
         results: list[WriteResult] = []
 
         async def upsert() -> None:

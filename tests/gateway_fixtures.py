@@ -42,7 +42,8 @@ def standalone_settings(data: Path, model: Path, **overrides: Any) -> GatewaySet
 def standalone_factory(data: Path) -> Callable[[GatewaySettings], Any]:
     @asynccontextmanager
     async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
-        async with open_local(cfg.model, cfg.limits, cfg.index, data / "spool") as local:
+        async with open_local(cfg.model, cfg.limits, cfg.index, data / "spool",
+                              cfg.spool) as local:
             yield Components(local.pipeline, local.index, "embedded")
 
     return components
@@ -70,11 +71,11 @@ async def wait_indexed(client: TestClient, ids: list[str],
 
     async def all_done() -> bool:
         for i in ids:
-            if statuses.get(i, {}).get("status") in ("indexed", "failed"):
+            if statuses.get(i, {}).get("status") in ("indexed", "failed", "skipped"):
                 continue
             resp = await client.get(f"/v1/images/{i}")
             statuses[i] = await resp.json()
-        return all(s.get("status") in ("indexed", "failed") for s in statuses.values())
+        return all(s.get("status") in ("indexed", "failed", "skipped") for s in statuses.values())
 
     await wait_for(all_done, within_s, f"{len(ids)} images to be indexed")
     return statuses

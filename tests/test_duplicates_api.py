@@ -23,6 +23,7 @@ from elastichash.codes import select_bits
 from elastichash.errors import InvalidInput
 from elastichash.index.base import Document, DuplicatesResult
 from elastichash.index.embedded import EmbeddedIndex
+from elastichash.index.incoming import DuplicatePolicy, screen, skipped_duplicate_of
 from elastichash.index.remote import RemoteIndex
 from elastichash.settings import IndexSettings
 from search_service.app import create_app
@@ -225,3 +226,65 @@ async def test_gateway_lists_duplicates_of_real_images_and_deletes_with_the_key(
         assert resp.status == 204
         body = await (await client.get("/v1/duplicates")).json()
         assert "orig" not in {m["id"] for g in body["groups"] for m in g["members"]}
+
+
+async def test_screen_marks_or_skips_near_duplicates_of_the_index_and_of_the_batch(
+    embedded: EmbeddedIndex,
+) -> None:
+    rng = np.random.default_rng(8)
+    base = rng.integers(0, 256, (3, 32), dtype=np.uint8)
+    near = base.copy()
+    near[:, 5] ^= 0b1011  # 3 bits from its original
+    doc = lambda i, c: Document(i, c.tobytes(), select_bits(c, SHORT).tobytes())  # noqa: E731
+    await embedded.upsert([doc("a", base[0])])
+    incoming = [doc("a", base[0]),  # the same id again: not a duplicate of itself
+                doc("a-near", near[0]), doc("b", base[1]), doc("b-near", near[1]),
+                doc("c", base[2])]
+    kept, skipped = await screen(embedded, incoming, DuplicatePolicy(4))
+    assert skipped == []
+    marks = {d.id: (d.metadata.get("duplicate_of"), d.metadata.get("duplicate_distance"))
+             for d in kept}
+    assert marks == {"a": (None, None), "a-near": ("a", 3), "b": (None, None),
+                     "b-near": ("b", 3), "c": (None, None)}
+    kept, skipped = await screen(embedded, incoming, DuplicatePolicy(4, skip=True))
+    assert [d.id for d in kept] == ["a", "b", "c"]
+    assert [(f.id, f.reason, skipped_duplicate_of(f)) for f in skipped] == [
+        ("a-near", "duplicate", "a"), ("b-near", "duplicate", "b")]
+    kept, skipped = await screen(embedded, incoming, DuplicatePolicy(2))
+    assert skipped == []
+    assert all("duplicate_of" not in d.metadata for d in kept)  # 3 bits: beyond 2
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("policy", ["keep", "skip"])
+async def test_ingest_marks_an_incoming_duplicate_in_its_status_and_document(
+    tmp_path: Path, model_path: Path, policy: str  # noqa: F811
+) -> None:
+    settings = standalone_settings(tmp_path, model_path)
+    settings.index.duplicate_distance = 8
+    settings.index.duplicate_policy = policy  # type: ignore[assignment]
+    photo = make_image(5, size=(200, 150))
+    async with gateway_client(settings, tmp_path) as client:
+        client: TestClient  # type: ignore[no-redef]
+        for image_id in ("orig", "copy"):
+            form = aiohttp.FormData()
+            form.add_field("id", image_id)
+            form.add_field("file", photo, filename=f"{image_id}.jpg", content_type="image/jpeg")
+            assert (await client.post("/v1/images", data=form)).status == 202
+            statuses = await wait_indexed(client, [image_id])
+        orig = await (await client.get("/v1/images/orig")).json()
+        assert orig["status"] == "indexed"
+        assert orig["duplicate_of"] is None
+        copy = statuses["copy"]
+        if policy == "keep":
+            assert copy["status"] == "indexed"
+            assert copy["duplicate_of"] == "orig"
+            assert copy["metadata"]["duplicate_of"] == "orig"
+            assert copy["metadata"]["duplicate_distance"] == 0
+        else:
+            final = await (await client.get("/v1/images/copy")).json()
+            assert final["status"] == "skipped", final
+            assert final["duplicate_of"] == "orig"
+            assert final["reason"] == "duplicate"
+            body = await (await client.get("/v1/duplicates")).json()
+            assert body["total"] == 0  # the copy never reached the index

@@ -26,7 +26,9 @@ Steps, all vectorised:
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
@@ -37,7 +39,7 @@ import numpy.typing as npt
 
 from elastichash.codes import LONG_BITS, LONG_BYTES, NUM_WORDS
 from elastichash.errors import InvalidInput
-from elastichash.index.base import DuplicateGroup, Hit
+from elastichash.index.base import DuplicateGroup, DuplicatesResult, Hit, Index
 from elastichash.index.kernels import popcount_rows
 
 I32 = npt.NDArray[np.int32]
@@ -145,7 +147,7 @@ class Join:
         ri: list[I64] = [self.right[single]]
         di: list[I32] = [self.dists[single]]
         for r in np.flatnonzero(mult > 1):
-            m = members[r]
+            m = members[int(r)]
             a, b = np.triu_indices(m.size, 1)
             li.append(m[a])
             ri.append(m[b])
@@ -364,3 +366,46 @@ def make_group(hits: Sequence[Hit], codes: U8) -> DuplicateGroup:
     if len(order) <= MATRIX_MAX:
         matrix = distance_matrix(codes[order]).tolist()
     return DuplicateGroup(members, hits[keep].id, matrix)
+
+
+SCAN_PAGE = 10_000  # records per scan request (Elasticsearch's default result window)
+
+
+async def groups_from_scan(
+    index: Index, max_distance: int, offset: int, limit: int
+) -> DuplicatesResult:
+    """Duplicate groups of a backend without in-memory code tables (Elasticsearch,
+    OpenSearch): one pass of :meth:`Index.scan` (n / 10,000 requests, codes only), the same
+    self-join as the embedded index on the client, then the page's documents by id. The
+    groups are those of the embedded backend for the same codes by construction."""
+    check_page(max_distance, offset, limit)
+    t0 = time.perf_counter()
+    ids: list[str] = []
+    raw = bytearray()
+    async for batch in index.scan(batch=SCAN_PAGE):
+        for rec in batch:
+            ids.append(rec.id)
+            raw += rec.code
+    codes = np.frombuffer(bytes(raw), np.uint8).reshape(-1, LONG_BYTES)
+    join = await asyncio.to_thread(self_join, codes, max_distance)
+    found = [[ids[i] for i in g.tolist()] for g in groups(join)]
+    order = group_order(found)
+    page = [found[i] for i in order[offset : offset + limit]]
+    docs = await asyncio.gather(*(index.get(i) for g in page for i in g))
+    by_id = {d.id: d for d in docs if d is not None}
+    out = []
+    for g in page:
+        members = [by_id[i] for i in g if i in by_id]  # deleted since the scan: left out
+        if len(members) < 2:
+            continue
+        hits = [Hit(d.id, 0, d.source, d.thumbnail_url, d.metadata) for d in members]
+        member_codes = np.frombuffer(b"".join(d.code for d in members), np.uint8)
+        out.append(make_group(hits, member_codes.reshape(-1, LONG_BYTES)))
+    return DuplicatesResult(
+        out,
+        len(found),
+        sum(len(g) for g in found),
+        join.pair_count(),
+        max_distance,
+        (time.perf_counter() - t0) * 1000.0,
+    )
