@@ -20,7 +20,8 @@ Rows (same codes, same D):
 
 Peak memory is the rise of the process's RSS over its RSS when the row started (the kernel's
 peak, reset before each row, and samples every 2 ms; glibc is told to mmap every allocation
-over 128 KiB so that memory an earlier row freed does not hide a row's own).
+over 128 KiB so that memory an earlier row freed does not hide a row's own; the numpy row
+also counts its traced numpy buffers).
 Recall is against the pairs FAISS found on all n codes, and against numpy on the subset.
 
 Usage: .venv/bin/python bench/duplicates.py [--n 1000000] [--distance 8] [--quick]
@@ -36,6 +37,7 @@ import json
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,7 +92,7 @@ def _status(field: str) -> int:
     return 0
 
 
-def measured(fn: Callable[[], T]) -> tuple[T, float, int]:
+def measured(fn: Callable[[], T], *, trace: bool = False) -> tuple[T, float, int]:
     """(result, seconds, peak RSS rise in bytes): the larger of the kernel's peak (VmHWM, reset
     first) and RSS sampled every 2 ms, over the RSS when the row started."""
     with contextlib.suppress(OSError):
@@ -106,14 +108,19 @@ def measured(fn: Callable[[], T]) -> tuple[T, float, int]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    if trace:  # numpy reports its buffers to tracemalloc: exact for pure-numpy rows
+        tracemalloc.start()
     t = time.perf_counter()
     try:
         out = fn()
     finally:
         secs = time.perf_counter() - t
+        traced = tracemalloc.get_traced_memory()[1] if trace else 0
+        if trace:
+            tracemalloc.stop()
         done.set()
         sampler.join()
-    return out, secs, max(0, max(peak, _status("VmHWM")) - before)
+    return out, secs, max(traced, max(peak, _status("VmHWM")) - before)
 
 
 def pair_keys(left: I64, right: I64, n: int) -> I64:
@@ -277,7 +284,7 @@ def main() -> int:
 
     ns = min(n, args.numpy_sample)
     sub = np.ascontiguousarray(codes[rng.choice(n, ns, replace=False)])
-    brute, secs, mem = measured(lambda: numpy_brute(sub, d))
+    brute, secs, mem = measured(lambda: numpy_brute(sub, d), trace=True)
     sub_join = dup.self_join(sub, d)
     sub_ours = pair_keys(*sub_join.expand()[:2], ns)
     rows["numpy brute force (sample)"] = {
