@@ -43,6 +43,11 @@ class GatewaySettings(BaseSettings):
     max_request_bytes: int = 512 * 1024 * 1024
     max_files_per_request: int = 1000
     max_urls_per_request: int = 1000
+    # Back-pressure: with more than this many images waiting to be indexed, uploads answer
+    # 503 with Retry-After (retry_after_s) instead of queueing. 0: no limit (the broker's
+    # memory and disk alarms are then the only bound).
+    max_queued: int = Field(default=0, ge=0)
+    retry_after_s: float = Field(default=5.0, gt=0)
     # Ids the gateway remembers as queued until indexed or failed (bounded memory).
     pending_capacity: int = 200_000
     shutdown_timeout_s: float = 30.0

@@ -38,7 +38,7 @@ from gateway.schemas import (
     IngestUrlsRequest,
     ItemError,
 )
-from gateway.state import COMPONENTS, FETCHER, METRICS, PENDING, SETTINGS
+from gateway.state import BACKLOG, COMPONENTS, FETCHER, METRICS, PENDING, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ class _Batch:
 
 async def post_images(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    # Before reading the body: a client told to come back later should not upload first.
+    await request.app[BACKLOG].check(request.app[COMPONENTS].pipeline)
     batch = _Batch(request)
     if request.content_type == "multipart/form-data":
         declared = request.content_length

@@ -167,13 +167,16 @@ class DuplicatesResponse(Strict):
 
 
 class StatsResponse(Strict):
-    count: int
+    # null when the figure could not be had within the stats budget (see ``unavailable``)
+    count: int | None
     model: dict[str, Any]
     backend: str
     strategy: str
     mode: str
-    queued: int
+    queued: int | None
     index: dict[str, Any] = Field(default_factory=dict)
+    # names of the figures above that are unavailable now (broker or search service away)
+    unavailable: list[str] = Field(default_factory=list)
 
 
 ErrorResponse.model_rebuild()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable
+from typing import Any
 
 from aiohttp import BodyPartReader, web
 
@@ -26,7 +29,9 @@ from gateway.schemas import (
     SearchResponse,
     StatsResponse,
 )
-from gateway.state import COMPONENTS, FETCHER, PENDING, SETTINGS
+from gateway.state import COMPONENTS, FETCHER, SETTINGS
+
+log = logging.getLogger(__name__)
 
 
 async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
@@ -131,19 +136,45 @@ async def get_duplicates(request: web.Request) -> web.Response:
         took_ms=round(res.took_ms, 3)))
 
 
+# /v1/stats answers within about this long whatever its dependencies do: a figure that is not
+# ready by then is null and named in "unavailable" (a dashboard must not hang on an outage).
+STATS_BUDGET_S = 0.8
+
+
 async def get_stats(request: web.Request) -> web.Response:
     comp = request.app[COMPONENTS]
     settings = request.app[SETTINGS]
-    stats = await comp.index.stats()
+    figures = await _within(
+        STATS_BUDGET_S,
+        count=comp.index.count(),
+        index=comp.index.stats(),
+        queued=comp.pipeline.backlog(),
+    )
+    stats = figures.get("index")
     return json_model(StatsResponse(
-        count=await comp.index.count(), model=comp.pipeline.model_info(),
+        count=figures.get("count"), model=comp.pipeline.model_info(),
         backend=comp.backend, strategy=settings.index.strategy, mode=settings.mode,
-        queued=await _backlog(request), index=_jsonable(stats)))
+        queued=figures.get("queued"),
+        index=_jsonable(stats) if isinstance(stats, dict) else {},
+        unavailable=sorted(k for k, v in figures.items() if v is None)))
 
 
-async def _backlog(request: web.Request) -> int:
-    backlog = await request.app[COMPONENTS].pipeline.backlog()
-    return len(request.app[PENDING]) if backlog is None else backlog
+async def _within(budget_s: float, **calls: Awaitable[Any]) -> dict[str, Any]:
+    """Run the calls at once; each one's result, or None when it failed or was not done
+    within the budget (those are cancelled)."""
+    tasks = {name: asyncio.ensure_future(call) for name, call in calls.items()}
+    done, pending = await asyncio.wait(tasks.values(), timeout=budget_s)
+    for task in pending:
+        task.cancel()
+    out: dict[str, Any] = {}
+    for name, task in tasks.items():
+        if task in done and not task.cancelled() and task.exception() is None:
+            out[name] = task.result()
+        else:
+            if task in done and not task.cancelled():
+                log.info("stats: %s unavailable: %r", name, task.exception())
+            out[name] = None
+    return out
 
 
 def _jsonable(stats: dict[str, object]) -> dict[str, object]:
