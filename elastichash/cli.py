@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -35,9 +36,8 @@ def _serve(args: argparse.Namespace) -> int:
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
-    from aiohttp import web
-
     from elastichash.folder import ingest_folder
+    from elastichash.roles import EXIT_UNAVAILABLE
     from elastichash.standalone_commands import (
         data_dir,
         index_settings,
@@ -46,6 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from gateway.app import create_app
     from gateway.config import GatewaySettings
+    from gateway.server import PortInUse
+    from gateway.server import run as run_server
     from gateway.state import Components
 
     if args.images is not None and not args.images.is_dir():
@@ -87,11 +89,29 @@ def _serve(args: argparse.Namespace) -> int:
                         await task
 
     app = create_app(settings, components)
-    print(f"elastichash: serving http://{args.host}:{args.port}/ "
-          f"(data in {data_dir(args)})", file=sys.stderr, flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None,
-                shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
+
+    def announce(url: str) -> None:
+        print(f"elastichash: serving {url} (data in {data_dir(args)})", file=sys.stderr,
+              flush=True)
+
+    try:
+        run_server(app, args.host, args.port, settings.server,
+                   shutdown_timeout=settings.shutdown_timeout_s, announce=announce)
+    except PortInUse as exc:
+        print(f"error: {exc}{port_hint(args.port)}", file=sys.stderr, flush=True)
+        return EXIT_UNAVAILABLE
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr, flush=True)
+        return EXIT_UNAVAILABLE
     return 0
+
+
+def port_hint(port: int) -> str:
+    other = 9000 if port != 9000 else 9001
+    if os.environ.get("MAKELEVEL"):  # started by `make run`
+        return f"; try `make run PORT={other}`"
+    return f"; try `--port {other}`"
 
 
 def build_parser() -> argparse.ArgumentParser:

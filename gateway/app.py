@@ -167,8 +167,13 @@ ROLE = Role(
 
 
 def _serve(settings: GatewaySettings) -> None:
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                shutdown_timeout=settings.shutdown_timeout_s, access_log=None, print=None)
+    from gateway.server import run
+
+    def announce(url: str) -> None:
+        log.info("gateway serving %s", url)
+
+    run(create_app(settings), settings.host, settings.port, settings.server,
+        shutdown_timeout=settings.shutdown_timeout_s, announce=announce)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,9 @@ class AcceptedImage(Strict):
     id: str
     filename: str | None = None
     url: str | None = None
-    status: Literal["queued"] = "queued"
+    status: Literal["queued", "indexed"] = Field(
+        default="queued", description="indexed: these bytes were indexed already under this "
+        "id (a content id); nothing was queued and the stored document is unchanged")
     status_url: str
 
 

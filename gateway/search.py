@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from elastichash import codes
 from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
@@ -17,7 +17,8 @@ from elastichash.index.base import Hit
 from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
-from gateway.http import json_model, multipart_guard, read_field, read_json, read_part_capped
+from gateway.body import Body
+from gateway.http import json_model
 from gateway.schemas import (
     DuplicateGroupOut,
     DuplicatesParams,
@@ -33,21 +34,27 @@ from gateway.state import COMPONENTS, FETCHER, SETTINGS
 
 log = logging.getLogger(__name__)
 
+# A search query in JSON is a URL, an id or a code and a few numbers.
+SEARCH_JSON_MAX = 64 * 1024
+
 
 async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
-    limits = request.app[SETTINGS].limits
-    reader = await request.multipart()
+    settings = request.app[SETTINGS]
+    limits = settings.limits
+    # One file and a few short fields: the request cap is the file cap plus room for those.
+    body = Body(request, limits.max_bytes + 64 * 1024, settings.body,
+                max_parts=1 + len(SearchParams.model_fields))
     data: bytes | None = None
     fields: dict[str, str] = {}
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            raise InvalidInput("nested multipart bodies are not accepted")
+    async for part in body.multipart():
         if part.name == "file":
-            data = await read_part_capped(part, limits.max_bytes)
+            if data is not None:
+                raise InvalidInput("search takes one 'file' part", field="file")
+            data = await body.read_part(part, limits.max_bytes)
             if data is None:
                 raise PayloadTooLarge(f"query image is over the {limits.max_bytes}-byte limit")
         elif part.name in SearchParams.model_fields:
-            value = await read_field(part)
+            value = await body.field(part)
             if value:
                 fields[part.name] = value
         else:
@@ -70,10 +77,11 @@ async def post_search(request: web.Request) -> web.Response:
     params: SearchParams
     query: QueryCode | None = None
     if request.content_type == "multipart/form-data":
-        data, params = await multipart_guard(_multipart_query(request))
+        data, params = await _multipart_query(request)
         query = await _encode(request, data)
     elif request.content_type == "application/json":
-        body = params = SearchRequest.model_validate(await read_json(request))
+        body = params = SearchRequest.model_validate(
+            await Body(request, SEARCH_JSON_MAX, settings.body).json())
         if body.id is not None:
             query_id = check_id(body.id)
             doc = await comp.index.get(query_id)

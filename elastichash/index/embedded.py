@@ -280,7 +280,6 @@ class EmbeddedIndex:
             "disk_bytes": disk,
             "failures": failures,
             "open_seconds": round(self.open_seconds, 3),
-            "path": str(self.path),
         }
 
     async def capabilities(self) -> Capabilities:
