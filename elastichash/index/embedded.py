@@ -375,7 +375,7 @@ class EmbeddedIndex:
         if missing:
             fields.update(self._store.fields_for(missing))
         return [
-            Hit(f.id, d, f.source, f.thumbnail_url, f.metadata)
+            Hit(f.id, d, **f.fields)
             for d, _, r in page
             if (f := fields.get(r)) is not None
         ]
