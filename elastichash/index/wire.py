@@ -16,6 +16,8 @@ from elastichash.errors import InvalidInput, invalid_input
 from elastichash.index.base import (
     CodeRecord,
     Document,
+    DuplicateGroup,
+    DuplicatesResult,
     Failure,
     Hit,
     SearchQuery,
@@ -111,6 +113,41 @@ def result_from_json(body: dict[str, Any]) -> SearchResult:
         int(body["total"]),
         float(body["took_ms"]),
         str(body["strategy"]),
+    )
+
+
+def duplicates_to_json(res: DuplicatesResult) -> dict[str, Any]:
+    return {
+        "groups": [
+            {
+                "keeper": g.keeper,
+                "members": [hit_to_json(h) for h in g.members],
+                "distances": g.distances,
+            }
+            for g in res.groups
+        ],
+        "total": res.total,
+        "images": res.images,
+        "pairs": res.pairs,
+        "max_distance": res.max_distance,
+        "took_ms": round(res.took_ms, 3),
+    }
+
+
+def duplicates_from_json(body: dict[str, Any]) -> DuplicatesResult:
+    groups = [
+        DuplicateGroup(
+            [hit_from_json(h) for h in g["members"]], str(g["keeper"]), g.get("distances")
+        )
+        for g in body["groups"]
+    ]
+    return DuplicatesResult(
+        groups,
+        int(body["total"]),
+        int(body["images"]),
+        int(body["pairs"]),
+        int(body["max_distance"]),
+        float(body["took_ms"]),
     )
 
 

@@ -18,11 +18,13 @@ from elastichash.index.base import (
     Capabilities,
     CodeRecord,
     Document,
+    DuplicatesResult,
     Failure,
     SearchQuery,
     SearchResult,
     WriteResult,
 )
+from elastichash.index.duplicates import groups_from_scan
 from elastichash.index.es import query as q
 from elastichash.index.es.bootstrap import (
     Layout,
@@ -197,6 +199,11 @@ class ElasticsearchIndex:
                 return
             yield records
             after = records[-1].id
+
+    async def duplicates(
+        self, *, max_distance: int = 8, offset: int = 0, limit: int = 20
+    ) -> DuplicatesResult:
+        return await groups_from_scan(self, max_distance, offset, limit)
 
     async def search(self, query: SearchQuery) -> SearchResult:
         strategy = (await self.capabilities()).check(query)
