@@ -119,7 +119,7 @@ def test_elasticsearch_image_major_matches_the_python_client_pin(compose: Obj) -
     es_extra = " ".join(pyproject["project"]["optional-dependencies"]["es"])
     client_major = int(re.search(r"<\s*(\d+)", es_extra).group(1)) - 1  # type: ignore[union-attr]
     image = compose["services"]["elasticsearch"]["image"]
-    version = re.search(r":\$\{ES_VERSION:-([\d.]+)\}$", image).group(1)  # type: ignore[union-attr]
+    version = re.search(r":\$\{ES_VERSION:-([\d.]+)\}\}$", image).group(1)  # type: ignore[union-attr]
     assert int(version.split(".")[0]) == client_major
     env_default = re.search(r"^ES_VERSION=([\d.]+)$", (REPO / ".env.example").read_text(), re.M)
     assert env_default is not None
