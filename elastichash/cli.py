@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     @asynccontextmanager
     async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
-        async with open_local(cfg.model, cfg.limits, cfg.index, spool) as local:
+        async with open_local(cfg.model, cfg.limits, cfg.index, spool, cfg.spool) as local:
             task = None
             if args.images is not None:
 

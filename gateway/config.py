@@ -8,7 +8,13 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from elastichash.settings import AmqpSettings, ImageLimits, ModelSettings, RemoteIndexSettings
+from elastichash.settings import (
+    AmqpSettings,
+    ImageLimits,
+    ModelSettings,
+    RemoteIndexSettings,
+    SpoolSettings,
+)
 
 
 class FetchSettings(BaseModel):
@@ -47,3 +53,5 @@ class GatewaySettings(BaseSettings):
     index: RemoteIndexSettings = Field(default_factory=RemoteIndexSettings)
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    # Standalone mode only (distributed mode's backlog lives in the broker).
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)

@@ -18,7 +18,13 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from elastichash import amqp, codes
-from elastichash.errors import ImageError, InvalidInput, Unavailable
+from elastichash.errors import (
+    ElasticHashError,
+    ImageError,
+    InvalidInput,
+    PartlyAccepted,
+    Unavailable,
+)
 from elastichash.messages import BadMessage, decode_reply, encode_ingest
 from elastichash.model.contract import ModelSpec
 from elastichash.pipeline import IngestItem, QueryCode
@@ -108,10 +114,19 @@ class AmqpPipeline:
             )
 
         results = await asyncio.gather(*(one(i) for i in items), return_exceptions=True)
-        for res in results:
-            if isinstance(res, BaseException):
-                # Some may be confirmed already: harmless, the client's retry overwrites.
-                raise res
+        failed = [res for res in results if isinstance(res, BaseException)]
+        if not failed:
+            return
+        confirmed = [it.id for it, res in zip(items, results, strict=True)
+                     if not isinstance(res, BaseException)]
+        first = failed[0]
+        if not confirmed:
+            raise first
+        # The broker holds the confirmed ones: they will be indexed, so the caller must
+        # answer for them as accepted rather than tell the client they failed.
+        message = first.message if isinstance(first, ElasticHashError) else str(first)
+        raise PartlyAccepted(f"{len(failed)} of {len(items)} images not confirmed by the "
+                             f"broker: {message}", confirmed, retry_after=1.0)
 
     async def encode_query(self, data: bytes) -> QueryCode:
         pub = self._publisher_or_fail(rpc=True)

@@ -10,6 +10,7 @@ from aiohttp import BodyPartReader, web
 from elastichash import codes
 from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
+from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
 from gateway.http import json_model, multipart_guard, read_field, read_json, read_part_capped
@@ -57,13 +58,13 @@ async def post_search(request: web.Request) -> web.Response:
     comp = request.app[COMPONENTS]
     settings = request.app[SETTINGS]
     query_id: str | None = None
+    params: SearchParams
+    query: QueryCode | None = None
     if request.content_type == "multipart/form-data":
         data, params = await multipart_guard(_multipart_query(request))
         query = await _encode(request, data)
     elif request.content_type == "application/json":
-        body = SearchRequest.model_validate(await read_json(request))
-        params = SearchParams(k=body.k, max_distance=body.max_distance, offset=body.offset,
-                              strategy=body.strategy)
+        body = params = SearchRequest.model_validate(await read_json(request))
         if body.id is not None:
             query_id = check_id(body.id)
             doc = await comp.index.get(query_id)
@@ -83,16 +84,16 @@ async def post_search(request: web.Request) -> web.Response:
             else:
                 short = comp.pipeline.short_of(code)
             query = QueryCode(code, short)
-        else:
+        elif body.url is not None:
             data = await request.app[FETCHER].fetch(str(body.url))
             query = await _encode(request, data)
     else:
         raise InvalidInput("send JSON (url, id or code) or multipart/form-data with a 'file'")
 
-    strategy = params.strategy or settings.index.strategy
-    result = await comp.index.search(
-        query.code, query.short, k=params.k, max_distance=params.max_distance,
-        offset=params.offset, strategy=strategy)
+    # The fields were validated with the request; the query only adds the codes.
+    result = await comp.index.search(SearchQuery(
+        **(params.params() | {"strategy": params.strategy or settings.index.strategy}),
+        code=query.code if query else None, short=query.short if query else None))
     end = params.offset + len(result.hits)
     return json_model(SearchResponse(
         results=[ResultItem(id=h.id, distance=h.distance, source=h.source,
@@ -101,9 +102,11 @@ async def post_search(request: web.Request) -> web.Response:
         total=result.total, candidates=result.candidates,
         took_ms=round((time.perf_counter() - start) * 1000, 3), strategy=result.strategy,
         k=params.k, offset=params.offset,
-        next_offset=end if result.hits and end < result.total else None,
-        query=QueryInfo(id=query_id, code=codes.to_hex(query.code),
-                        short=codes.to_hex(query.short))))
+        # No next page past the result window: that request would be refused.
+        next_offset=(end if result.hits and end < result.total
+                     and end + params.k <= MAX_WINDOW else None),
+        query=QueryInfo(id=query_id, code=codes.to_hex(query.code) if query else None,
+                        short=codes.to_hex(query.short) if query else None)))
 
 
 async def get_stats(request: web.Request) -> web.Response:
