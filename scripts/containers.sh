@@ -19,7 +19,7 @@ BASE_IMAGE=${EH_BASE_IMAGE:-localhost/elastichash-base:bookworm}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # What the local base holds: python3 is 3.11 on bookworm, as in python:3.11-slim.
 BASE_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates,tini
-BASE_RECIPE=1  # bump when the recipe below changes: a base with another recipe is rebuilt
+BASE_RECIPE=2  # bump when the recipe below changes: a base with another recipe is rebuilt
 HEALTH_TIMEOUT_S=${EH_STACK_TIMEOUT_S:-600}
 
 log() { echo "containers: $*" >&2; }
@@ -94,10 +94,11 @@ EOF
   printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$dir/etc/pip.conf"
   rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb
   tar -C "$dir" -c . | podman import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["/bin/bash"]' \
     --change "LABEL elastichash.base-recipe=$BASE_RECIPE" \
-    - "$BASE_IMAGE" >/dev/null
+    - "$BASE_IMAGE" >/dev/null 2>&1
   log "base image $BASE_IMAGE ready"
 }
 
