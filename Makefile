@@ -28,7 +28,8 @@ stack-down:
 
 # The stack in containers, end to end: installs what it needs, builds, runs, always cleans up.
 test-containers: setup-dev images
-	EH_TEST_CONTAINERS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_containers.py
+	EH_TEST_CONTAINERS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
+	  tests/test_containers.py tests/test_containers_kube.py
 
 setup:
 	@scripts/setup.sh cpu,all

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from elastichash.pipeline import IngestItem
+from tests.container_checks import indexed_count, searchable_by_upload_and_id, status, upload
 from tests.distributed_fixtures import images, wait_for
 
 pytestmark = [
@@ -87,29 +87,6 @@ def stack() -> Iterator[Stack]:
         subprocess.run([SCRIPT, "down"], env=env, timeout=300, check=False)
 
 
-async def upload(http: aiohttp.ClientSession, url: str, batch: list[IngestItem]) -> list[str]:
-    form = aiohttp.FormData()
-    for item in batch:
-        form.add_field("file", item.data, filename=item.source, content_type="image/jpeg")
-    async with http.post(f"{url}/v1/images", data=form) as resp:
-        body = await resp.json()
-        assert resp.status == 202, body
-        assert not body["errors"], body
-        return [img["id"] for img in body["images"]]
-
-
-async def indexed_count(http: aiohttp.ClientSession, url: str) -> int:
-    async with http.get(f"{url}/v1/stats") as resp:
-        assert resp.status == 200, await resp.text()
-        return int((await resp.json())["count"])
-
-
-async def status(http: aiohttp.ClientSession, url: str, ident: str) -> str:
-    async with http.get(f"{url}/v1/images/{ident}") as resp:
-        assert resp.status == 200, await resp.text()
-        return str((await resp.json())["status"])
-
-
 async def test_200_images_survive_an_encoder_kill_and_are_searchable_by_upload_and_id(
     stack: Stack,
 ) -> None:
@@ -148,21 +125,4 @@ async def test_200_images_survive_an_encoder_kill_and_are_searchable_by_upload_a
         statuses = await asyncio.gather(*(status(http, stack.url, i.id) for i in items))
         assert set(statuses) == {"indexed"}
 
-        for item in items[:: N // 8]:  # by upload: the image finds itself at distance 0
-            form = aiohttp.FormData()
-            form.add_field("file", item.data, filename="q.jpg", content_type="image/jpeg")
-            form.add_field("k", "5")
-            async with http.post(f"{stack.url}/v1/search", data=form) as resp:
-                body = await resp.json()
-                assert resp.status == 200, body
-            top = body["results"][0]
-            assert (top["id"], top["distance"]) == (item.id, 0)
-
-        for item in items[3 :: N // 8]:  # by id: itself first, then its neighbours
-            async with http.post(f"{stack.url}/v1/search", json={"id": item.id, "k": 10}) as resp:
-                body = await resp.json()
-                assert resp.status == 200, body
-            hits = body["results"]
-            assert (hits[0]["id"], hits[0]["distance"]) == (item.id, 0)
-            assert len(hits) == 10
-            assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+        await searchable_by_upload_and_id(http, stack.url, items)
