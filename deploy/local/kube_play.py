@@ -11,6 +11,8 @@ each) and their ConfigMaps. Left out, and said so on every run:
   (ECK), ScaledObject and TriggerAuthentication (KEDA); one pod each of the local RabbitMQ and
   engine images stands in for the first two, under the names the operators would give them;
 - HorizontalPodAutoscaler and PodDisruptionBudget: nothing to scale or evict here;
+- published ports: podman 4.3 publishes every containerPort on the host, so only the
+  gateway's is kept (as a hostPort) and the probes name their ports by number;
 - Services: podman has none. Pods reach each other by pod name, so the service names in the
   ConfigMaps and the AMQP Secret are replaced by the pods' names.
 
@@ -75,7 +77,7 @@ HOSTS = {
 }
 
 
-def stand_in(name: str, image: str, port: int, env: dict[str, str]) -> Obj:
+def stand_in(name: str, image: str, env: dict[str, str]) -> Obj:
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "elastichash"}
     return {
         "apiVersion": "apps/v1",
@@ -90,13 +92,27 @@ def stand_in(name: str, image: str, port: int, env: dict[str, str]) -> Obj:
                     "containers": [{
                         "name": name.rsplit("-", 1)[-1],
                         "image": image,
-                        "ports": [{"containerPort": port}],
                         "env": [{"name": k, "value": v} for k, v in env.items()],
                     }],
                 },
             },
         },
     }  # fmt: skip
+
+
+def unpublish(container: Obj, host_port: int | None) -> None:
+    """podman 4.3 publishes every containerPort on the host (two workers' 9100 collide):
+    keep only the gateway's, as ``host_port``; probes get numbers for the names they used."""
+    numbers = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container.get(probe, {}).get("httpGet")
+        if get is not None and get["port"] in numbers:
+            get["port"] = numbers[get["port"]]
+    if host_port is None:
+        container.pop("ports", None)
+    else:
+        for p in container.get("ports", []):
+            p["hostPort"] = host_port
 
 
 def manifests(port: int) -> tuple[list[Obj], list[str]]:
@@ -119,13 +135,11 @@ def manifests(port: int) -> tuple[list[Obj], list[str]]:
                 spec["replicas"] = 1
             for container in spec["template"]["spec"]["containers"]:
                 container["image"] = APP_IMAGE
-                if name == "elastichash-gateway":
-                    for p in container.get("ports", []):
-                        p["hostPort"] = port
+                unpublish(container, port if name == "elastichash-gateway" else None)
         kept.append(obj)
-    kept.append(stand_in("elastichash-rabbitmq", RABBITMQ_IMAGE, 5672, {
+    kept.append(stand_in("elastichash-rabbitmq", RABBITMQ_IMAGE, {
         "RABBITMQ_DEFAULT_USER": AMQP_USER, "RABBITMQ_DEFAULT_PASS": AMQP_PASSWORD}))
-    kept.append(stand_in("elastichash-es", ENGINE_IMAGE, 9200, {
+    kept.append(stand_in("elastichash-es", ENGINE_IMAGE, {
         "discovery.type": "single-node", "xpack.security.enabled": "false",
         "ES_JAVA_OPTS": "-Xms512m -Xmx512m"}))  # fmt: skip
     return kept, notes
@@ -169,7 +183,9 @@ def up(port: int, timeout_s: float) -> int:
     deployments = [o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"]
     workers = {  # podman names a pod's container <pod>-<container>
         f"{pod_host(o['metadata']['name'])}-{c['name']}"
-        for o in objects if o["metadata"]["name"] in ("elastichash-encoder", "elastichash-indexer")
+        for o in objects
+        if o["kind"] == "Deployment"
+        and o["metadata"]["name"] in ("elastichash-encoder", "elastichash-indexer")
         for c in o["spec"]["template"]["spec"]["containers"]
     }
     print(f"kube-play: {len(deployments)} pods started: {', '.join(deployments)}",
