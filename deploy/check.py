@@ -43,6 +43,8 @@ ROLES = {
     "indexer-worker": ("EH_INDEXER_", "indexer_worker"),
     "search-service": ("EH_SEARCH_", "search_service"),
 }
+# Variables set only to be expanded into another variable ($(NAME) in Kubernetes).
+INTERPOLATION_ONLY = {"ELASTIC_PASSWORD"}
 # Settings the deployment relies on before the services' config modules exist; once they do,
 # the real settings classes are checked instead (see settings_errors).
 ASSUMED_TOP_LEVEL = {"host", "port", "health_port", "drain_timeout_s"}
@@ -116,6 +118,8 @@ def _settings_class(package: str, prefix: str) -> type[Any] | None:
 def settings_errors(var: str, role: str) -> list[str]:
     """Does ``var`` name a settings field of the service that runs as ``role``?"""
     prefix, package = ROLES[role]
+    if var in INTERPOLATION_ONLY:
+        return []
     if not var.startswith(prefix):
         return [f"{var}: {role} reads only {prefix}* variables"]
     top, _, nested = var[len(prefix) :].lower().partition("__")
@@ -182,6 +186,10 @@ def env_errors(objects: list[dict[str, Any]] | None, compose: dict[str, Any] | N
         for var in names:
             problems += [f"{obj['kind']}/{obj['metadata']['name']}: {p}"
                          for p in settings_errors(var, role)]  # fmt: skip
+        for var in INTERPOLATION_ONLY & set(names):
+            uses = [e for e in container.get("env", []) if f"$({var})" in e.get("value", "")]
+            if not uses:
+                problems.append(f"{obj['metadata']['name']}: {var} is set but never expanded")
     return problems
 
 

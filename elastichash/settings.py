@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,10 +55,6 @@ class IndexSettings(BaseModel):
     strategy: Literal["auto", "exact", "two_stage", "dense_bit"] = "auto"
     # elasticsearch backend
     es_url: str = "http://localhost:9200"
-    # Basic authentication, apart from the URL: a password from a Secret goes in as it is
-    # (no URL-encoding, no $(VAR) expansion, which podman kube play does not do).
-    es_username: str | None = None
-    es_password: SecretStr | None = None
     es_index: str = "elastichash"
     es_shards: int = 1
     es_replicas: int = 0

@@ -118,13 +118,32 @@ build() {  # build ENGINE ARGS...: one image, quietly; its log is shown when it 
     set -- --format docker --network host --build-arg "PYTHON_IMAGE=$BASE_IMAGE" \
       --build-arg "BASE_IMAGE=$BASE_IMAGE" "$@"
   fi
-  if "$eng" build "$@" . >"$logf" 2>&1; then
+  [[ -d ${!#} ]] || set -- "$@" .  # the context: the repository unless given last
+  if "$eng" build "$@" >"$logf" 2>&1; then
     rm -f "$logf"
     return 0
   fi
   tail -30 "$logf" >&2
   rm -f "$logf"
   return 1
+}
+
+# The engine's build context: the launcher scripts/engine.sh builds (resolved from Maven
+# Central, cached in ~/.m2 and ~/.cache) with every jar of its classpath, and the entrypoint.
+engine_context() {
+  local cache ctx jar
+  cache=$(scripts/engine.sh build | tail -1)
+  [[ -f $cache/classpath.txt ]] || die "scripts/engine.sh build gave no classpath ($cache)"
+  ctx=$(mktemp -d /var/tmp/eh-engine.XXXXXX)
+  mkdir "$ctx/lib"
+  cp "$cache/engine.jar" "$ctx/lib/"
+  local jars=()
+  IFS=: read -ra jars <"$cache/classpath.txt"
+  for jar in "${jars[@]}"; do
+    cp "$jar" "$ctx/lib/"
+  done
+  cp deploy/local/engine-entrypoint.sh "$ctx/"
+  echo "$ctx"
 }
 
 images() {
@@ -152,8 +171,11 @@ images() {
     build "$eng" -f deploy/local/rabbitmq.Dockerfile -t "$LOCAL_RABBITMQ_IMAGE" \
       || die "the RabbitMQ image did not build"
     log "building $LOCAL_ENGINE_IMAGE (search engine, as scripts/engine.sh assembles it)"
-    build "$eng" -f deploy/local/engine.Dockerfile -t "$LOCAL_ENGINE_IMAGE" \
-      || die "the engine image did not build"
+    local ctx
+    ctx=$(engine_context)
+    build "$eng" -f deploy/local/engine.Dockerfile -t "$LOCAL_ENGINE_IMAGE" "$ctx" \
+      || { rm -rf "$ctx"; die "the engine image did not build"; }
+    rm -rf "$ctx"
   fi
   log "images ready in $((SECONDS - t0)) s"
 }

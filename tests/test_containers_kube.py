@@ -22,6 +22,7 @@ from tests.distributed_fixtures import images, wait_for
 
 pytestmark = [
     pytest.mark.containers,
+    pytest.mark.timeout(1800),  # image builds and stack starts on 2 shared cores
     pytest.mark.skipif(
         os.environ.get("EH_TEST_CONTAINERS") != "1",
         reason="builds and runs containers: make test-containers",

@@ -17,7 +17,9 @@ each) and their ConfigMaps. Left out, and said so on every run:
   ConfigMaps and the AMQP Secret are replaced by the pods' names.
 
 Secrets are podman secrets (podman 4.3 reads a JSON map of base64 values; it cannot use a
-Secret object from the YAML). podman here runs no probes (they need systemd timers): readiness
+Secret object from the YAML), and podman 4.3 does not expand $(NAME) in env values as
+Kubernetes does: the harness expands the one the manifests use (the engine's password).
+podman here runs no probes (they need systemd timers): readiness
 is checked from outside, through the same /readyz and /healthz endpoints the probes use.
 """
 
@@ -27,6 +29,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -77,6 +80,13 @@ HOSTS = {
 }
 
 
+def to_pods(value: str) -> str:
+    """Service host names in a URL -> the pods' names."""
+    for service, pod in HOSTS.items():
+        value = re.sub(rf"(?<=[/@]){re.escape(service)}(?=[:/]|$)", pod, value)
+    return value
+
+
 def stand_in(name: str, image: str, env: dict[str, str]) -> Obj:
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "elastichash"}
     return {
@@ -98,6 +108,16 @@ def stand_in(name: str, image: str, env: dict[str, str]) -> Obj:
             },
         },
     }  # fmt: skip
+
+
+def expand_env(container: Obj) -> None:
+    """Kubernetes expands $(NAME) of earlier env entries in a value; podman 4.3 does not, so
+    do it here for the ones that come from our secrets (the engine's password in its URL)."""
+    known = {"ELASTIC_PASSWORD": ES_PASSWORD}
+    for entry in container.get("env", []):
+        if "value" in entry:
+            for name, value in known.items():
+                entry["value"] = entry["value"].replace(f"$({name})", value)
 
 
 def unpublish(container: Obj, host_port: int | None) -> None:
@@ -124,10 +144,7 @@ def manifests(port: int) -> tuple[list[Obj], list[str]]:
             notes.append(f"left out {kind}/{name}: {LEFT_OUT.get(kind, 'not supported by podman')}")
             continue
         if kind == "ConfigMap":
-            for key, value in obj.get("data", {}).items():
-                for service, pod in HOSTS.items():
-                    value = value.replace(f"//{service}:", f"//{pod}:")
-                obj["data"][key] = value
+            obj["data"] = {k: to_pods(v) for k, v in obj.get("data", {}).items()}
         else:
             spec = obj["spec"]
             if spec.get("replicas", 1) != 1:
@@ -135,6 +152,10 @@ def manifests(port: int) -> tuple[list[Obj], list[str]]:
                 spec["replicas"] = 1
             for container in spec["template"]["spec"]["containers"]:
                 container["image"] = APP_IMAGE
+                expand_env(container)
+                for entry in container.get("env", []):
+                    if "value" in entry:
+                        entry["value"] = to_pods(entry["value"])
                 unpublish(container, port if name == "elastichash-gateway" else None)
         kept.append(obj)
     kept.append(stand_in("elastichash-rabbitmq", RABBITMQ_IMAGE, {

@@ -55,7 +55,6 @@ class ElasticsearchIndex:
         strategy: str = "two_stage",
         bulk: BulkPolicy | None = None,
         request_timeout_s: float = 30.0,
-        basic_auth: tuple[str, str] | None = None,
         client: AsyncElasticsearch | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
@@ -66,7 +65,6 @@ class ElasticsearchIndex:
         self.bulk = bulk or BulkPolicy()
         self._url = url
         self._timeout = request_timeout_s
-        self._basic_auth = basic_auth
         self._client = client
         self._own_client = client is None
         self._failures: FailureStore | None = None
@@ -83,11 +81,6 @@ class ElasticsearchIndex:
             strategy=settings.strategy,
             bulk=BulkPolicy(max_retries=settings.es_bulk_max_retries),
             request_timeout_s=settings.es_request_timeout_s,
-            basic_auth=(
-                (settings.es_username or "elastic", settings.es_password.get_secret_value())
-                if settings.es_password is not None
-                else None
-            ),
         )
 
     @property
@@ -107,11 +100,7 @@ class ElasticsearchIndex:
     async def open(self) -> None:
         if self._client is None:
             self._client = AsyncElasticsearch(
-                self._url,
-                basic_auth=self._basic_auth,
-                request_timeout=self._timeout,
-                max_retries=2,
-                retry_on_timeout=True,
+                self._url, request_timeout=self._timeout, max_retries=2, retry_on_timeout=True
             )
         self._failures = FailureStore(self.client, self.names.failures, self.bulk)
         try:
