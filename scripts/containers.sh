@@ -132,6 +132,7 @@ build() {  # build ENGINE ARGS...: one image, quietly; its log is shown when it 
 # Central, cached in ~/.m2 and ~/.cache) with every jar of its classpath, and the entrypoint.
 engine_context() {
   local cache ctx jar
+  [[ -x scripts/engine.sh ]] || die "no scripts/engine.sh: the engine image is assembled by it"
   cache=$(scripts/engine.sh build | tail -1)
   [[ -f $cache/classpath.txt ]] || die "scripts/engine.sh build gave no classpath ($cache)"
   ctx=$(mktemp -d /var/tmp/eh-engine.XXXXXX)
