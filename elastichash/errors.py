@@ -56,6 +56,13 @@ class ModelContractError(ElasticHashError):
     code = "model_contract"
 
 
+class ConfigError(ElasticHashError):
+    """A setting cannot work (e.g. a queue exists with other arguments): the process refuses to
+    start. ``field`` names the setting (dotted, as in the settings groups: ``amqp.url``)."""
+
+    code = "config_error"
+
+
 class Conflict(ElasticHashError):
     """The request cannot be done in the resource's current state (e.g. still queued)."""
 
@@ -67,8 +74,10 @@ class Unavailable(ElasticHashError):
 
     code = "unavailable"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message, field=field)
         self.retry_after = retry_after
 
 
@@ -94,6 +103,12 @@ class Unauthorized(ElasticHashError):
 
 class PayloadTooLarge(InvalidInput):
     code = "payload_too_large"
+
+
+class RequestTimeout(InvalidInput):
+    """The client sent its request body too slowly, or stopped sending it."""
+
+    code = "request_timeout"
 
 
 class UnsupportedMediaType(InvalidInput):
@@ -122,6 +137,7 @@ def invalid_input(exc: ValidationError) -> InvalidInput:
 HTTP_STATUS: dict[type[ElasticHashError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
+    RequestTimeout: 408,
     ImageError: 422,
     ForbiddenTarget: 400,
     InvalidInput: 400,
@@ -129,6 +145,7 @@ HTTP_STATUS: dict[type[ElasticHashError], int] = {
     Conflict: 409,
     Unauthorized: 401,
     ModelContractError: 500,
+    ConfigError: 500,
     InsufficientStorage: 507,
     Unavailable: 503,
     ElasticHashError: 500,

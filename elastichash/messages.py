@@ -5,8 +5,9 @@ Three message kinds:
 * **ingest** (gateway -> encoder): the raw image bytes as the body (never base64 in JSON:
   a third less traffic and no decode step) plus validated headers: schema version, id,
   source, metadata as a JSON string, content type. A size cap applies to the body.
-* **index** (encoder -> indexer): JSON, either a document (codes as hex, thumbnail as
-  base64) or a failure record, so status can say why an image was not indexed.
+* **index** (encoder -> indexer): JSON, either a document (``schema.DocumentBody``, the
+  search service's document JSON too: codes as hex, thumbnail as base64) or a failure
+  record, so status can say why an image was not indexed.
 * **encode RPC** (gateway -> encoder -> gateway): request = raw image bytes, reply = JSON.
 
 Every schema carries ``v``; a consumer refuses versions it does not know (dead-lettered with
@@ -26,6 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from elastichash.errors import InvalidInput
 from elastichash.ids import check_id
 from elastichash.index.base import Document, Failure
+from elastichash.index.schema import (
+    HEX16,
+    HEX64,
+    MAX_METADATA_BYTES,
+    MAX_SOURCE_CHARS,
+    MAX_THUMBNAIL_BYTES,
+    DocumentBody,
+    check_metadata,
+    checked_id,
+)
 from elastichash.pipeline import IngestItem
 
 SCHEMA_VERSION = 1
@@ -39,13 +50,14 @@ H_REASON = "x-eh-reason"  # on dead-lettered copies: stable reason code
 H_DETAIL = "x-eh-detail"  # on dead-lettered copies: human-readable message
 H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consumed from
 
-# Metadata travels in a header; RabbitMQ's frame_max (128 KiB) bounds all headers together.
-MAX_METADATA_BYTES = 16 * 1024
-# Deeper metadata is no photo caption: it is an attack on recursive parsers and serialisers.
-MAX_METADATA_DEPTH = 32
-MAX_SOURCE_CHARS = 2048
-HEX64 = r"^[0-9a-f]{64}$"
-HEX16 = r"^[0-9a-f]{16}$"
+# The limits below apply on every queue (ingest and index), checked by the consumer too: a
+# message published by something other than our gateway or encoder gets no more trust.
+# The document limits (metadata size and depth, source length, thumbnail size) live with the
+# document schema in elastichash.index.schema.
+# An index message: the base64 thumbnail, metadata and a few fixed fields.
+MAX_INDEX_MESSAGE_BYTES = MAX_THUMBNAIL_BYTES * 4 // 3 + MAX_METADATA_BYTES + 16 * 1024
+MAX_REASON_CHARS = 64
+MAX_FAILURE_MESSAGE_CHARS = 2000
 
 
 class BadMessage(InvalidInput):
@@ -73,19 +85,27 @@ class IngestHeaders(_Frozen):
         return check_id(value)
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
+def _text(headers: Mapping[str, Any], name: str) -> str | None:
+    """A string header, strictly: a number or a boolean where a string belongs is refused,
+    not turned into one."""
+    value = headers.get(name)
+    if value is None or isinstance(value, str):
+        return value
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8")
-    return str(value)
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadMessage("bad_headers", f"header {name} is not UTF-8") from None
+    raise BadMessage("bad_headers", f"header {name} must be a string, not {type(value).__name__}")
 
 
 def encode_ingest(item: IngestItem) -> tuple[bytes, dict[str, Any], str | None]:
     """Body, headers and content type of an ingest message (validated before sending)."""
+    try:
+        check_metadata(item.metadata)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="metadata") from None
     meta = json.dumps(item.metadata, separators=(",", ":"), ensure_ascii=False)
-    if len(meta.encode()) > MAX_METADATA_BYTES:
-        raise InvalidInput(f"metadata over {MAX_METADATA_BYTES} bytes", field="metadata")
     IngestHeaders(
         id=item.id, source=item.source, metadata=item.metadata, content_type=item.content_type
     )
@@ -100,16 +120,17 @@ def decode_ingest(
 ) -> IngestItem:
     """Validate an ingest message; raises :class:`BadMessage` with a stable reason."""
     version = headers.get(H_VERSION)
-    if version != SCHEMA_VERSION:
+    # ``True == 1`` in Python: a boolean is not a version.
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise BadMessage("unsupported_version", f"ingest schema version {version!r} unknown")
     try:
-        meta_text = _text(headers.get(H_METADATA)) or "{}"
+        meta_text = _text(headers, H_METADATA) or "{}"
         if len(meta_text.encode()) > MAX_METADATA_BYTES:
             raise BadMessage("bad_headers", f"metadata over {MAX_METADATA_BYTES} bytes")
-        meta = json.loads(meta_text)
+        meta = check_metadata(json.loads(meta_text))
         parsed = IngestHeaders(
-            id=_text(headers.get(H_ID)) or "",
-            source=_text(headers.get(H_SOURCE)),
+            id=_text(headers, H_ID) or "",
+            source=_text(headers, H_SOURCE),
             metadata=meta,
             content_type=content_type,
         )
@@ -117,8 +138,6 @@ def decode_ingest(
         if isinstance(exc, BadMessage):
             raise
         raise BadMessage("bad_headers", f"invalid ingest headers: {exc}") from exc
-    if _depth(parsed.metadata) > MAX_METADATA_DEPTH:
-        raise BadMessage("bad_headers", f"metadata nested deeper than {MAX_METADATA_DEPTH}")
     if not body:
         raise BadMessage("empty", "empty image body")
     if len(body) > max_bytes:
@@ -132,64 +151,31 @@ def decode_ingest(
     )
 
 
-class IndexDoc(_Frozen):
+class IndexDoc(DocumentBody):
+    """A document for the indexer: :class:`DocumentBody` (the search service's JSON too) plus
+    the message kind and schema version."""
+
     kind: Literal["doc"] = "doc"
     v: Literal[1] = 1
-    id: str
-    code: str = Field(pattern=HEX64)
-    short: str = Field(pattern=HEX16)
-    source: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    thumbnail: str | None = None  # base64 JPEG
 
     @classmethod
-    def of(cls, doc: Document) -> IndexDoc:
-        thumb = base64.b64encode(doc.thumbnail).decode() if doc.thumbnail else None
-        return cls(
-            id=doc.id,
-            code=doc.code.hex(),
-            short=doc.short.hex(),
-            source=doc.source,
-            metadata=doc.metadata,
-            thumbnail=thumb,
-        )
-
-    @field_validator("metadata")
-    @classmethod
-    def _shallow(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if _depth(v) > MAX_METADATA_DEPTH:
-            raise ValueError(f"metadata nested deeper than {MAX_METADATA_DEPTH}")
-        return v
-
-    @field_validator("thumbnail")
-    @classmethod
-    def _base64(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                base64.b64decode(v, validate=True)
-            except ValueError as exc:
-                raise ValueError(f"thumbnail is not base64: {exc}") from None
-        return v
-
-    def document(self) -> Document:
-        return Document(
-            id=self.id,
-            code=bytes.fromhex(self.code),
-            short=bytes.fromhex(self.short),
-            source=self.source,
-            metadata=dict(self.metadata),
-            thumbnail=base64.b64decode(self.thumbnail) if self.thumbnail else None,
-        )
+    def of(cls, doc: Document, *, binary: bool = True) -> IndexDoc:
+        return cls(**DocumentBody.of(doc, binary=binary).model_dump())
 
 
 class IndexFailure(_Frozen):
     kind: Literal["failure"] = "failure"
     v: Literal[1] = 1
     id: str
-    reason: str
-    message: str
-    source: str | None = None
+    reason: str = Field(max_length=MAX_REASON_CHARS)
+    message: str = Field(max_length=MAX_FAILURE_MESSAGE_CHARS)
+    source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     at: float = Field(default_factory=time.time)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return checked_id(value)
 
     def failure(self) -> Failure:
         return Failure(
@@ -201,25 +187,31 @@ IndexMessage = Annotated[IndexDoc | IndexFailure, Field(discriminator="kind")]
 _INDEX_ADAPTER: TypeAdapter[IndexDoc | IndexFailure] = TypeAdapter(IndexMessage)
 
 
-def _depth(value: Any, limit: int = 64) -> int:
-    """Nesting depth of a JSON value, counting no further than ``limit`` + 1."""
-    if limit < 0 or not isinstance(value, (dict, list)):
-        return 0
-    items = value.values() if isinstance(value, dict) else value
-    return 1 + max((_depth(v, limit - 1) for v in items), default=0)
-
-
 def decode_index(body: bytes) -> IndexDoc | IndexFailure:
+    """Validate an index message, strictly typed (JSON ``true`` is no version, a number no
+    string); raises :class:`BadMessage` with a stable reason."""
+    if len(body) > MAX_INDEX_MESSAGE_BYTES:
+        raise BadMessage(
+            "too_large", f"index message of {len(body)} bytes over {MAX_INDEX_MESSAGE_BYTES}"
+        )
     try:
         raw = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise BadMessage("bad_message", f"index message is not JSON: {exc}") from exc
-    if isinstance(raw, dict) and raw.get("v") not in (None, SCHEMA_VERSION):
-        raise BadMessage("unsupported_version", f"index schema version {raw.get('v')!r} unknown")
+    version = raw.get("v") if isinstance(raw, dict) else None
+    if isinstance(raw, dict) and "v" in raw and (type(version) is not int or version != 1):
+        raise BadMessage("unsupported_version", f"index schema version {version!r} unknown")
     try:
-        return _INDEX_ADAPTER.validate_python(raw)
+        parsed = _INDEX_ADAPTER.validate_python(raw, strict=True)
     except ValidationError as exc:
         raise BadMessage("bad_message", f"invalid index message: {exc}") from exc
+    if isinstance(parsed, IndexDoc) and parsed.thumbnail is not None:
+        size = len(base64.b64decode(parsed.thumbnail))
+        if size > MAX_THUMBNAIL_BYTES:
+            raise BadMessage(
+                "too_large", f"thumbnail of {size} bytes over the {MAX_THUMBNAIL_BYTES} cap"
+            )
+    return parsed
 
 
 class EncodeReply(_Frozen):

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable
+from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from elastichash import codes
 from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
+from elastichash.index.base import Hit
 from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
-from gateway.http import json_model, multipart_guard, read_field, read_json, read_part_capped
+from gateway.body import Body
+from gateway.http import json_model
 from gateway.schemas import (
+    DuplicateGroupOut,
+    DuplicatesParams,
+    DuplicatesResponse,
     QueryInfo,
     ResultItem,
     SearchParams,
@@ -22,23 +30,31 @@ from gateway.schemas import (
     SearchResponse,
     StatsResponse,
 )
-from gateway.state import COMPONENTS, FETCHER, PENDING, SETTINGS
+from gateway.state import COMPONENTS, FETCHER, SETTINGS
+
+log = logging.getLogger(__name__)
+
+# A search query in JSON is a URL, an id or a code and a few numbers.
+SEARCH_JSON_MAX = 64 * 1024
 
 
 async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
-    limits = request.app[SETTINGS].limits
-    reader = await request.multipart()
+    settings = request.app[SETTINGS]
+    limits = settings.limits
+    # One file and a few short fields: the request cap is the file cap plus room for those.
+    body = Body(request, limits.max_bytes + 64 * 1024, settings.body,
+                max_parts=1 + len(SearchParams.model_fields))
     data: bytes | None = None
     fields: dict[str, str] = {}
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            raise InvalidInput("nested multipart bodies are not accepted")
+    async for part in body.multipart():
         if part.name == "file":
-            data = await read_part_capped(part, limits.max_bytes)
+            if data is not None:
+                raise InvalidInput("search takes one 'file' part", field="file")
+            data = await body.read_part(part, limits.max_bytes)
             if data is None:
                 raise PayloadTooLarge(f"query image is over the {limits.max_bytes}-byte limit")
         elif part.name in SearchParams.model_fields:
-            value = await read_field(part)
+            value = await body.field(part)
             if value:
                 fields[part.name] = value
         else:
@@ -61,10 +77,11 @@ async def post_search(request: web.Request) -> web.Response:
     params: SearchParams
     query: QueryCode | None = None
     if request.content_type == "multipart/form-data":
-        data, params = await multipart_guard(_multipart_query(request))
+        data, params = await _multipart_query(request)
         query = await _encode(request, data)
     elif request.content_type == "application/json":
-        body = params = SearchRequest.model_validate(await read_json(request))
+        body = params = SearchRequest.model_validate(
+            await Body(request, SEARCH_JSON_MAX, settings.body).json())
         if body.id is not None:
             query_id = check_id(body.id)
             doc = await comp.index.get(query_id)
@@ -96,9 +113,7 @@ async def post_search(request: web.Request) -> web.Response:
         code=query.code if query else None, short=query.short if query else None))
     end = params.offset + len(result.hits)
     return json_model(SearchResponse(
-        results=[ResultItem(id=h.id, distance=h.distance, source=h.source,
-                            thumbnail_url=h.thumbnail_url or f"/v1/images/{h.id}/thumbnail",
-                            metadata=h.metadata) for h in result.hits],
+        results=[_item(h) for h in result.hits],
         total=result.total, candidates=result.candidates,
         took_ms=round((time.perf_counter() - start) * 1000, 3), strategy=result.strategy,
         k=params.k, offset=params.offset,
@@ -109,19 +124,65 @@ async def post_search(request: web.Request) -> web.Response:
                         short=codes.to_hex(query.short) if query else None)))
 
 
+def _item(h: Hit) -> ResultItem:
+    return ResultItem(id=h.id, distance=h.distance, source=h.source,
+                      thumbnail_url=h.thumbnail_url or f"/v1/images/{h.id}/thumbnail",
+                      metadata=h.metadata)
+
+
+async def get_duplicates(request: web.Request) -> web.Response:
+    params = DuplicatesParams.model_validate(dict(request.query))
+    res = await request.app[COMPONENTS].index.duplicates(
+        max_distance=params.max_distance, offset=params.offset, limit=params.limit)
+    end = params.offset + len(res.groups)
+    return json_model(DuplicatesResponse(
+        groups=[DuplicateGroupOut(keeper=g.keeper, members=[_item(h) for h in g.members],
+                                  distances=g.distances) for g in res.groups],
+        total=res.total, images=res.images, pairs=res.pairs, max_distance=res.max_distance,
+        offset=params.offset, limit=params.limit,
+        next_offset=end if res.groups and end < res.total else None,
+        took_ms=round(res.took_ms, 3)))
+
+
+# /v1/stats answers within about this long whatever its dependencies do: a figure that is not
+# ready by then is null and named in "unavailable" (a dashboard must not hang on an outage).
+STATS_BUDGET_S = 0.8
+
+
 async def get_stats(request: web.Request) -> web.Response:
     comp = request.app[COMPONENTS]
     settings = request.app[SETTINGS]
-    stats = await comp.index.stats()
+    figures = await _within(
+        STATS_BUDGET_S,
+        count=comp.index.count(),
+        index=comp.index.stats(),
+        queued=comp.pipeline.backlog(),
+    )
+    stats = figures.get("index")
     return json_model(StatsResponse(
-        count=await comp.index.count(), model=comp.pipeline.model_info(),
+        count=figures.get("count"), model=comp.pipeline.model_info(),
         backend=comp.backend, strategy=settings.index.strategy, mode=settings.mode,
-        queued=await _backlog(request), index=_jsonable(stats)))
+        queued=figures.get("queued"),
+        index=_jsonable(stats) if isinstance(stats, dict) else {},
+        unavailable=sorted(k for k, v in figures.items() if v is None)))
 
 
-async def _backlog(request: web.Request) -> int:
-    backlog = await request.app[COMPONENTS].pipeline.backlog()
-    return len(request.app[PENDING]) if backlog is None else backlog
+async def _within(budget_s: float, **calls: Awaitable[Any]) -> dict[str, Any]:
+    """Run the calls at once; each one's result, or None when it failed or was not done
+    within the budget (those are cancelled)."""
+    tasks = {name: asyncio.ensure_future(call) for name, call in calls.items()}
+    done, pending = await asyncio.wait(tasks.values(), timeout=budget_s)
+    for task in pending:
+        task.cancel()
+    out: dict[str, Any] = {}
+    for name, task in tasks.items():
+        if task in done and not task.cancelled() and task.exception() is None:
+            out[name] = task.result()
+        else:
+            if task in done and not task.cancelled():
+                log.info("stats: %s unavailable: %r", name, task.exception())
+            out[name] = None
+    return out
 
 
 def _jsonable(stats: dict[str, object]) -> dict[str, object]:
