@@ -25,16 +25,8 @@ HEALTH_TIMEOUT_S=${EH_STACK_TIMEOUT_S:-600}
 log() { echo "containers: $*" >&2; }
 die() { echo "containers: error: $*" >&2; exit 1; }
 
-SUDO=""
-[[ $(id -u) -eq 0 ]] || SUDO="sudo"
-apt_updated=0
-apt_install() {
-  if [[ $apt_updated -eq 0 ]]; then
-    $SUDO apt-get update -qq
-    apt_updated=1
-  fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+# shellcheck source=scripts/apt.sh
+source scripts/apt.sh
 
 engine() {
   if [[ -n ${CONTAINER_ENGINE:-} ]]; then
@@ -57,7 +49,7 @@ setup_podman() {
     || missing+=(aardvark-dns)
   if ((${#missing[@]})); then
     log "installing ${missing[*]} from Debian"
-    apt_install "${missing[@]}" netavark slirp4netns uidmap fuse-overlayfs
+    apt_install --no-install-recommends "${missing[@]}" netavark slirp4netns uidmap fuse-overlayfs
   fi
   export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/local/containers.conf}
 }

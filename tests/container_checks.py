@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import aiohttp
+import pytest
 
 from elastichash.pipeline import IngestItem
+
+# Both container test modules: opt-in (they build images and start containers), long.
+MARKS = [
+    pytest.mark.containers,
+    pytest.mark.timeout(1800),  # image builds and stack starts on 2 shared cores
+    pytest.mark.skipif(
+        os.environ.get("EH_TEST_CONTAINERS") != "1",
+        reason="builds and runs containers: make test-containers",
+    ),
+]
 
 
 async def upload(http: aiohttp.ClientSession, url: str, batch: list[IngestItem]) -> list[str]:

@@ -7,7 +7,6 @@ all be indexed once and be found by upload and by id. Always taken down afterwar
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,17 +16,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.container_checks import indexed_count, searchable_by_upload_and_id, upload
+from tests.container_checks import MARKS, indexed_count, searchable_by_upload_and_id, upload
 from tests.distributed_fixtures import images, wait_for
 
-pytestmark = [
-    pytest.mark.containers,
-    pytest.mark.timeout(1800),  # image builds and stack starts on 2 shared cores
-    pytest.mark.skipif(
-        os.environ.get("EH_TEST_CONTAINERS") != "1",
-        reason="builds and runs containers: make test-containers",
-    ),
-]
+pytestmark = MARKS
 
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = [sys.executable, str(REPO / "deploy/local/kube_play.py")]
