@@ -128,7 +128,7 @@ async def test_one_clients_slow_urls_do_not_delay_another_clients_search_by_url(
                 for _ in range(36)]
 
             async def hogging() -> bool:
-                return arrived >= 4
+                return arrived >= 8
 
             await wait_for(hogging, 30, "client A's fetches to start")
             started = time.monotonic()
