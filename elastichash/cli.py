@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -35,9 +36,8 @@ def _serve(args: argparse.Namespace) -> int:
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
-    from aiohttp import web
-
     from elastichash.folder import ingest_folder
+    from elastichash.roles import EXIT_UNAVAILABLE
     from elastichash.standalone_commands import (
         data_dir,
         index_settings,
@@ -46,6 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from gateway.app import create_app
     from gateway.config import GatewaySettings
+    from gateway.server import PortInUse
+    from gateway.server import run as run_server
     from gateway.state import Components
 
     if args.images is not None and not args.images.is_dir():
@@ -62,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     @asynccontextmanager
     async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
-        async with open_local(cfg.model, cfg.limits, cfg.index, spool) as local:
+        async with open_local(cfg.model, cfg.limits, cfg.index, spool, cfg.spool) as local:
             task = None
             if args.images is not None:
 
@@ -87,11 +89,29 @@ def _serve(args: argparse.Namespace) -> int:
                         await task
 
     app = create_app(settings, components)
-    print(f"elastichash: serving http://{args.host}:{args.port}/ "
-          f"(data in {data_dir(args)})", file=sys.stderr, flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None,
-                shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
+
+    def announce(url: str) -> None:
+        print(f"elastichash: serving {url} (data in {data_dir(args)})", file=sys.stderr,
+              flush=True)
+
+    try:
+        run_server(app, args.host, args.port, settings.server,
+                   shutdown_timeout=settings.shutdown_timeout_s, announce=announce)
+    except PortInUse as exc:
+        print(f"error: {exc}{port_hint(args.port)}", file=sys.stderr, flush=True)
+        return EXIT_UNAVAILABLE
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr, flush=True)
+        return EXIT_UNAVAILABLE
     return 0
+
+
+def port_hint(port: int) -> str:
+    other = 9000 if port != 9000 else 9001
+    if os.environ.get("MAKELEVEL"):  # started by `make run`
+        return f"; try `make run PORT={other}`"
+    return f"; try `--port {other}`"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,21 +134,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     standalone_commands.register(sub, serve=_serve)
 
-    for name, module, help_text in (
-        ("gateway", "gateway.app", "run the REST gateway (distributed mode)"),
-        ("encoder-worker", "encoder_worker.worker", "run an encoder worker"),
-        ("indexer-worker", "indexer_worker.worker", "run an indexer worker"),
-        ("search-service", "search_service.app", "run the search service"),
-    ):
+    for name, (module, help_text) in ROLES.items():
+        # The role parses its own arguments (main() hands it everything after its name), so
+        # that `elastichash gateway --help` is the role's help and its service is imported
+        # only when it runs.
         p = sub.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_service(module))
+        p.set_defaults(func=_service(module), rest=[])
     return parser
+
+
+# command -> (module with main(argv) and ROLE, one-line help)
+ROLES = {
+    "gateway": ("gateway.app", "run the REST gateway (distributed mode)"),
+    "encoder-worker": ("encoder_worker.worker", "run an encoder worker"),
+    "indexer-worker": ("indexer_worker.worker", "run an indexer worker"),
+    "search-service": ("search_service.app", "run the search service"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command in ROLES:
+        # Not argparse.REMAINDER: it refuses a first argument that looks like an option
+        # ("unrecognized arguments: --help").
+        args.rest = argv[argv.index(args.command) + 1 :]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(
         level=level,

@@ -11,6 +11,7 @@ from typing import Any
 from elastichash.errors import ImageError
 from elastichash.index.base import Document
 from elastichash.messages import EncodeReply, IndexDoc, IndexFailure
+from elastichash.model.preprocess import decoder_message
 from elastichash.pipeline import IngestItem
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def _encode_many(encoder: Any, datas: list[bytes], thumbnails: int = 0) -> list[
         except ImageError as exc:
             out.append(exc)
         except Exception as exc:
-            out.append(ImageError("corrupt", f"encoder failed on this image: {exc}"))
+            out.append(ImageError("corrupt",
+                                  f"encoder failed on this image: {decoder_message(exc)}"))
     return out
 
 

@@ -2,40 +2,50 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from aiohttp import BodyPartReader, web, web_protocol
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from elastichash.errors import (
     ElasticHashError,
-    InvalidInput,
+    RequestTimeout,
     Unauthorized,
     Unavailable,
     http_status,
+    validation_message,
 )
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+CLIENT_CLOSED = 499
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(
-    status: int, code: str, message: str, field: str | None = None, **extra: Any
+    status: int, code: str, message: str, field: str | None = None, *,
+    retry_after: float | None = None, **extra: Any
 ) -> web.Response:
     body: dict[str, Any] = {"error": {"code": code, "message": message, "field": field}}
     body.update(extra)
     headers = {}
-    if status == 503:
-        headers["Retry-After"] = "1"
+    if retry_after is not None or status in (503, 507):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after or 1)))
     return web.json_response(body, status=status, headers=headers)
+
+
+async def close_after(request: web.Request, resp: web.Response) -> web.Response:
+    """Send ``resp`` and close the connection at once: a stalled client gets no lingering
+    (aiohttp otherwise waits up to 10 s for the rest of an unread body)."""
+    await resp.prepare(request)
+    await resp.write_eof()
+    request.protocol.force_close()
+    return resp
 
 
 def json_model(model: BaseModel, status: int = 200) -> web.Response:
@@ -44,50 +54,6 @@ def json_model(model: BaseModel, status: int = 200) -> web.Response:
     )
 
 
-def validation_message(exc: ValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
-    msg = first.get("msg", "invalid value")
-    return (f"{loc}: {msg}" if loc else msg), (loc or None)
-
-
-async def read_json(request: web.Request) -> Any:
-    """The JSON body; anything a client can send that is not JSON is a 400, never a 500
-    (unknown charsets, bad content encodings, absurd nesting or integer sizes)."""
-    try:
-        return await request.json(loads=json.loads)
-    except (ValueError, RecursionError, LookupError, HttpProcessingError,
-            web_protocol.RequestPayloadError) as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}") from None
-
-
-async def multipart_guard(work: Awaitable[T]) -> T:
-    """Run a multipart-reading coroutine; a malformed body is the client's error (400)."""
-    try:
-        return await work
-    except ValidationError:
-        raise
-    except (ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
-        raise InvalidInput(f"malformed multipart body: {exc}") from None
-
-
-async def read_part_capped(part: BodyPartReader, cap: int) -> bytes | None:
-    """The part's bytes, or None (after discarding the rest) when it exceeds ``cap``."""
-    buf = bytearray()
-    while chunk := await part.read_chunk(256 * 1024):
-        buf += chunk
-        if len(buf) > cap:
-            while await part.read_chunk(256 * 1024):
-                pass
-            return None
-    return bytes(buf)
-
-
-async def read_field(part: BodyPartReader) -> str:
-    value = await read_part_capped(part, 4096)
-    if value is None:
-        raise InvalidInput(f"form field {part.name!r} is over 4096 bytes", field=part.name)
-    return value.decode("utf-8", "replace").strip()
 
 
 class Metrics:
@@ -132,10 +98,14 @@ def make_middlewares(metrics: Metrics, api_keys: list[str]) -> list[Any]:
             status = http_status(exc)
             if status >= 500:
                 log.warning("%s %s: %s", request.method, request.path, exc.message)
-            extra: dict[str, Any] = {}
-            if isinstance(exc, Unavailable):
-                status = 503
-            return error_response(status, exc.code, exc.message, exc.field, **extra)
+            retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
+            resp = error_response(status, exc.code, exc.message, exc.field,
+                                  retry_after=retry_after)
+            if isinstance(exc, RequestTimeout):
+                return await close_after(request, resp)
+            # An unread rest of an over-size body: aiohttp reads and drops it for at most
+            # 10 s (so the client can read the answer), then closes.
+            return resp
         except ValidationError as exc:
             status = 400
             msg, field = validation_message(exc)
@@ -148,6 +118,12 @@ def make_middlewares(metrics: Metrics, api_keys: list[str]) -> list[Any]:
                 exc.status, "http_error"
             )
             return error_response(exc.status, code, exc.reason)
+        except ConnectionError as exc:
+            # The client went away mid-request (nginx's 499): its doing, not a server error.
+            status = CLIENT_CLOSED
+            log.info("%s %s: client closed the connection (%s)", request.method, request.path,
+                     exc)
+            return web.Response(status=CLIENT_CLOSED)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return error_response(500, "internal_error", "internal error")

@@ -6,26 +6,23 @@ import asyncio
 import logging
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from elastichash.errors import (
     Conflict,
     ElasticHashError,
     InvalidInput,
     NotFound,
+    PartlyAccepted,
     PayloadTooLarge,
+    RequestTimeout,
+    http_status,
 )
-from elastichash.ids import check_id
+from elastichash.ids import check_id, content_id
 from elastichash.pipeline import IngestItem
 from elastichash.validate import inspect_image
-from gateway.http import (
-    error_response,
-    json_model,
-    multipart_guard,
-    read_field,
-    read_json,
-    read_part_capped,
-)
+from gateway.body import Body
+from gateway.http import close_after, error_response, json_model
 from gateway.schemas import (
     AcceptedImage,
     FailureOut,
@@ -35,7 +32,7 @@ from gateway.schemas import (
     IngestUrlsRequest,
     ItemError,
 )
-from gateway.state import COMPONENTS, FETCHER, METRICS, PENDING, SETTINGS
+from gateway.state import BACKLOG, COMPONENTS, FETCHER, METRICS, PENDING, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +47,20 @@ def thumbnail_url(image_id: str, external: str | None) -> str:
 
 
 class _Batch:
-    """Collects accepted items and errors; flushes to the pipeline in bounded groups."""
+    """Collects accepted items and errors; flushes to the pipeline in bounded groups.
+
+    An image is listed as accepted only once the pipeline took it: when a later group
+    cannot be submitted (spool full, broker down), the answer still names every image
+    queued so far, and gives each image of the failed group the reason."""
 
     def __init__(self, request: web.Request) -> None:
         self.app = request.app
-        self.items: list[IngestItem] = []
+        # None in place of the item: already indexed, answered but not queued.
+        self.items: list[tuple[IngestItem | None, AcceptedImage]] = []
         self.nbytes = 0
         self.accepted: list[AcceptedImage] = []
         self.errors: list[ItemError] = []
-        self.flushed = False
+        self.failure: ElasticHashError | None = None
 
     def error(self, exc: ElasticHashError, *, filename: str | None = None,
               url: str | None = None) -> None:
@@ -76,31 +78,75 @@ class _Batch:
         except ElasticHashError as exc:
             self.error(exc, filename=filename, url=url)
             return
+        accepted = AcceptedImage(id=image_id, filename=filename, url=url,
+                                 status_url=f"/v1/images/{image_id}")
+        if given_id is None and await self._indexed(image_id):
+            # The same bytes are indexed already (a content id): answer so, and keep the
+            # document (its source) as it is instead of queueing a copy that replaces it.
+            self.items.append((None, accepted.model_copy(update={"status": "indexed"})))
+            return
         metadata: dict[str, Any] = {"width": info.width, "height": info.height}
         if filename:
             metadata["filename"] = filename
-        self.items.append(IngestItem(image_id, data, source, metadata, info.content_type))
+        self.items.append((IngestItem(image_id, data, source, metadata, info.content_type),
+                           accepted))
         self.nbytes += len(data)
-        self.accepted.append(AcceptedImage(id=image_id, filename=filename, url=url,
-                                           status_url=f"/v1/images/{image_id}"))
         if len(self.items) >= SUBMIT_GROUP_FILES or self.nbytes >= SUBMIT_GROUP_BYTES:
             await self.flush()
 
     async def flush(self) -> None:
         if not self.items:
             return
-        items, self.items, self.nbytes = self.items, [], 0
-        await self.app[COMPONENTS].pipeline.submit(items)
-        self.flushed = True
+        group, self.items, self.nbytes = self.items, [], 0
+        to_queue = [it for it, _ in group if it is not None]
+        if self.failure is None and to_queue:
+            try:
+                await self.app[COMPONENTS].pipeline.submit(to_queue)
+            except PartlyAccepted as exc:
+                took = set(exc.accepted)
+                self._accepted([g for g in group if g[0] is None or g[0].id in took])
+                group = [g for g in group if g[0] is not None and g[0].id not in took]
+                self.failure = exc
+            except ElasticHashError as exc:
+                self.failure = exc
+        if self.failure is not None:
+            # This group, and any after it, is refused as a whole (the pipeline takes all
+            # of a group or none of it); what was queued before stays in the answer.
+            for _, acc in group:
+                self.error(self.failure, filename=acc.filename, url=acc.url)
+            return
+        self._accepted(group)
+
+    def _accepted(self, group: list[tuple[IngestItem | None, AcceptedImage]]) -> None:
+        self.accepted.extend(acc for _, acc in group)
+        queued = [it for it, _ in group if it is not None]
         pending = self.app[PENDING]
-        for it in items:
+        for it in queued:
             pending.add(it.id, it.source)
-        self.app[METRICS].ingested.inc(len(items))
+        self.app[METRICS].ingested.inc(len(queued))
+
+    async def _indexed(self, image_id: str) -> bool:
+        comp = self.app[COMPONENTS]
+        if comp.pipeline.is_queued(image_id):
+            return False
+        return await comp.index.get(image_id) is not None
+
+    @property
+    def flushed(self) -> bool:
+        return bool(self.accepted)
 
     def response(self) -> web.Response:
         body = IngestResponse(images=self.accepted, errors=self.errors)
         if self.accepted or not self.errors:
-            return json_model(body, status=202)
+            # 202 when something was queued; 200 when every image was indexed already.
+            queued = any(a.status == "queued" for a in self.accepted) or not self.accepted
+            return json_model(body, status=202 if queued else 200)
+        if self.failure is not None:
+            retry_after = getattr(self.failure, "retry_after", None)
+            return error_response(http_status(self.failure), self.failure.code,
+                                  f"no image accepted: {self.failure.message}",
+                                  retry_after=retry_after,
+                                  errors=[e.model_dump() for e in self.errors])
         codes = {e.code for e in self.errors}
         first = self.errors[0]
         status = 400
@@ -114,25 +160,28 @@ class _Batch:
 
 async def post_images(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    # Before reading the body: a client told to come back later should not upload first.
+    await request.app[BACKLOG].check(request.app[COMPONENTS].pipeline)
     batch = _Batch(request)
     if request.content_type == "multipart/form-data":
-        declared = request.content_length
-        if declared is not None and declared > settings.max_request_bytes:
-            raise PayloadTooLarge(
-                f"request is {declared} bytes; the limit is {settings.max_request_bytes}")
+        # Each file may come with an 'id' field; one 'source' field.
+        body = Body(request, settings.max_request_bytes, settings.body,
+                    max_parts=2 * settings.max_files_per_request + 2)
         try:
-            await multipart_guard(_multipart_ingest(request, batch))
-        except InvalidInput as exc:
+            await _multipart_ingest(request, body, batch)
+        except (InvalidInput, RequestTimeout) as exc:
             if not batch.flushed:
                 raise
             # Some images are already queued: say which, and what stopped the rest.
             batch.error(exc)
+            if isinstance(exc, RequestTimeout):
+                await batch.flush()
+                return await close_after(request, batch.response())
     elif request.content_type == "application/json":
-        if (request.content_length or 0) > 4 * 1024 * 1024:
-            raise PayloadTooLarge("JSON body over 4 MiB")
-        body = IngestUrlsRequest.model_validate(await read_json(request))
-        pairs: list[tuple[str, str | None]] = [(str(u), None) for u in body.urls or []]
-        pairs += [(str(i.url), i.id) for i in body.items or []]
+        body = Body(request, settings.max_json_bytes, settings.body)
+        urls = IngestUrlsRequest.model_validate(await body.json())
+        pairs: list[tuple[str, str | None]] = [(str(u), None) for u in urls.urls or []]
+        pairs += [(str(i.url), i.id) for i in urls.items or []]
         if len(pairs) > settings.max_urls_per_request:
             raise InvalidInput(f"at most {settings.max_urls_per_request} URLs per request",
                                field="urls")
@@ -143,23 +192,20 @@ async def post_images(request: web.Request) -> web.Response:
     return batch.response()
 
 
-async def _multipart_ingest(request: web.Request, batch: _Batch) -> None:
+async def _multipart_ingest(request: web.Request, body: Body, batch: _Batch) -> None:
     """Files in order; an ``id`` field names the file part that follows it."""
     settings = request.app[SETTINGS]
-    reader = await request.multipart()
     given_id: str | None = None
     source: str | None = None
     files = 0
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            raise InvalidInput("nested multipart bodies are not accepted")
+    async for part in body.multipart():
         if part.name == "file":
             files += 1
             if files > settings.max_files_per_request:
                 raise InvalidInput(
                     f"at most {settings.max_files_per_request} files per request", field="file")
             filename = part.filename or f"file-{files}"
-            data = await read_part_capped(part, settings.limits.max_bytes)
+            data = await body.read_part(part, settings.limits.max_bytes)
             if data is None:
                 batch.error(PayloadTooLarge(
                     f"{filename} is over the {settings.limits.max_bytes}-byte limit"),
@@ -172,9 +218,9 @@ async def _multipart_ingest(request: web.Request, batch: _Batch) -> None:
             if given_id is not None:
                 raise InvalidInput("two 'id' fields in a row: each 'id' names the file part "
                                    "that follows it", field="id")
-            given_id = check_id(await read_field(part))
+            given_id = check_id(await body.field(part))
         elif part.name == "source":
-            source = await read_field(part) or None
+            source = await body.field(part) or None
         else:
             raise InvalidInput(f"unknown form field {part.name!r}", field=part.name)
     if given_id is not None:
@@ -198,6 +244,12 @@ async def _url_ingest(request: web.Request, batch: _Batch,
             except ElasticHashError as exc:
                 batch.error(exc, url=url)
                 return
+            except Exception as exc:
+                # Whatever one URL does, the request still answers for every other URL.
+                log.warning("fetching %s failed unexpectedly: %r", url[:200], exc)
+                batch.error(InvalidInput(f"fetching {url[:200]} failed: {type(exc).__name__}",
+                                         field="url"), url=url)
+                return
             async with order:
                 await batch.add(data, given_id=given, source=url, url=url)
 
@@ -205,27 +257,34 @@ async def _url_ingest(request: web.Request, batch: _Batch,
 
 
 async def get_image(request: web.Request) -> web.Response:
+    """The state of the latest upload of an id: queued (a newer upload waits, even while an
+    older one is indexed), failed (also when an older upload stays indexed: a successful
+    write clears an id's failure record, so a record beside a document is newer than it),
+    or indexed."""
     image_id = check_id(request.match_info["id"])
     comp = request.app[COMPONENTS]
     pending = request.app[PENDING]
     doc = await comp.index.get(image_id)
-    if doc is not None:
-        pending.discard(image_id)
-        return json_model(ImageStatus(
-            id=image_id, status="indexed", source=doc.source,
-            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata))
-    queued = comp.pipeline.is_queued(image_id)
     failure = await comp.index.get_failure(image_id)
+    queued = comp.pipeline.is_queued(image_id)
     if queued is None:  # distributed: the gateway's own memory of what it accepted
         submitted = pending.submitted_at(image_id)
-        queued = submitted is not None and (failure is None or failure.at < submitted)
+        queued = (doc is None and submitted is not None
+                  and (failure is None or failure.at < submitted))
     if queued:
         return json_model(ImageStatus(id=image_id, status="queued",
                                       source=pending.source(image_id)))
     pending.discard(image_id)
     if failure is not None:
-        return json_model(ImageStatus(id=image_id, status="failed", reason=failure.reason,
-                                      message=failure.message, source=failure.source))
+        kept = " (the image indexed earlier under this id is kept)" if doc is not None else ""
+        return json_model(ImageStatus(
+            id=image_id, status="failed", reason=failure.reason,
+            message=failure.message + kept, source=failure.source,
+            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url) if doc else None))
+    if doc is not None:
+        return json_model(ImageStatus(
+            id=image_id, status="indexed", source=doc.source,
+            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata))
     raise NotFound(f"no image with id {image_id}")
 
 
@@ -248,8 +307,13 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
     if doc is None:
         raise NotFound(f"no image with id {image_id}")
     if doc.thumbnail:
-        return web.Response(body=doc.thumbnail, content_type="image/jpeg",
-                            headers={"Cache-Control": "public, max-age=86400, immutable"})
+        # Ids can be uploaded again with other bytes: caches revalidate (a 304 when the
+        # thumbnail is unchanged) instead of keeping an old picture for a day.
+        etag = f'"{content_id(doc.thumbnail)}"'
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=doc.thumbnail, content_type="image/jpeg", headers=headers)
     if doc.thumbnail_url:
         raise web.HTTPFound(doc.thumbnail_url)
     raise NotFound(f"image {image_id} has no thumbnail")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import struct
 import warnings
 from collections.abc import Callable
@@ -72,8 +73,18 @@ def declared_size(data: bytes, fmt: str | None) -> tuple[int, int] | None:
     return None
 
 
+# Pillow names the file object it read from, e.g. "<_io.BytesIO object at 0x7f...>": a heap
+# address is no business of a client, and changes with every request.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def decoder_message(exc: BaseException) -> str:
+    """The decoder's message about ``exc``, without object reprs."""
+    return _OBJECT_REPR.sub("", str(exc)).strip() or type(exc).__name__
+
+
 def _failure(exc: Exception) -> ImageError:
-    text = str(exc) or type(exc).__name__
+    text = decoder_message(exc)
     if "truncat" in text.lower() or isinstance(exc, EOFError):
         return ImageError("truncated", f"image data is truncated: {text}")
     return ImageError("corrupt", f"image cannot be decoded: {text}")
