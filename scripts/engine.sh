@@ -5,6 +5,7 @@
 #   scripts/engine.sh start [--nodes N] [--http-port P] [--transport-port P]
 #   scripts/engine.sh stop  [--http-port P]
 #   scripts/engine.sh status [--http-port P]
+#   scripts/engine.sh build      (prints the folder holding engine.jar and classpath.txt)
 #
 # start: builds the launcher once (artifacts cached in ~/.m2, the jar, its classpath and a
 # class-data-sharing archive cached under ~/.cache/elastichash/engine/<hash of the sources>),
@@ -176,7 +177,9 @@ stop() {
 case "$cmd" in
   start) start ;;
   stop) stop ;;
+  build) ensure_tools; build ;;
   status)
     if healthy; then echo "$url"; else say "not running on port $http_port"; exit 1; fi ;;
-  *) echo "usage: scripts/engine.sh start|stop|status [--nodes N] [--http-port P]" >&2; exit 2 ;;
+  *) echo "usage: scripts/engine.sh start|stop|status|build [--nodes N] [--http-port P]" >&2
+     exit 2 ;;
 esac

@@ -18,11 +18,13 @@ from elastichash.index.base import (
     Capabilities,
     CodeRecord,
     Document,
+    DuplicatesResult,
     Failure,
     SearchQuery,
     SearchResult,
     WriteResult,
 )
+from elastichash.index.duplicates import groups_from_scan
 from elastichash.index.es import query as q
 from elastichash.index.es.bootstrap import (
     Layout,
@@ -83,6 +85,7 @@ class EngineIndex:
         # What this index serves beyond the common layout: the server's features that the
         # retrieval index was also created with (BIT_VECTORS: the bit vector field).
         self.features: frozenset[str] = frozenset()
+        self.concrete = self.names.concrete  # the index behind the alias, once open
 
     @classmethod
     def from_settings(cls, settings: IndexSettings) -> EngineIndex:
@@ -130,12 +133,14 @@ class EngineIndex:
         await ensure_script(self.client)
         await ensure_nbs(self.client, self.names.nbs, self.bulk)
         offered = server_features(self.kind, self.version)
-        bits = await ensure_retrieval(self.client, self.names, self.layout, BIT_VECTORS in offered)
+        self.concrete, bits = await ensure_retrieval(
+            self.client, self.names, self.layout, BIT_VECTORS in offered
+        )
         self.features = frozenset({BIT_VECTORS} if bits else ())
         await ensure_failures(self.client, self.names, self.layout)
         log.info(
             "%s %s ready: alias %s -> %s, features %s", self.kind, number,
-            self.names.alias, self.names.concrete, sorted(self.features) or "none",
+            self.names.alias, self.concrete, sorted(self.features) or "none",
         )
 
     async def close(self) -> None:
@@ -206,6 +211,11 @@ class EngineIndex:
             yield records
             after = records[-1].id
 
+    async def duplicates(
+        self, *, max_distance: int = 8, offset: int = 0, limit: int = 20
+    ) -> DuplicatesResult:
+        return await groups_from_scan(self, max_distance, offset, limit)
+
     async def search(self, query: SearchQuery) -> SearchResult:
         strategy = (await self.capabilities()).check(query)
         code, short = query.codes()
@@ -251,7 +261,7 @@ class EngineIndex:
         return {
             "backend": self.kind,
             "alias": self.names.alias,
-            "index": self.names.concrete,
+            "index": self.concrete,
             "count": await self.count(),
             "documents": prim["docs"]["count"],
             "deleted": prim["docs"]["deleted"],

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from elastichash.errors import ElasticHashError
+from elastichash.errors import ElasticHashError, Unavailable
 from elastichash.index.es.bulk import BulkPolicy, run_bulk
 from elastichash.index.es.client import EngineClient
 from elastichash.index.es.mapping import (
@@ -18,6 +19,8 @@ from elastichash.index.es.mapping import (
     Names,
     failures_settings,
     has_dense_bit,
+    mapping_changes,
+    next_concrete,
     retrieval_mapping,
     retrieval_settings,
 )
@@ -89,22 +92,73 @@ async def ensure_nbs(client: EngineClient, index: str, policy: BulkPolicy) -> No
 
 async def ensure_retrieval(
     client: EngineClient, names: Names, layout: Layout, dense_bit: bool
-) -> bool:
-    """Create the retrieval index behind its alias; return whether it maps the bit vector."""
-    if not await client.alias_targets(names.alias):
-        if await client.exists(names.alias):
-            raise ElasticHashError(
-                f"{names.alias} is a concrete index, not an alias; reindex it into "
-                f"{names.concrete} and put the alias {names.alias} in front of it"
-            )
-        await _create(
-            client,
-            names.concrete,
-            mappings=retrieval_mapping(dense_bit),
-            settings=retrieval_settings(layout.shards, layout.replicas, layout.refresh_interval),
-            aliases={names.alias: {"is_write_index": True}},
+) -> tuple[str, bool]:
+    """Create the retrieval index behind its alias, or move its documents to a new versioned
+    index when the mapping generated from the field table changed; return (the index behind
+    the alias, whether it maps the bit vector)."""
+    behind = await client.alias_targets(names.alias)
+    if behind:
+        if len(behind) != 1:
+            raise ElasticHashError(f"alias {names.alias} points at {behind}, expected one index")
+        current = behind[0]
+        mapping = (await client.get_mapping(current))[current]["mappings"]
+        bits = has_dense_bit({current: {"mappings": mapping}})
+        wanted = retrieval_mapping(bits)
+        changed = mapping_changes(mapping, wanted)
+        if not changed:
+            return current, bits
+        target = next_concrete(names.alias, current)
+        log.warning("mapping of %s changed (%s): reindexing into %s",
+                    current, ", ".join(changed), target)
+        await reindex_behind_alias(client, names.alias, current, target, wanted, layout)
+        return target, bits
+    if await client.exists(names.alias):
+        raise ElasticHashError(
+            f"{names.alias} is a concrete index, not an alias; reindex it into "
+            f"{names.concrete} and put the alias {names.alias} in front of it"
         )
-    return has_dense_bit(await client.get_mapping(names.alias))
+    await _create(
+        client,
+        names.concrete,
+        mappings=retrieval_mapping(dense_bit),
+        settings=retrieval_settings(layout.shards, layout.replicas, layout.refresh_interval),
+        aliases={names.alias: {"is_write_index": True}},
+    )
+    return names.concrete, has_dense_bit(await client.get_mapping(names.alias))
+
+
+async def reindex_behind_alias(
+    client: EngineClient,
+    alias: str,
+    current: str,
+    target: str,
+    mappings: dict[str, Any],
+    layout: Layout,
+) -> None:
+    """Copy ``current`` into a new ``target`` with ``mappings`` and swap the alias in one
+    atomic action. ``current`` is write-blocked meanwhile (writes fail and are retried, none
+    is lost) and kept afterwards for rollback; delete it once the new index serves."""
+    await client.put_settings(current, {"index.blocks.write": True})
+    settings = retrieval_settings(layout.shards, layout.replicas, layout.refresh_interval)
+    if not await _create(client, target, mappings=mappings, settings=settings):
+        # Left write-blocked: the process that created the target swaps the alias when done.
+        raise Unavailable(f"{target} exists: another process is reindexing {current} into it "
+                          f"(or a reindex was cut short: delete {target} and start again)")
+    try:
+        resp = await client.reindex(current, target)
+        if resp.get("failures"):
+            raise ElasticHashError(f"reindex {current} -> {target} failed: "
+                                   f"{resp['failures'][:3]}")
+        await client.update_aliases([
+            {"remove": {"index": current, "alias": alias}},
+            {"add": {"index": target, "alias": alias, "is_write_index": True}},
+        ])
+    except BaseException:
+        await client.delete_index(target)
+        await client.put_settings(current, {"index.blocks.write": False})
+        raise
+    log.info("alias %s now on %s (%d documents); %s kept, write-blocked",
+             alias, target, int(resp.get("total", 0)), current)
 
 
 async def ensure_failures(client: EngineClient, names: Names, layout: Layout) -> None:
