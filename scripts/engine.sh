@@ -51,11 +51,10 @@ ensure_tools() {
   command -v mvn >/dev/null || missing+=(maven)
   command -v curl >/dev/null || missing+=(curl)
   if [[ ${#missing[@]} -gt 0 ]]; then
-    local sudo=""
-    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    # shellcheck source=scripts/apt.sh
+    source "$HERE/apt.sh"
     say "installing ${missing[*]}"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}"
   fi
 }
 
