@@ -34,11 +34,14 @@ class ModelSettings(BaseModel):
     decode_workers: int = 0  # 0: os.cpu_count()
 
 
+# Decompression-bomb guard: 64 MP covers any camera sold today; above that it is a bomb.
+MAX_PIXELS = 64_000_000
+
+
 class ImageLimits(BaseModel):
     # Uploads above this are refused before they are buffered whole (413).
     max_bytes: int = 32 * 1024 * 1024
-    # Decompression-bomb guard: 64 MP covers any camera sold today.
-    max_pixels: int = 64_000_000
+    max_pixels: int = MAX_PIXELS
 
 
 class SpoolSettings(BaseModel):

@@ -24,8 +24,9 @@ from elastichash.index.filters import INGEST_FIELDS, ingest_metadata
 from elastichash.index.incoming import skipped_duplicate_of
 from elastichash.pipeline import IngestItem
 from elastichash.validate import inspect_image
+from elastichash.web_errors import close_after, error_response
 from gateway.body import Body
-from gateway.http import close_after, error_response, json_model
+from gateway.http import json_model
 from gateway.schemas import (
     AcceptedImage,
     FailureOut,
