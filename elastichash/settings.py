@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from elastichash.index.incoming import DuplicatePolicy
+from elastichash.index.query import Strategy
 
 
 def default_data_dir() -> Path:
@@ -57,7 +58,7 @@ class IndexSettings(BaseModel):
     backend: Literal["embedded", "elasticsearch", "remote"] = "embedded"
     data_dir: Path | None = None  # embedded store; None: default_data_dir()/index
     # auto: exact (full ranking) up to AUTO_EXACT_MAX codes, two_stage (MIH) above.
-    strategy: Literal["auto", "exact", "two_stage", "dense_bit"] = "auto"
+    strategy: Strategy = "auto"
     # elasticsearch backend
     es_url: str = "http://localhost:9200"
     es_index: str = "elastichash"

@@ -15,6 +15,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
+from elastichash.cli.standalone import open_local
 from elastichash.errors import ElasticHashError, InvalidInput, http_status
 from elastichash.index import filters
 from elastichash.index.base import CodeRecord, Document, Index, SearchQuery
@@ -23,7 +24,6 @@ from elastichash.index.es import ElasticsearchIndex
 from elastichash.index.query import MAX_WINDOW, STRATEGIES, Capabilities, QueryParams
 from elastichash.index.remote import RemoteIndex
 from elastichash.settings import IndexSettings
-from elastichash.standalone_commands import open_local
 from gateway.app import create_app as gateway_app
 from gateway.config import GatewaySettings
 from gateway.openapi import build_openapi
