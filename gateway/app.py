@@ -20,7 +20,8 @@ from gateway import ingest, search
 from gateway.backpressure import BacklogGate
 from gateway.config import GatewaySettings
 from gateway.fetch import Fetcher
-from gateway.http import Metrics, make_middlewares
+from gateway.http import make_middlewares
+from gateway.metrics import Metrics
 from gateway.openapi import build_openapi
 from gateway.pending import PendingSet
 from gateway.state import (
