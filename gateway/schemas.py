@@ -37,12 +37,21 @@ class ItemError(Strict):
     message: str
 
 
-class UrlItem(Strict):
+class CollectionFields(Strict):
+    """Given at ingest, filterable at search (see docs/API.md, Search within a subset)."""
+
+    album: str | None = Field(default=None, max_length=200)
+    tags: list[str] | str | None = Field(default=None, description="list or comma-separated")
+    taken_at: str | float | None = Field(default=None,
+                                         description="ISO 8601 date or date-time, or unix s")
+
+
+class UrlItem(CollectionFields):
     url: HttpUrl
     id: str | None = Field(default=None, description="client id; default: content hash")
 
 
-class IngestUrlsRequest(Strict):
+class IngestUrlsRequest(CollectionFields):
     urls: list[HttpUrl] | None = Field(default=None, max_length=1000)
     items: list[UrlItem] | None = Field(default=None, max_length=1000)
 

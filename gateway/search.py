@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable
@@ -45,7 +46,7 @@ async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
     body = Body(request, limits.max_bytes + 64 * 1024, settings.body,
                 max_parts=1 + len(SearchParams.model_fields))
     data: bytes | None = None
-    fields: dict[str, str] = {}
+    fields: dict[str, Any] = {}
     async for part in body.multipart():
         if part.name == "file":
             if data is not None:
@@ -55,7 +56,12 @@ async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
                 raise PayloadTooLarge(f"query image is over the {limits.max_bytes}-byte limit")
         elif part.name in SearchParams.model_fields:
             value = await body.field(part)
-            if value:
+            if value and part.name == "filter":  # a JSON object in a form field
+                try:
+                    fields["filter"] = json.loads(value)
+                except ValueError:
+                    raise InvalidInput("filter must be a JSON object", field="filter") from None
+            elif value:
                 fields[part.name] = value
         else:
             raise InvalidInput(f"unknown form field {part.name!r}", field=part.name)

@@ -490,9 +490,10 @@ def test_duplicates_are_shown_side_by_side_and_deleted_with_the_key(
         browser: Browser, base_url: str, seeded: dict[str, Any]) -> None:
     photo = make_image(4711, size=(240, 180))
     first = _upload(base_url, "dup.jpg", photo)
+    _wait_indexed(base_url, [first])
     twin = _upload(base_url, "dup-twin.jpg", photo, image_id="dup-twin")
-    _wait_indexed(base_url, [first, twin])
-    keeper, other = sorted([first, twin])  # same size, same code: the smaller id is kept
+    _wait_indexed(base_url, [twin])
+    keeper, other = first, twin  # same size, same code: the one ingested first is kept
 
     # Without a key the delete is refused and the page says how to fix it.
     page = _open(browser, base_url, DESKTOP, key=None)

@@ -28,7 +28,7 @@ from elastichash.codes import LONG_BYTES, SHORT_BYTES
 from elastichash.errors import InvalidInput, Unavailable
 from elastichash.ids import check_id
 from elastichash.index import duplicates as dup
-from elastichash.index import kernels
+from elastichash.index import filters, kernels
 from elastichash.index.base import (
     SCAN_BATCH,
     Capabilities,
@@ -85,7 +85,7 @@ class EmbeddedIndex:
                 f"the embedded index has strategies {sorted(EMBEDDED_STRATEGIES)}",
                 field="strategy",
             )
-        self._caps = Capabilities(EMBEDDED_STRATEGIES, strategy, why_not=_WHY_NOT)
+        self._caps = Capabilities(EMBEDDED_STRATEGIES, strategy, filter=True, why_not=_WHY_NOT)
         self.path = Path(path)
         self.strategy = strategy
         self._read_threads = read_threads
@@ -95,6 +95,9 @@ class EmbeddedIndex:
         self._readers: ThreadPoolExecutor | None = None
         self.open_seconds = 0.0
         self._view_lock = threading.Lock()
+        # Filterable values of every row, extended on the first filtered search after writes.
+        self._columns = filters.Columns()
+        self._columns_lock = threading.Lock()
         # The last self-join: (snapshot, max_distance, groups); pages of one listing reuse it.
         self._dup_cache: tuple[Snapshot, int, _Groups] | None = None
 
@@ -303,14 +306,17 @@ class EmbeddedIndex:
         t0 = time.perf_counter()
         q = np.frombuffer(code, np.uint8)
         need = offset + k
+        clauses = filters.parse(query.filter) if query.filter is not None else None
 
         def run() -> SearchResult:
             snap = self._begin_view()
             try:
+                mask = None if clauses is None else self._filter_mask(snap, clauses)
                 if strategy == "exact":
-                    cands = CodeTable.exact(snap, q, need, max_distance)
+                    cands = (CodeTable.exact(snap, q, need, max_distance) if mask is None else
+                             CodeTable.exact_filtered(snap, q, need, max_distance, mask))
                 else:
-                    cands = CodeTable.two_stage(snap, q, short, need, max_distance)
+                    cands = CodeTable.two_stage(snap, q, short, need, max_distance, mask)
                 hits = self._page(snap, cands, offset, k)
             finally:
                 self._store.end_read()
@@ -318,6 +324,14 @@ class EmbeddedIndex:
             return SearchResult(hits, cands.scanned, cands.total, took, strategy)
 
         return await self._run(self._readers, run)
+
+    def _filter_mask(self, snap: Snapshot, clauses: list[filters.Clause]) -> npt.NDArray[np.bool_]:
+        """Per position of ``snap``: does the document pass the filter? Call inside a view."""
+        rows = snap.rows[: snap.n]
+        with self._columns_lock:
+            if rows.size and int(rows[-1]) > self._columns.last_row:
+                self._columns.extend(self._store.filter_fields_after(self._columns.last_row))
+            return self._columns.mask_for(rows, clauses)
 
     async def duplicates(
         self, *, max_distance: int = dup.DEFAULT_DISTANCE, offset: int = 0,

@@ -1,4 +1,5 @@
-"""Standalone subcommands: ``serve`` (wired in cli.py), ``index DIR`` and ``search IMAGE``."""
+"""Standalone subcommands: ``serve`` (its runner is in ``cli/__init__.py``, the composition
+root), ``index DIR`` and ``search IMAGE``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """The ``elastichash`` command: the one composition root.
 
-Library command groups register themselves through ``register(subparsers)`` functions in
-their own modules. Services are imported lazily, inside the subcommand that runs them, so
-that ``elastichash model inspect`` never imports aiohttp or aio-pika.
+One module per verb group registers its commands through ``register(subparsers)``:
+``cli/model.py`` (model ..., encode), ``cli/import_codes.py`` (import-codes),
+``cli/standalone.py`` (serve, index, search); the roles (gateway, workers, search service)
+are listed in ``ROLES`` here. Services are imported lazily, inside the subcommand that runs
+them, so that ``elastichash model inspect`` never imports aiohttp or aio-pika.
 """
 
 from __future__ import annotations
@@ -36,14 +38,14 @@ def _serve(args: argparse.Namespace) -> int:
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
-    from elastichash.folder import ingest_folder
-    from elastichash.roles import EXIT_UNAVAILABLE
-    from elastichash.standalone_commands import (
+    from elastichash.cli.standalone import (
         data_dir,
         index_settings,
         model_settings,
         open_local,
     )
+    from elastichash.folder import ingest_folder
+    from elastichash.roles import EXIT_UNAVAILABLE
     from gateway.app import create_app
     from gateway.config import GatewaySettings
     from gateway.server import PortInUse
@@ -122,15 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from elastichash.model import commands as model_commands
+    from elastichash.cli import model as model_commands
 
     model_commands.register(sub)
 
-    from elastichash.index import commands as index_commands
+    from elastichash.cli import import_codes as index_commands
 
     index_commands.register(sub)
 
-    from elastichash import standalone_commands
+    from elastichash.cli import standalone as standalone_commands
 
     standalone_commands.register(sub, serve=_serve)
 
@@ -170,7 +172,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     func: Handler = args.func
     return func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
