@@ -22,7 +22,7 @@ import numpy.typing as npt
 from elastichash import codes
 from elastichash.errors import ImageError, InvalidInput, ModelContractError
 from elastichash.model.contract import ModelSpec, load_spec
-from elastichash.model.preprocess import load_image, load_image_and_thumbnail
+from elastichash.model.preprocess import decoder_message, load_image, load_image_and_thumbnail
 from elastichash.model.session import create_session
 from elastichash.settings import ImageLimits, ModelSettings
 
@@ -137,7 +137,8 @@ class Encoder:
             raise
         except Exception as exc:  # a decoder bug must still cost only this image
             log.warning("unexpected decode failure: %r", exc)
-            raise ImageError("corrupt", f"image cannot be decoded: {exc}") from None
+            raise ImageError("corrupt",
+                             f"image cannot be decoded: {decoder_message(exc)}") from None
 
     def encode_bytes(
         self, items: list[bytes], thumbnails: int = 0
