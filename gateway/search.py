@@ -19,7 +19,7 @@ from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
 from gateway.body import Body
-from gateway.http import json_model
+from gateway.http import client_key, json_model
 from gateway.schemas import (
     DuplicateGroupOut,
     DuplicatesParams,
@@ -110,7 +110,8 @@ async def post_search(request: web.Request) -> web.Response:
                 short = comp.pipeline.short_of(code)
             query = QueryCode(code, short)
         elif body.url is not None:
-            data = await request.app[FETCHER].fetch(str(body.url))
+            data = await request.app[FETCHER].fetch(
+                str(body.url), client_key(request, settings.api_keys))
             query = await _encode(request, data)
     else:
         raise InvalidInput("send JSON (url, id or code) or multipart/form-data with a 'file'")
