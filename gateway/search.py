@@ -31,7 +31,7 @@ from gateway.schemas import (
     SearchResponse,
     StatsResponse,
 )
-from gateway.state import COMPONENTS, FETCHER, SETTINGS
+from gateway.state import COMPONENTS, FETCHER, QUERY_POOL, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
 
 
 async def _encode(request: web.Request, data: bytes) -> QueryCode:
-    await asyncio.to_thread(check_image_bytes, data, request.app[SETTINGS].limits.max_pixels)
+    await asyncio.get_running_loop().run_in_executor(
+        request.app[QUERY_POOL], check_image_bytes, data, request.app[SETTINGS].limits.max_pixels
+    )
     return await request.app[COMPONENTS].pipeline.encode_query(data)
 
 
