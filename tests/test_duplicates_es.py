@@ -6,14 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from elastichash.index.embedded import EmbeddedIndex
-from elastichash.index.es import ElasticsearchIndex
+from elastichash.index.es import EngineIndex
 from tests.test_duplicates_api import planted_docs
 
 pytest_plugins = ["tests.esserver.fixtures"]
 
 
 async def test_groups_equal_the_embedded_backends(
-    es_index: ElasticsearchIndex, tmp_path: Path
+    es_index: EngineIndex, tmp_path: Path
 ) -> None:
     docs, _ = planted_docs(300, 21)
     embedded = EmbeddedIndex(tmp_path / "idx")
