@@ -43,6 +43,9 @@ class ImageLimits(BaseModel):
     # Uploads above this are refused before they are buffered whole (413).
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = MAX_PIXELS
+    # Decoded pixels all decodes of one process (ingest workers and query images) may hold at
+    # once; one decode holds one pixel buffer, at most 256 MB (64 MP at 4 bytes a pixel).
+    decode_memory_bytes: int = 1024 * 1024 * 1024
 
 
 class SpoolSettings(BaseModel):
