@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from elastichash.index.incoming import DuplicatePolicy
+
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("ELASTICHASH_DATA", Path.home() / ".local/share/elastichash"))
@@ -65,6 +67,13 @@ class IndexSettings(BaseModel):
     es_bulk_max_retries: int = 3  # per item, on 429/502/503/504, capped exponential backoff
     # remote backend: the search service's base URL (distributed mode)
     search_url: str = "http://localhost:8081"
+    # ingest: an image within this distance of an indexed one is marked (None: not screened);
+    # keep writes it with metadata.duplicate_of, skip records it as skipped instead
+    duplicate_distance: int | None = Field(default=None, ge=0, le=11)
+    duplicate_policy: Literal["keep", "skip"] = "keep"
+
+    def duplicate_screen(self) -> DuplicatePolicy:
+        return DuplicatePolicy(self.duplicate_distance, self.duplicate_policy == "skip")
 
 
 class RemoteIndexSettings(IndexSettings):

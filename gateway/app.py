@@ -140,6 +140,7 @@ def create_app(
     app.router.add_get("/v1/images/{id}/thumbnail", ingest.get_thumbnail)
     app.router.add_get("/v1/failures", ingest.get_failures)
     app.router.add_post("/v1/search", search.post_search)
+    app.router.add_get("/v1/duplicates", search.get_duplicates)
     app.router.add_get("/v1/stats", search.get_stats)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static", STATIC_DIR, follow_symlinks=False)

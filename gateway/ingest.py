@@ -19,6 +19,7 @@ from elastichash.errors import (
     http_status,
 )
 from elastichash.ids import check_id, content_id
+from elastichash.index.incoming import skipped_duplicate_of
 from elastichash.pipeline import IngestItem
 from elastichash.validate import inspect_image
 from gateway.body import Body
@@ -277,14 +278,17 @@ async def get_image(request: web.Request) -> web.Response:
     pending.discard(image_id)
     if failure is not None:
         kept = " (the image indexed earlier under this id is kept)" if doc is not None else ""
+        of = skipped_duplicate_of(failure)
         return json_model(ImageStatus(
-            id=image_id, status="failed", reason=failure.reason,
-            message=failure.message + kept, source=failure.source,
+            id=image_id, status="failed" if of is None else "skipped", reason=failure.reason,
+            message=failure.message + kept, source=failure.source, duplicate_of=of,
             thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url) if doc else None))
     if doc is not None:
+        of = doc.metadata.get("duplicate_of")
         return json_model(ImageStatus(
             id=image_id, status="indexed", source=doc.source,
-            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata))
+            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata,
+            duplicate_of=of if isinstance(of, str) else None))
     raise NotFound(f"no image with id {image_id}")
 
 

@@ -13,6 +13,7 @@ from gateway import schemas as s
 MODELS: list[type[BaseModel]] = [
     s.ErrorResponse, s.IngestUrlsRequest, s.IngestResponse, s.ImageStatus,
     s.FailuresResponse, s.SearchRequest, s.SearchResponse, s.StatsResponse,
+    s.DuplicatesResponse,
 ]
 
 
@@ -93,6 +94,16 @@ def build_openapi() -> dict[str, Any]:
             "responses": {"200": {"description": "ranked results",
                                   "content": _json(s.SearchResponse)},
                           **_errors(400, 404, 413, 415, 422, 503)}}},
+        "/v1/duplicates": {"get": {
+            "summary": "Groups of near-duplicate images (single linkage), biggest first",
+            "operationId": "getDuplicates",
+            "parameters": [
+                {"name": name, "in": "query", "required": False,
+                 "schema": s.DuplicatesParams.model_json_schema()["properties"][name]}
+                for name in ("max_distance", "offset", "limit")],
+            "responses": {"200": {"description": "a page of groups",
+                                  "content": _json(s.DuplicatesResponse)},
+                          **_errors(400, 422, 503)}}},
         "/v1/stats": {"get": {"summary": "Index statistics", "operationId": "getStats",
                               "responses": {"200": {"description": "stats",
                                                     "content": _json(s.StatsResponse)}}}},

@@ -13,12 +13,16 @@ from aiohttp import web
 from elastichash import codes
 from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
+from elastichash.index.base import Hit
 from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
 from gateway.body import Body
 from gateway.http import json_model
 from gateway.schemas import (
+    DuplicateGroupOut,
+    DuplicatesParams,
+    DuplicatesResponse,
     QueryInfo,
     ResultItem,
     SearchParams,
@@ -109,9 +113,7 @@ async def post_search(request: web.Request) -> web.Response:
         code=query.code if query else None, short=query.short if query else None))
     end = params.offset + len(result.hits)
     return json_model(SearchResponse(
-        results=[ResultItem(id=h.id, distance=h.distance, source=h.source,
-                            thumbnail_url=h.thumbnail_url or f"/v1/images/{h.id}/thumbnail",
-                            metadata=h.metadata) for h in result.hits],
+        results=[_item(h) for h in result.hits],
         total=result.total, candidates=result.candidates,
         took_ms=round((time.perf_counter() - start) * 1000, 3), strategy=result.strategy,
         k=params.k, offset=params.offset,
@@ -120,6 +122,26 @@ async def post_search(request: web.Request) -> web.Response:
                      and end + params.k <= MAX_WINDOW else None),
         query=QueryInfo(id=query_id, code=codes.to_hex(query.code) if query else None,
                         short=codes.to_hex(query.short) if query else None)))
+
+
+def _item(h: Hit) -> ResultItem:
+    return ResultItem(id=h.id, distance=h.distance, source=h.source,
+                      thumbnail_url=h.thumbnail_url or f"/v1/images/{h.id}/thumbnail",
+                      metadata=h.metadata)
+
+
+async def get_duplicates(request: web.Request) -> web.Response:
+    params = DuplicatesParams.model_validate(dict(request.query))
+    res = await request.app[COMPONENTS].index.duplicates(
+        max_distance=params.max_distance, offset=params.offset, limit=params.limit)
+    end = params.offset + len(res.groups)
+    return json_model(DuplicatesResponse(
+        groups=[DuplicateGroupOut(keeper=g.keeper, members=[_item(h) for h in g.members],
+                                  distances=g.distances) for g in res.groups],
+        total=res.total, images=res.images, pairs=res.pairs, max_distance=res.max_distance,
+        offset=params.offset, limit=params.limit,
+        next_offset=end if res.groups and end < res.total else None,
+        took_ms=round(res.took_ms, 3)))
 
 
 # /v1/stats answers within about this long whatever its dependencies do: a figure that is not

@@ -71,11 +71,11 @@ async def wait_indexed(client: TestClient, ids: list[str],
 
     async def all_done() -> bool:
         for i in ids:
-            if statuses.get(i, {}).get("status") in ("indexed", "failed"):
+            if statuses.get(i, {}).get("status") in ("indexed", "failed", "skipped"):
                 continue
             resp = await client.get(f"/v1/images/{i}")
             statuses[i] = await resp.json()
-        return all(s.get("status") in ("indexed", "failed") for s in statuses.values())
+        return all(s.get("status") in ("indexed", "failed", "skipped") for s in statuses.values())
 
     await wait_for(all_done, within_s, f"{len(ids)} images to be indexed")
     return statuses

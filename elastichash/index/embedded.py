@@ -16,21 +16,25 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from elastichash.codes import LONG_BYTES, SHORT_BYTES
 from elastichash.errors import InvalidInput, Unavailable
 from elastichash.ids import check_id
+from elastichash.index import duplicates as dup
 from elastichash.index import kernels
 from elastichash.index.base import (
     SCAN_BATCH,
     Capabilities,
     CodeRecord,
     Document,
+    DuplicatesResult,
     Failure,
     Hit,
     SearchQuery,
@@ -66,6 +70,14 @@ def _check_doc(d: Document) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Groups:
+    rows: list[npt.NDArray[np.int64]]  # SQLite rowids per group, in listing order
+    positions: list[npt.NDArray[np.int64]]  # the same groups as snapshot positions
+    images: int
+    pairs: int
+
+
 class EmbeddedIndex:
     def __init__(self, path: Path, *, strategy: str = "two_stage", read_threads: int = 4) -> None:
         if strategy not in EMBEDDED_STRATEGIES:
@@ -83,6 +95,8 @@ class EmbeddedIndex:
         self._readers: ThreadPoolExecutor | None = None
         self.open_seconds = 0.0
         self._view_lock = threading.Lock()
+        # The last self-join: (snapshot, max_distance, groups); pages of one listing reuse it.
+        self._dup_cache: tuple[Snapshot, int, _Groups] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -305,6 +319,47 @@ class EmbeddedIndex:
 
         return await self._run(self._readers, run)
 
+    async def duplicates(
+        self, *, max_distance: int = dup.DEFAULT_DISTANCE, offset: int = 0,
+        limit: int = dup.DEFAULT_LIMIT,
+    ) -> DuplicatesResult:
+        dup.check_page(max_distance, offset, limit)
+        t0 = time.perf_counter()
+
+        def run() -> DuplicatesResult:
+            snap = self._begin_view()
+            try:
+                cached = self._dup_cache
+                if cached is not None and cached[0] is snap and cached[1] == max_distance:
+                    found = cached[2]
+                else:
+                    found = self._groups(snap, max_distance)
+                    self._dup_cache = (snap, max_distance, found)
+                page = found.rows[offset : offset + limit]
+                fields = self._store.fields_for([r for g in page for r in g.tolist()])
+                groups = []
+                for rows, pos in zip(page, found.positions[offset : offset + limit], strict=True):
+                    hits = [Hit(f.id, 0, f.source, f.thumbnail_url, f.metadata)
+                            for f in (fields[r] for r in rows.tolist())]
+                    groups.append(dup.make_group(hits, snap.codes[pos]))
+            finally:
+                self._store.end_read()
+            return DuplicatesResult(
+                groups, len(found.rows), found.images, found.pairs, max_distance,
+                (time.perf_counter() - t0) * 1000.0)
+
+        return await self._run(self._readers, run)
+
+    def _groups(self, snap: Snapshot, max_distance: int) -> _Groups:
+        alive = np.flatnonzero(snap.alive[: snap.n])
+        join = dup.self_join(snap.codes[alive], max_distance)
+        positions = [alive[g] for g in dup.groups(join)]
+        rows = [snap.rows[p] for p in positions]
+        ids = self._store.ids_for([r for g in rows for r in g.tolist()])
+        order = dup.group_order([[ids[r] for r in g.tolist()] for g in rows])
+        return _Groups([rows[i] for i in order], [positions[i] for i in order],
+                       sum(p.size for p in positions), join.pair_count())
+
     def _page(self, snap: Snapshot, cands: Candidates, offset: int, k: int) -> list[Hit]:
         rows = snap.rows[cands.positions].tolist()
         dists = cands.dists.tolist()
@@ -320,7 +375,7 @@ class EmbeddedIndex:
         if missing:
             fields.update(self._store.fields_for(missing))
         return [
-            Hit(f.id, d, f.source, f.thumbnail_url, f.metadata)
+            Hit(f.id, d, **f.fields)
             for d, _, r in page
             if (f := fields.get(r)) is not None
         ]
