@@ -22,6 +22,8 @@ import org.opensearch.transport.Netty4Plugin;
  * Runs one or more OpenSearch nodes in this JVM, bound to 127.0.0.1, with their data under
  * {@code --home}. Node i serves HTTP on {@code --http-port + i} and transport on
  * {@code --transport-port + i}. Readiness is for the caller to poll (cluster health).
+ * With {@code --only-node i} this JVM runs node i alone of an N-node cluster (the others run
+ * in their own JVMs), so that one node can be killed with SIGKILL and started again on its data.
  *
  * <p>Modules are loaded from the classpath: netty4 (HTTP and transport), painless (the stored
  * Hamming script) and analysis-common. Nothing else the backend uses lives in a module.
@@ -45,6 +47,10 @@ public final class EngineMain {
         int httpPort = Integer.parseInt(opts.getOrDefault("http-port", "9200"));
         int transportPort = Integer.parseInt(opts.getOrDefault("transport-port", "9300"));
         String cluster = opts.getOrDefault("cluster-name", "elastichash-test");
+        int only = Integer.parseInt(opts.getOrDefault("only-node", "-1"));
+        if (only >= nodes) {
+            throw new IllegalArgumentException("--only-node " + only + " of " + nodes + " nodes");
+        }
 
         List<String> names = new ArrayList<>();
         List<String> seeds = new ArrayList<>();
@@ -66,6 +72,9 @@ public final class EngineMain {
 
         boolean loggingConfigured = false;
         for (int i = 0; i < nodes; i++) {
+            if (only >= 0 && i != only) {
+                continue;
+            }
             Path nodeHome = Files.createDirectories(home.resolve(names.get(i)));
             Settings.Builder b = Settings.builder()
                     .put("cluster.name", cluster)
@@ -113,7 +122,7 @@ public final class EngineMain {
         for (int i = 0; i < args.length; i++) {
             if (!args[i].startsWith("--") || i + 1 >= args.length) {
                 throw new IllegalArgumentException("usage: --home DIR [--nodes N] [--http-port P]"
-                        + " [--transport-port P] [--cluster-name NAME] [--log-level LEVEL]"
+                        + " [--transport-port P] [--cluster-name NAME] [--log-level LEVEL] [--only-node I]"
                         + " [--exit-when-started true]");
             }
             out.put(args[i].substring(2), args[++i]);
