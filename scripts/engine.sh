@@ -7,6 +7,7 @@
 #   scripts/engine.sh status [--http-port P]
 #   scripts/engine.sh kill-node I [--http-port P]     (--jvm-per-node: SIGKILL node I's JVM)
 #   scripts/engine.sh start-node I [--http-port P]    (start node I again on its data)
+#   scripts/engine.sh build      (prints the folder holding engine.jar and classpath.txt)
 #
 # start: builds the launcher once (artifacts cached in ~/.m2, the jar, its classpath and a
 # class-data-sharing archive cached under ~/.cache/elastichash/engine/<hash of the sources>),
@@ -17,7 +18,8 @@
 # --jvm-per-node: each node in its own JVM (pids in the state folder), so that a test can kill
 # one node with SIGKILL (kill-node) and start it again on the data it left (start-node).
 #
-# Environment: EH_ENGINE_HEAP (default 1g; 1536m for 3 nodes in one JVM, 512m per node JVM), EH_ENGINE_TIMEOUT_S (180).
+# Environment: EH_ENGINE_HEAP (default 1g; 1536m for 3 nodes in one JVM, 512m per node with
+# --jvm-per-node), EH_ENGINE_TIMEOUT_S (180).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -248,8 +250,9 @@ case "$cmd" in
   stop) stop ;;
   kill-node) kill_node ;;
   start-node) start_node ;;
+  build) ensure_tools; build ;;
   status)
     if healthy; then echo "$url"; else say "not running on port $http_port"; exit 1; fi ;;
-  *) echo "usage: scripts/engine.sh start|stop|status|kill-node I|start-node I [--nodes N]" \
-       "[--jvm-per-node] [--http-port P]" >&2; exit 2 ;;
+  *) echo "usage: scripts/engine.sh start|stop|status|build|kill-node I|start-node I" \
+       "[--nodes N] [--jvm-per-node] [--http-port P]" >&2; exit 2 ;;
 esac

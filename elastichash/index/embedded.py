@@ -339,8 +339,7 @@ class EmbeddedIndex:
                 fields = self._store.fields_for([r for g in page for r in g.tolist()])
                 groups = []
                 for rows, pos in zip(page, found.positions[offset : offset + limit], strict=True):
-                    hits = [Hit(f.id, 0, f.source, f.thumbnail_url, f.metadata)
-                            for f in (fields[r] for r in rows.tolist())]
+                    hits = [Hit(f.id, 0, **f.fields) for f in (fields[r] for r in rows.tolist())]
                     groups.append(dup.make_group(hits, snap.codes[pos]))
             finally:
                 self._store.end_read()

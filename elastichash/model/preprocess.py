@@ -23,11 +23,12 @@ from PIL import Image, ImageOps
 
 from elastichash.errors import ImageError
 from elastichash.model.contract import ModelSpec
+from elastichash.settings import MAX_PIXELS as DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
-# 64 MP covers any camera sold today; above that it is a decompression bomb, not a photo.
-DEFAULT_MAX_PIXELS = 64_000_000
+# The long side of the JPEG thumbnail made beside the codes (gallery tiles, status pages).
+THUMBNAIL_SIZE = 256
 _PIL_FORMATS = {
     "jpeg": "JPEG",
     "png": "PNG",
@@ -226,7 +227,9 @@ def _encode_thumbnail(im: Image.Image, size: int) -> bytes:
     return buf.getvalue()
 
 
-def make_thumbnail(data: bytes, size: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def make_thumbnail(
+    data: bytes, size: int = THUMBNAIL_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> bytes:
     """A JPEG no larger than ``size`` on its longer side (aspect kept)."""
     im = open_image(data, max_pixels, want=lambda w, h: (min(w, size), min(h, size)))
     return _encode_thumbnail(im, size)

@@ -11,6 +11,7 @@ import java.util.concurrent.CountDownLatch;
 import org.opensearch.analysis.common.CommonAnalysisPlugin;
 import org.opensearch.common.logging.LogConfigurator;
 import org.opensearch.common.settings.Settings;
+import org.opensearch.index.reindex.ReindexPlugin;
 import org.opensearch.env.Environment;
 import org.opensearch.node.InternalSettingsPreparer;
 import org.opensearch.node.Node;
@@ -19,19 +20,21 @@ import org.opensearch.plugins.Plugin;
 import org.opensearch.transport.Netty4Plugin;
 
 /**
- * Runs one or more OpenSearch nodes in this JVM, bound to 127.0.0.1, with their data under
- * {@code --home}. Node i serves HTTP on {@code --http-port + i} and transport on
+ * Runs one or more OpenSearch nodes in this JVM, bound to 127.0.0.1 (or {@code --host}), with
+ * their data under {@code --home}. Node i serves HTTP on {@code --http-port + i} and transport on
  * {@code --transport-port + i}. Readiness is for the caller to poll (cluster health).
  * With {@code --only-node i} this JVM runs node i alone of an N-node cluster (the others run
  * in their own JVMs), so that one node can be killed with SIGKILL and started again on its data.
  *
  * <p>Modules are loaded from the classpath: netty4 (HTTP and transport), painless (the stored
- * Hamming script) and analysis-common. Nothing else the backend uses lives in a module.
+ * Hamming script), reindex (mapping changes behind the alias) and analysis-common. Nothing
+ * else the backend uses lives in a module.
  */
 public final class EngineMain {
 
     private static final Collection<Class<? extends Plugin>> PLUGINS =
-            List.of(Netty4Plugin.class, PainlessPlugin.class, CommonAnalysisPlugin.class);
+            List.of(Netty4Plugin.class, PainlessPlugin.class, CommonAnalysisPlugin.class,
+                    ReindexPlugin.class);
 
     /** {@code Node}'s constructor that takes classpath plugins is protected. */
     private static final class EngineNode extends Node {
@@ -47,6 +50,7 @@ public final class EngineMain {
         int httpPort = Integer.parseInt(opts.getOrDefault("http-port", "9200"));
         int transportPort = Integer.parseInt(opts.getOrDefault("transport-port", "9300"));
         String cluster = opts.getOrDefault("cluster-name", "elastichash-test");
+        String host = opts.getOrDefault("host", "127.0.0.1"); // 0.0.0.0 in a container
         int only = Integer.parseInt(opts.getOrDefault("only-node", "-1"));
         if (only >= nodes) {
             throw new IllegalArgumentException("--only-node " + only + " of " + nodes + " nodes");
@@ -56,7 +60,7 @@ public final class EngineMain {
         List<String> seeds = new ArrayList<>();
         for (int i = 0; i < nodes; i++) {
             names.add("node-" + i);
-            seeds.add("127.0.0.1:" + (transportPort + i));
+            seeds.add(("0.0.0.0".equals(host) ? "127.0.0.1" : host) + ":" + (transportPort + i));
         }
 
         List<Node> started = new ArrayList<>();
@@ -82,7 +86,7 @@ public final class EngineMain {
                     .put("path.home", nodeHome.toString())
                     .put("path.data", nodeHome.resolve("data").toString())
                     .put("path.logs", nodeHome.resolve("logs").toString())
-                    .put("network.host", "127.0.0.1")
+                    .put("network.host", host)
                     .put("http.port", Integer.toString(httpPort + i))
                     .put("transport.port", Integer.toString(transportPort + i))
                     // A test machine's disk may be fuller than production watermarks allow.
@@ -109,7 +113,7 @@ public final class EngineMain {
             Node node = new EngineNode(env);
             node.start();
             started.add(node);
-            System.out.println("started " + name + " http 127.0.0.1:" + (httpPort + i));
+            System.out.println("started " + name + " http " + host + ":" + (httpPort + i));
         }
         if (Boolean.parseBoolean(opts.getOrDefault("exit-when-started", "false"))) {
             System.exit(0); // a training run for the class-data archive; the hook closes nodes
@@ -121,8 +125,9 @@ public final class EngineMain {
         Map<String, String> out = new java.util.HashMap<>();
         for (int i = 0; i < args.length; i++) {
             if (!args[i].startsWith("--") || i + 1 >= args.length) {
-                throw new IllegalArgumentException("usage: --home DIR [--nodes N] [--http-port P]"
-                        + " [--transport-port P] [--cluster-name NAME] [--log-level LEVEL] [--only-node I]"
+                throw new IllegalArgumentException("usage: --home DIR [--nodes N] [--host ADDR] [--http-port P]"
+                        + " [--transport-port P] [--cluster-name NAME] [--log-level LEVEL]"
+                        + " [--only-node I]"
                         + " [--exit-when-started true]");
             }
             out.put(args[i].substring(2), args[++i]);
