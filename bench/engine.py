@@ -1,7 +1,7 @@
 """ElasticHash's latency table on a real engine (OpenSearch 2.19, ``scripts/engine.sh``).
 
-N clustered codes (the generator of ``bench/search.py``: ``--clusters`` centres, each bit
-flipped with probability ``--flip``; queries are fresh draws, not in the index) are bulk-loaded
+N clustered codes (the generator of ``bench/search.py``: ``--clusters`` centres, n/100 by
+default, each bit flipped with probability ``--flip``; queries are fresh draws, not in the index) are bulk-loaded
 through the project's own indexer path (``EngineIndex.upsert``, the call the indexer worker
 makes, in batches of ``--batch`` with ``--concurrency`` in flight), refreshed and force-merged to
 one segment. Then, for k = 10, 100, 1000, query by query in round-robin so that the noise of a
@@ -266,6 +266,7 @@ async def run_queries(
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     n, nq = args.n, args.queries
+    args.clusters = args.clusters or max(1, n // 100)
     rng = np.random.default_rng(args.seed)
     centres = rng.integers(0, 256, (args.clusters, 32), dtype=np.uint8)
     codes = generate(n, centres, args.flip, args.seed + 1)
@@ -379,7 +380,8 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--clusters", type=int, default=10_000)
+    ap.add_argument("--clusters", type=int, default=None,
+                    help="cluster centres (default n/100: 10,000 at 1M, as bench/search.py)")
     ap.add_argument("--flip", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shards", type=int, default=1)
