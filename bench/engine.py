@@ -1,11 +1,11 @@
 """ElasticHash's latency table on a real engine (OpenSearch 2.19, ``scripts/engine.sh``).
 
 N clustered codes (the generator of ``bench/search.py``: ``--clusters`` centres, n/100 by
-default, each bit flipped with probability ``--flip``; queries are fresh draws, not in the index) are bulk-loaded
-through the project's own indexer path (``EngineIndex.upsert``, the call the indexer worker
-makes, in batches of ``--batch`` with ``--concurrency`` in flight), refreshed and force-merged to
-one segment. Then, for k = 10, 100, 1000, query by query in round-robin so that the noise of a
-shared machine falls on all alike:
+default, each bit flipped with probability ``--flip``; queries are fresh draws, not in the
+index) are bulk-loaded through the project's own indexer path (``EngineIndex.upsert``, the
+call the indexer worker makes, in batches of ``--batch`` with ``--concurrency`` in flight),
+refreshed and force-merged to one segment. Then, for k = 10, 100, 1000, query by query in
+round-robin so that the noise of a shared machine falls on all alike:
 
 - engine ``two_stage``: the terms lookup of the 4 subcodes' radius-2 neighbours (stage 1) and the
   stored painless Hamming script over the candidates (stage 2), ElasticHash's query;
@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.search import SHORT_BITS, U8, generate, pct  # noqa: E402
 from elastichash.codes import neighbours, select_bits, subcodes  # noqa: E402
+from elastichash.errors import Unavailable  # noqa: E402
 from elastichash.index.base import Document, SearchQuery  # noqa: E402
 from elastichash.index.embedded import EmbeddedIndex  # noqa: E402
 from elastichash.index.es import EngineIndex  # noqa: E402
@@ -113,20 +114,30 @@ async def load(
     url: str, name: str, codes: U8, shorts: U8, *, shards: int, batch: int, concurrency: int
 ) -> dict[str, Any]:
     """Bulk-load through ``EngineIndex.upsert``; returns the rate and the load's timings."""
-    idx = EngineIndex(url, name, kind="opensearch", nbs_index=NBS,
+    idx = EngineIndex(url, name, kind="opensearch", nbs_index=NBS, request_timeout_s=120,
                       layout=Layout(shards, 0, "-1"), bulk=BulkPolicy(chunk_size=batch))
     await idx.open()  # builds the shared neighbours index once (not timed)
     n = len(codes)
     sem = asyncio.Semaphore(concurrency)
-    failed = 0
+    failed = retried = 0
 
     async def one(s: int) -> None:
-        nonlocal failed
+        nonlocal failed, retried
         docs = [Document(f"img{i:08d}", codes[i].tobytes(), shorts[i].tobytes())
                 for i in range(s, min(n, s + batch))]
         async with sem:
-            results = await idx.upsert(docs)
-        failed += sum(not r.ok for r in results)
+            for _attempt in range(5):  # as an indexer would: transient failures again
+                try:
+                    results = await idx.upsert(docs)
+                except Unavailable:
+                    retried += len(docs)
+                    continue
+                docs = [d for d, r in zip(docs, results, strict=True) if not r.ok and r.transient]
+                failed += sum(not r.ok and not r.transient for r in results)
+                if not docs:
+                    break
+                retried += len(docs)
+            failed += len(docs)
 
     t = time.perf_counter()
     await asyncio.gather(*(one(s) for s in range(0, n, batch)))
@@ -138,7 +149,7 @@ async def load(
     if failed:
         raise RuntimeError(f"{failed} of {n} codes were not written")
     return {"load_s": load_s, "refresh_s": refresh_s, "codes_per_s": n / load_s,
-            "concrete": concrete}
+            "retried_items": retried, "concrete": concrete}
 
 
 def force_merge(es: Http, index: str) -> float:
@@ -207,7 +218,7 @@ async def run_queries(
         t0 = time.perf_counter()
         resp = es.call("POST", f"/{alias}/_search{params}", body)
         wall = (time.perf_counter() - t0) * 1000
-        hits, total = q.hits_from_response(resp)
+        hits, _total = q.hits_from_response(resp)
         return [h.distance for h in hits], [h.id for h in hits], wall, resp["took"]
 
     for j in range(len(queries)):

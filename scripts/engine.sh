@@ -18,7 +18,7 @@
 # --jvm-per-node: each node in its own JVM (pids in the state folder), so that a test can kill
 # one node with SIGKILL (kill-node) and start it again on the data it left (start-node).
 #
-# Environment: EH_ENGINE_HEAP (default 1g; 1536m for 3 nodes in one JVM, 512m per node with
+# Environment: EH_ENGINE_SETTINGS (node settings, k=v,k=v), EH_ENGINE_HEAP (default 1g; 1536m for 3 nodes in one JVM, 512m per node with
 # --jvm-per-node), EH_ENGINE_TIMEOUT_S (180).
 set -euo pipefail
 
@@ -126,6 +126,7 @@ launch() {  # cache dir, node index or ""
   local cache="$1" i="$2" cds=() only=() suffix=""
   [[ -f "$cache/app.jsa" ]] && cds=("-XX:SharedArchiveFile=$cache/app.jsa" -Xshare:auto)
   [[ -n "$i" ]] && { only=(--only-node "$i"); suffix=".$i"; }
+  [[ -n "${EH_ENGINE_SETTINGS:-}" ]] && only+=(--settings "$EH_ENGINE_SETTINGS")
   # shellcheck disable=SC2046
   setsid $(java_cmd "$cache" "${cds[@]}") --home "$state/home" --nodes "$nodes" \
     --http-port "$http_port" --transport-port "$transport_port" "${only[@]}" \
@@ -159,6 +160,7 @@ start() {
   mkdir -p "$state"
   started=$(date +%s%N)
   echo "$nodes" >"$state/nodes"
+  echo "${EH_ENGINE_SETTINGS:-}" >"$state/settings"
   if $per_node; then
     local i
     for ((i = 0; i < nodes; i++)); do launch "$cache" "$i"; done
@@ -209,6 +211,7 @@ node_state() {
   [[ -n "$node_arg" ]] || { echo "engine.sh: $cmd needs a node index" >&2; exit 2; }
   [[ -f "$state/cache" ]] || { say "no --jvm-per-node engine on port $http_port"; exit 1; }
   nodes="$(cat "$state/nodes")"
+  EH_ENGINE_SETTINGS="$(cat "$state/settings")"  # a restarted node keeps its settings
   per_node=true
   pidfile="$state/pid.$node_arg"
 }

@@ -171,6 +171,13 @@ class EngineIndex:
             for doc in latest.values()
         ]
         written = await run_bulk(self.client, actions, self.bulk) if actions else {}
+        if written and all(not r.ok and r.transient for r in written.values()):
+            # Nothing written and nothing refused for good: the engine as a whole is down, red
+            # or overloaded. One error for the batch, so that a worker retries it in place
+            # (intake paused) instead of requeueing every message and burning its delivery
+            # limit during an outage.
+            first = next(iter(written.values()))
+            raise Unavailable(f"{_NAMES[self.kind]} wrote none of {len(written)}: {first.error}")
         by_id.update(written)
         cleared = await self.failures.clear([i for i, r in written.items() if r.ok])
         by_id.update(cleared)

@@ -99,6 +99,16 @@ public final class EngineMain {
                 b.putList("discovery.seed_hosts", seeds);
                 b.putList("cluster.initial_cluster_manager_nodes", names);
             }
+            // --settings k=v,k=v: node settings for a test (a tiny write queue gives real 429s).
+            for (String kv : opts.getOrDefault("settings", "").split(",")) {
+                if (!kv.isBlank()) {
+                    String[] p = kv.split("=", 2);
+                    if (p.length != 2) {
+                        throw new IllegalArgumentException("--settings wants k=v,k=v: " + kv);
+                    }
+                    b.put(p[0].trim(), p[1].trim());
+                }
+            }
             Settings settings = b.build();
             if (!loggingConfigured) {
                 LogConfigurator.registerErrorListener();
@@ -127,7 +137,7 @@ public final class EngineMain {
             if (!args[i].startsWith("--") || i + 1 >= args.length) {
                 throw new IllegalArgumentException("usage: --home DIR [--nodes N] [--host ADDR] [--http-port P]"
                         + " [--transport-port P] [--cluster-name NAME] [--log-level LEVEL]"
-                        + " [--only-node I]"
+                        + " [--only-node I] [--settings k=v,k=v]"
                         + " [--exit-when-started true]");
             }
             out.put(args[i].substring(2), args[++i]);
