@@ -117,7 +117,7 @@ class EngineNodes:
     async def health(self, want: str, nodes: int, node: int = 0) -> bool:
         try:
             h = await self.get(f"/_cluster/health?wait_for_status={want}"
-                               f"&wait_for_nodes={nodes}&timeout=2s", node)
+                               f"&wait_for_nodes=%3E%3D{nodes}&timeout=2s", node)  # >= nodes
         except (aiohttp.ClientError, TimeoutError):
             return False
         return not h["timed_out"]
@@ -390,7 +390,15 @@ async def _whole_cluster(
     await wait_for(lambda: nodes.health("yellow", NODES), 180, "cluster back")
     back = time.monotonic()
     everything = {i.id for i in first + second}
-    await wait_for(lambda: all_indexed(idx, everything), 180, "every image indexed")
+    try:
+        await wait_for(lambda: all_indexed(idx, everything), 180, "every image indexed")
+    except TimeoutError as exc:
+        depth = await queue_depth(rabbitmq_url, f"{c.prefix}.index")
+        dead = await dead_letters(rabbitmq_url, c.prefix)
+        raise AssertionError(
+            f"{exc}: {await idx.count()} of {len(everything)} indexed, {depth} in the index "
+            f"queue, dead letters {dead[:5]}\nindexer:\n{ix.tail(40)}\nencoder:\n{enc.tail(10)}"
+        ) from exc
     await wait_for(lambda: _all_status([ix, search], 200), 30, "ready again")
     resumed = time.monotonic()
     stored = await stored_ids(idx)
