@@ -156,7 +156,8 @@ images() {
     && ! timeout 60 podman pull -q "docker.io/$CUDA_IMAGE" >/dev/null 2>&1; then
     log "gpu image NOT built: its base $CUDA_IMAGE cannot be pulled here (no registry)." \
       "On a machine with registry access: docker build -f deploy/Dockerfile --target gpu ."
-  elif ! build "$eng" -f deploy/Dockerfile --target gpu -t "$EH_IMAGE-gpu:$EH_IMAGE_TAG"; then
+  elif ! build "$eng" -f deploy/Dockerfile --target gpu --build-arg RUNTIME=gpu \
+    -t "$EH_IMAGE-gpu:$EH_IMAGE_TAG"; then
     log "gpu image NOT built (see the build log above); the cpu image is unaffected"
   fi
   if [[ $eng == podman || -n ${EH_LOCAL_IMAGES:-} ]]; then
