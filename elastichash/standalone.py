@@ -34,11 +34,11 @@ from elastichash.errors import ElasticHashError, ImageError, InsufficientStorage
 from elastichash.index.base import Document, Failure, Index
 from elastichash.index.incoming import DuplicatePolicy, screen
 from elastichash.model.encoder import Encoder
+from elastichash.model.preprocess import THUMBNAIL_SIZE
 from elastichash.pipeline import IngestItem, QueryCode
+from elastichash.settings import MAX_PIXELS
 
 log = logging.getLogger(__name__)
-
-THUMBNAIL_SIZE = 256
 
 
 # A batch that fails to index as a whole (the store is locked by another process, the disk
@@ -85,7 +85,7 @@ class LocalPipeline:
         batch_size: int = 32,
         batch_ms: float = 20.0,
         queue_size: int = 4096,
-        max_pixels: int = 64_000_000,
+        max_pixels: int = MAX_PIXELS,
         spool_max_bytes: int = 4 * 1024**3,
         spool_min_free_bytes: int = 256 * 1024**2,
         duplicates: DuplicatePolicy | None = None,

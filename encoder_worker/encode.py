@@ -11,14 +11,13 @@ from typing import Any
 from elastichash.errors import ImageError
 from elastichash.index.base import Document
 from elastichash.messages import EncodeReply, IndexDoc, IndexFailure
-from elastichash.model.preprocess import decoder_message
+from elastichash.model.preprocess import THUMBNAIL_SIZE, decoder_message
 from elastichash.pipeline import IngestItem
 
 log = logging.getLogger(__name__)
 
 
-# Thumbnails come from the decode the encoder does anyway (see Encoder.encode_bytes).
-THUMBNAIL_SIZE = 256
+# Thumbnails (THUMBNAIL_SIZE) come from the decode the encoder does anyway (Encoder.encode_bytes).
 
 
 def _encode_many(encoder: Any, datas: list[bytes], thumbnails: int = 0) -> list[Any]:

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from elastichash import __version__
+from elastichash.ids import ID_PATTERN
 from gateway import schemas as s
 
 MODELS: list[type[BaseModel]] = [
@@ -31,7 +32,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 ID_PARAM = {"name": "id", "in": "path", "required": True,
-            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"}}
+            "schema": {"type": "string", "pattern": ID_PATTERN.pattern}}
 
 
 def _search_form() -> dict[str, Any]:

@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from elastichash.cli.standalone import open_local
 from elastichash.settings import ModelSettings, RemoteIndexSettings
-from elastichash.standalone_commands import open_local
 from gateway.app import create_app
 from gateway.config import GatewaySettings
 from gateway.state import Components

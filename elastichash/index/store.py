@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -389,6 +389,15 @@ class Store:
             (after if after is not None else "", limit),
         )
         return [(r[0], bytes(r[1]), bytes(r[2])) for r in cur.fetchall()]
+
+    def filter_fields_after(self, row: int) -> Iterator[tuple[int, str | None, dict[str, Any]]]:
+        """(row, source, metadata) of every document with a row above ``row``, in row order:
+        what the in-memory filter columns need (``filters.Columns``)."""
+        cur = self.reader().execute(
+            "SELECT row, source, metadata FROM docs WHERE row > ? ORDER BY row", (row,)
+        )
+        for r, source, metadata in cur:
+            yield r, source, json.loads(metadata) if metadata else {}
 
     def get_failure(self, doc_id: str) -> Failure | None:
         r = (
