@@ -33,7 +33,7 @@ PER_REQUEST = 20
 STACK_ENV = {
     "EH_STACK_PROJECT": "ehtest",
     "EH_HTTP_PORT": "24080",
-    "ES_PORT": "24092",
+    "OPENSEARCH_PORT": "24092",
     "RABBITMQ_UI_PORT": "24672",
 }
 
