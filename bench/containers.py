@@ -36,7 +36,7 @@ from bench.ingest import free_port, load_images, post, wait_http  # noqa: E402
 from elastichash.ids import content_id  # noqa: E402
 
 SCRIPT = str(ROOT / "scripts/containers.sh")
-ENV = {"EH_STACK_PROJECT": "ehbench", "EH_HTTP_PORT": "24280", "ES_PORT": "24292",
+ENV = {"EH_STACK_PROJECT": "ehbench", "EH_HTTP_PORT": "24280", "OPENSEARCH_PORT": "24292",
        "RABBITMQ_UI_PORT": "24772"}  # fmt: skip
 
 
@@ -69,7 +69,8 @@ def processes(images: list[bytes], es_url: str, amqp: str, tmp: Path) -> float:
                     str(model)], check=True, cwd=ROOT)  # fmt: skip
     search_port, gateway_port = free_port(), free_port()
     health = [free_port(), free_port()]
-    es = {"INDEX__BACKEND": "elasticsearch", "INDEX__ES_URL": es_url, "INDEX__ES_INDEX": index}
+    es = {"INDEX__BACKEND": "elasticsearch", "INDEX__ENGINE__URL": es_url,
+          "INDEX__ENGINE__INDEX": index}
     queue = {"AMQP__URL": amqp, "AMQP__PREFIX": prefix}
     roles: list[tuple[str, str, dict[str, str]]] = [
         ("search-service", "EH_SEARCH_", {**es, "HOST": "127.0.0.1", "PORT": str(search_port)}),
@@ -126,7 +127,7 @@ def main() -> int:
         url = up.stdout.strip().splitlines()[-1]
         in_containers = asyncio.run(ingest(url, images))
         with tempfile.TemporaryDirectory() as tmp:
-            es_url = f"http://127.0.0.1:{ENV['ES_PORT']}"
+            es_url = f"http://127.0.0.1:{ENV['OPENSEARCH_PORT']}"
             bare = processes(images, es_url, args.amqp, Path(tmp))
     finally:
         subprocess.run([SCRIPT, "down"], env=env, check=False)

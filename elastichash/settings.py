@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from elastichash.index.incoming import DuplicatePolicy
+from elastichash.index.query import Strategy
 
 
 def default_data_dir() -> Path:
@@ -42,6 +43,9 @@ class ImageLimits(BaseModel):
     # Uploads above this are refused before they are buffered whole (413).
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = MAX_PIXELS
+    # Decoded pixels all decodes of one process (ingest workers and query images) may hold at
+    # once; one decode holds one pixel buffer, at most 256 MB (64 MP at 4 bytes a pixel).
+    decode_memory_bytes: int = 1024 * 1024 * 1024
 
 
 class SpoolSettings(BaseModel):
@@ -85,7 +89,7 @@ class IndexSettings(BaseModel):
     backend: Backend = "embedded"
     data_dir: Path | None = None  # embedded store; None: default_data_dir()/index
     # auto: exact (full ranking) up to AUTO_EXACT_MAX codes, two_stage (MIH) above.
-    strategy: Literal["auto", "exact", "two_stage", "dense_bit"] = "auto"
+    strategy: Strategy = "auto"
     engine: EngineSettings = Field(default_factory=EngineSettings)
     # remote backend: the search service's base URL (distributed mode)
     search_url: str = "http://localhost:8081"

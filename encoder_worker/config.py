@@ -30,3 +30,6 @@ class EncoderWorkerSettings(WorkerSettings):
     # While a query is being encoded no new ingest batch starts, for at most this long
     # (so that a steady stream of queries cannot starve ingest).
     rpc_priority_s: float = Field(default=1.0, ge=0.0)
+    # Nice value of the ingest threads (decode, inference), Linux: on cores shared with other
+    # work they yield to query encodings and to the other services. 0: normal priority.
+    ingest_nice: int = Field(default=10, ge=0, le=19)

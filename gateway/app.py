@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from gateway import ingest, search
 from gateway.backpressure import BacklogGate
 from gateway.config import GatewaySettings
 from gateway.fetch import Fetcher
-from gateway.http import Metrics, make_middlewares
+from gateway.http import make_middlewares
+from gateway.metrics import Metrics
 from gateway.openapi import build_openapi
 from gateway.pending import PendingSet
 from gateway.state import (
@@ -29,6 +31,7 @@ from gateway.state import (
     FETCHER,
     METRICS,
     PENDING,
+    QUERY_POOL,
     SETTINGS,
     Components,
     ComponentsFactory,
@@ -120,12 +123,16 @@ def create_app(
         fetcher = Fetcher(settings.fetch)
         await fetcher.open()
         app[FETCHER] = fetcher
+        # The query image's check runs on threads of its own, never queued behind the
+        # inspections of an ingest flood on the default executor.
+        app[QUERY_POOL] = ThreadPoolExecutor(2, "eh-query")
         try:
             async with factory(settings) as comp:
                 app[COMPONENTS] = comp
                 yield
         finally:
             await fetcher.close()
+            app[QUERY_POOL].shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(lifespan)
     app.on_response_prepare.append(security_headers)
@@ -138,6 +145,7 @@ def create_app(
     app.router.add_get("/v1/images/{id}", ingest.get_image)
     app.router.add_delete("/v1/images/{id}", ingest.delete_image)
     app.router.add_get("/v1/images/{id}/thumbnail", ingest.get_thumbnail)
+    app.router.add_get("/v1/images/{id}/preview", ingest.get_preview)
     app.router.add_get("/v1/failures", ingest.get_failures)
     app.router.add_post("/v1/search", search.post_search)
     app.router.add_get("/v1/duplicates", search.get_duplicates)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -19,11 +20,13 @@ from elastichash.errors import (
     http_status,
 )
 from elastichash.ids import check_id, content_id
+from elastichash.index.filters import INGEST_FIELDS, ingest_metadata
 from elastichash.index.incoming import skipped_duplicate_of
 from elastichash.pipeline import IngestItem
 from elastichash.validate import inspect_image
+from elastichash.web_errors import close_after, error_response
 from gateway.body import Body
-from gateway.http import close_after, error_response, json_model
+from gateway.http import client_key, json_model
 from gateway.schemas import (
     AcceptedImage,
     FailureOut,
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 SUBMIT_GROUP_FILES = 32
 SUBMIT_GROUP_BYTES = 64 * 1024 * 1024
 FETCH_CONCURRENCY = 8
+MAX_FIELD_PARTS = 16  # album, taken_at and tags fields in one upload request
 
 
 def thumbnail_url(image_id: str, external: str | None) -> str:
@@ -70,7 +74,8 @@ class _Batch:
                                      message=exc.message))
 
     async def add(self, data: bytes, *, given_id: str | None, source: str | None,
-                  filename: str | None = None, url: str | None = None) -> None:
+                  filename: str | None = None, url: str | None = None,
+                  fields: dict[str, Any] | None = None) -> None:
         settings = self.app[SETTINGS]
         try:
             # Header parse and hashing of up to max_bytes: off the event loop.
@@ -86,7 +91,10 @@ class _Batch:
             # document (its source) as it is instead of queueing a copy that replaces it.
             self.items.append((None, accepted.model_copy(update={"status": "indexed"})))
             return
-        metadata: dict[str, Any] = {"width": info.width, "height": info.height}
+        # Derived fields next to the client's collection fields: all filterable.
+        metadata: dict[str, Any] = {
+            **(fields or {}), "width": info.width, "height": info.height,
+            "format": info.content_type.removeprefix("image/"), "ingested_at": time.time()}
         if filename:
             metadata["filename"] = filename
         self.items.append((IngestItem(image_id, data, source, metadata, info.content_type),
@@ -165,9 +173,10 @@ async def post_images(request: web.Request) -> web.Response:
     await request.app[BACKLOG].check(request.app[COMPONENTS].pipeline)
     batch = _Batch(request)
     if request.content_type == "multipart/form-data":
-        # Each file may come with an 'id' field; one 'source' field.
+        # Each file may come with an 'id' field; one 'source' field; the collection fields
+        # (a few, 'tags' perhaps repeated).
         body = Body(request, settings.max_request_bytes, settings.body,
-                    max_parts=2 * settings.max_files_per_request + 2)
+                    max_parts=2 * settings.max_files_per_request + 2 + MAX_FIELD_PARTS)
         try:
             await _multipart_ingest(request, body, batch)
         except (InvalidInput, RequestTimeout) as exc:
@@ -181,8 +190,11 @@ async def post_images(request: web.Request) -> web.Response:
     elif request.content_type == "application/json":
         body = Body(request, settings.max_json_bytes, settings.body)
         urls = IngestUrlsRequest.model_validate(await body.json())
-        pairs: list[tuple[str, str | None]] = [(str(u), None) for u in urls.urls or []]
-        pairs += [(str(i.url), i.id) for i in urls.items or []]
+        shared = ingest_metadata(urls.album, urls.tags, urls.taken_at)
+        pairs: list[tuple[str, str | None, dict[str, Any]]] = [
+            (str(u), None, shared) for u in urls.urls or []]
+        pairs += [(str(i.url), i.id, {**shared, **ingest_metadata(i.album, i.tags, i.taken_at)})
+                  for i in urls.items or []]
         if len(pairs) > settings.max_urls_per_request:
             raise InvalidInput(f"at most {settings.max_urls_per_request} URLs per request",
                                field="urls")
@@ -198,6 +210,7 @@ async def _multipart_ingest(request: web.Request, body: Body, batch: _Batch) -> 
     settings = request.app[SETTINGS]
     given_id: str | None = None
     source: str | None = None
+    given: dict[str, Any] = {}
     files = 0
     async for part in body.multipart():
         if part.name == "file":
@@ -213,7 +226,7 @@ async def _multipart_ingest(request: web.Request, body: Body, batch: _Batch) -> 
                     filename=filename)
             else:
                 await batch.add(data, given_id=given_id, source=source or filename,
-                                filename=filename)
+                                filename=filename, fields=ingest_metadata(**given))
             given_id = None
         elif part.name == "id":
             if given_id is not None:
@@ -222,6 +235,12 @@ async def _multipart_ingest(request: web.Request, body: Body, batch: _Batch) -> 
             given_id = check_id(await body.field(part))
         elif part.name == "source":
             source = await body.field(part) or None
+        elif part.name in INGEST_FIELDS:  # for the files that follow; tags may repeat
+            value = await body.field(part)
+            if part.name == "tags" and given.get("tags"):
+                value = f"{given['tags']},{value}"
+            given[part.name] = value or None
+            ingest_metadata(**given)  # a bad value is refused before any file is read
         else:
             raise InvalidInput(f"unknown form field {part.name!r}", field=part.name)
     if given_id is not None:
@@ -231,17 +250,18 @@ async def _multipart_ingest(request: web.Request, body: Body, batch: _Batch) -> 
 
 
 async def _url_ingest(request: web.Request, batch: _Batch,
-                      pairs: list[tuple[str, str | None]]) -> None:
+                      pairs: list[tuple[str, str | None, dict[str, Any]]]) -> None:
     """Fetch with bounded concurrency and hand each image on as it arrives, so at most
     FETCH_CONCURRENCY bodies (plus one submit group) are in memory at once."""
     fetcher = request.app[FETCHER]
+    client = client_key(request, request.app[SETTINGS].api_keys)
     sem = asyncio.Semaphore(FETCH_CONCURRENCY)
     order = asyncio.Lock()
 
-    async def one(url: str, given: str | None) -> None:
+    async def one(url: str, given: str | None, fields: dict[str, Any]) -> None:
         async with sem:
             try:
-                data = await fetcher.fetch(url)
+                data = await fetcher.fetch(url, client)
             except ElasticHashError as exc:
                 batch.error(exc, url=url)
                 return
@@ -252,9 +272,9 @@ async def _url_ingest(request: web.Request, batch: _Batch,
                                          field="url"), url=url)
                 return
             async with order:
-                await batch.add(data, given_id=given, source=url, url=url)
+                await batch.add(data, given_id=given, source=url, url=url, fields=fields)
 
-    await asyncio.gather(*(one(u, g) for u, g in pairs))
+    await asyncio.gather(*(one(u, g, f) for u, g, f in pairs))
 
 
 async def get_image(request: web.Request) -> web.Response:
@@ -321,6 +341,24 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
     if doc.thumbnail_url:
         raise web.HTTPFound(doc.thumbnail_url)
     raise NotFound(f"image {image_id} has no thumbnail")
+
+
+async def get_preview(request: web.Request) -> web.StreamResponse:
+    """The large-view JPEG where one is stored (standalone), else the thumbnail's address."""
+    image_id = check_id(request.match_info["id"])
+    index = request.app[COMPONENTS].index
+    getter = getattr(index, "get_preview", None)
+    data = await getter(image_id) if getter is not None else None
+    if data is None:
+        doc = await index.get(image_id)
+        if doc is None:
+            raise NotFound(f"no image with id {image_id}")
+        raise web.HTTPFound(thumbnail_url(image_id, doc.thumbnail_url))
+    etag = f'"{content_id(data)}"'
+    headers = {"Cache-Control": "no-cache", "ETag": etag}
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, content_type="image/jpeg", headers=headers)
 
 
 async def get_failures(request: web.Request) -> web.Response:

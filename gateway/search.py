@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable
@@ -18,7 +19,7 @@ from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
 from gateway.body import Body
-from gateway.http import json_model
+from gateway.http import client_key, json_model
 from gateway.schemas import (
     DuplicateGroupOut,
     DuplicatesParams,
@@ -30,7 +31,7 @@ from gateway.schemas import (
     SearchResponse,
     StatsResponse,
 )
-from gateway.state import COMPONENTS, FETCHER, SETTINGS
+from gateway.state import COMPONENTS, FETCHER, QUERY_POOL, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
     body = Body(request, limits.max_bytes + 64 * 1024, settings.body,
                 max_parts=1 + len(SearchParams.model_fields))
     data: bytes | None = None
-    fields: dict[str, str] = {}
+    fields: dict[str, Any] = {}
     async for part in body.multipart():
         if part.name == "file":
             if data is not None:
@@ -55,7 +56,12 @@ async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
                 raise PayloadTooLarge(f"query image is over the {limits.max_bytes}-byte limit")
         elif part.name in SearchParams.model_fields:
             value = await body.field(part)
-            if value:
+            if value and part.name == "filter":  # a JSON object in a form field
+                try:
+                    fields["filter"] = json.loads(value)
+                except ValueError:
+                    raise InvalidInput("filter must be a JSON object", field="filter") from None
+            elif value:
                 fields[part.name] = value
         else:
             raise InvalidInput(f"unknown form field {part.name!r}", field=part.name)
@@ -65,7 +71,9 @@ async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
 
 
 async def _encode(request: web.Request, data: bytes) -> QueryCode:
-    await asyncio.to_thread(check_image_bytes, data, request.app[SETTINGS].limits.max_pixels)
+    await asyncio.get_running_loop().run_in_executor(
+        request.app[QUERY_POOL], check_image_bytes, data, request.app[SETTINGS].limits.max_pixels
+    )
     return await request.app[COMPONENTS].pipeline.encode_query(data)
 
 
@@ -102,7 +110,8 @@ async def post_search(request: web.Request) -> web.Response:
                 short = comp.pipeline.short_of(code)
             query = QueryCode(code, short)
         elif body.url is not None:
-            data = await request.app[FETCHER].fetch(str(body.url))
+            data = await request.app[FETCHER].fetch(
+                str(body.url), client_key(request, settings.api_keys))
             query = await _encode(request, data)
     else:
         raise InvalidInput("send JSON (url, id or code) or multipart/form-data with a 'file'")

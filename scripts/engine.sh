@@ -113,7 +113,7 @@ ensure_archive() {
   # shellcheck disable=SC2046
   if $(java_cmd "$cache" "-XX:ArchiveClassesAtExit=$cache/app.jsa.tmp") --home "$home" \
       --http-port "$http_port" --transport-port "$transport_port" --exit-when-started true \
-      >"$home/out.log" 2>&1 && [[ -f "$cache/app.jsa.tmp" ]]; then
+      >"$home/out.log" 2>&1 9>&- && [[ -f "$cache/app.jsa.tmp" ]]; then
     mv "$cache/app.jsa.tmp" "$cache/app.jsa"
   else
     say "no class-data archive (start will be slower): $(tail -3 "$home/out.log")"
@@ -130,7 +130,7 @@ launch() {  # cache dir, node index or ""
   # shellcheck disable=SC2046
   setsid $(java_cmd "$cache" "${cds[@]}") --home "$state/home" --nodes "$nodes" \
     --http-port "$http_port" --transport-port "$transport_port" "${only[@]}" \
-    >>"$state/engine$suffix.log" 2>&1 < /dev/null &
+    >>"$state/engine$suffix.log" 2>&1 </dev/null 9>&- &  # the JVM must not hold the start lock
   echo $! >"$state/pid$suffix"
 }
 
@@ -142,9 +142,30 @@ any_alive() {
   return 1
 }
 
+wait_green() {  # until the cluster is green or every JVM is gone; 1 on timeout or exit
+  local deadline=$((SECONDS + timeout_s))
+  until healthy; do
+    if ! any_alive; then
+      say "the engine exited; its log:"
+      tail -40 "$state"/engine*.log >&2
+      return 1
+    fi
+    if [[ $SECONDS -ge $deadline ]]; then
+      say "not green within ${timeout_s}s; its log: $state/engine*.log"
+      tail -20 "$state"/engine*.log >&2
+      return 1
+    fi
+    sleep 0.25
+  done
+}
+
 start() {
-  if [[ -n "$(pids)" ]] && any_alive && healthy; then
+  # One start at a time per port (two test commands at once share the node).
+  exec 9>"$state.lock"
+  flock 9
+  if [[ -n "$(pids)" ]] && any_alive; then
     say "already running (pids $(pids | tr '\n' ' '))"
+    wait_green || exit 1
     echo "$url"
     return 0
   fi
@@ -168,21 +189,10 @@ start() {
   else
     launch "$cache" ""
   fi
-  local deadline=$((SECONDS + timeout_s))
-  until healthy; do
-    if ! any_alive; then
-      say "the engine exited; its log:"
-      tail -40 "$state"/engine*.log >&2
-      exit 1
-    fi
-    if [[ $SECONDS -ge $deadline ]]; then
-      say "not green within ${timeout_s}s; its log: $state/engine.log"
-      tail -20 "$state/engine.log" >&2
-      stop
-      exit 1
-    fi
-    sleep 0.25
-  done
+  if ! wait_green; then
+    stop
+    exit 1
+  fi
   say "$nodes node(s) green in $(( ($(date +%s%N) - started) / 1000000 ))ms" \
     "(OpenSearch $(curl -sf "$url" | sed -n 's/.*"number" : "\([^"]*\)".*/\1/p'))"
   echo "$url" >"$state/url"

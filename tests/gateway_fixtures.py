@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from elastichash.cli.standalone import open_local
 from elastichash.settings import ModelSettings, RemoteIndexSettings
-from elastichash.standalone_commands import open_local
 from gateway.app import create_app
 from gateway.config import GatewaySettings
 from gateway.state import Components
@@ -43,7 +43,7 @@ def standalone_factory(data: Path) -> Callable[[GatewaySettings], Any]:
     @asynccontextmanager
     async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
         async with open_local(cfg.model, cfg.limits, cfg.index, data / "spool",
-                              cfg.spool) as local:
+                              cfg.spool, cfg.preview_px) as local:
             yield Components(local.pipeline, local.index, "embedded")
 
     return components

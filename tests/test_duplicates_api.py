@@ -212,9 +212,9 @@ async def test_gateway_lists_duplicates_of_real_images_and_deletes_with_the_key(
         groups = [sorted(m["id"] for m in g["members"]) for g in body["groups"]]
         assert ["copy", "orig"] in groups
         group = body["groups"][groups.index(["copy", "orig"])]
-        assert group["keeper"] == "copy"  # same size; no ingest order between them: the id
+        assert group["keeper"] == "orig"  # same size: the one ingested first
         assert group["distances"] == [[0, 0], [0, 0]]
-        assert group["members"][0]["thumbnail_url"] == "/v1/images/copy/thumbnail"
+        assert group["members"][0]["thumbnail_url"] == "/v1/images/orig/thumbnail"
         assert group["members"][0]["metadata"]["width"] == 320
 
         resp = await client.get("/v1/duplicates", params={"max_distance": "12"})

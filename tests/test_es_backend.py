@@ -20,6 +20,7 @@ from elastichash.index.base import Document, Failure, SearchQuery
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.es import EngineIndex
 from elastichash.index.es.bulk import BulkPolicy
+from elastichash.index.es.client import WrongEngine
 from elastichash.index.es.mapping import BIT_VECTORS
 from elastichash.index.es.neighbours import NBS_DOCS
 from elastichash.index.es.script import HAMMING_SCRIPT_ID, HAMMING_SCRIPT_SOURCE
@@ -320,6 +321,8 @@ class TestStandIn(EngineContract):
             await engine_index.upsert(pending)
         with pytest.raises(Unavailable):
             await engine_index.search(SearchQuery(code=docs[0].code, short=docs[0].short))
+        with pytest.raises(Unavailable):
+            await anext(engine_index.scan())
         es_server.faults.set_outage(False)
         assert await engine_index.ready()
         results = await engine_index.upsert(pending)
@@ -354,3 +357,36 @@ class TestRealEngine(EngineContract):
     @pytest.fixture
     def engine(self, real_engine: Engine) -> Engine:
         return real_engine
+
+
+async def test_the_wrong_client_for_an_engine_names_the_right_backend(
+    stand_in: Engine, real_engine: Engine
+) -> None:
+    """The Elasticsearch client refuses OpenSearch (product check) and the OpenSearch adapter
+    refuses Elasticsearch: either way the error names the backend that would work."""
+    other = {"elasticsearch": "opensearch", "opensearch": "elasticsearch"}
+    for engine in (stand_in, real_engine):
+        wrong = EngineIndex(engine.url, "eh-test-wrong", kind=other[engine.kind],
+                            nbs_index="eh-test-wrong-nbs")
+        with pytest.raises(WrongEngine) as exc:
+            await wrong.open()
+        await wrong.close()
+        assert exc.value.found == engine.kind
+        assert f"EH_*_INDEX__BACKEND={engine.kind}" in exc.value.message
+
+
+def test_the_engine_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from search_service.config import SearchServiceSettings
+
+    monkeypatch.setenv("EH_SEARCH_INDEX__BACKEND", "opensearch")
+    monkeypatch.setenv("EH_SEARCH_INDEX__ENGINE__URL", "http://os:9200")
+    monkeypatch.setenv("EH_SEARCH_INDEX__ENGINE__SHARDS", "3")
+    index = SearchServiceSettings().index
+    assert (index.engine.kind, index.engine.url, index.engine.shards) == (
+        "opensearch", "http://os:9200", 3)
+    built = EngineIndex.from_settings(index)
+    assert (built.kind, built.url, built.layout.shards) == ("opensearch", "http://os:9200", 3)
+    # The flat names of earlier releases are still read.
+    monkeypatch.delenv("EH_SEARCH_INDEX__ENGINE__URL")
+    monkeypatch.setenv("EH_SEARCH_INDEX__ES_URL", "http://old:9200")
+    assert SearchServiceSettings().index.engine.url == "http://old:9200"

@@ -28,7 +28,7 @@ from elastichash.codes import LONG_BYTES, SHORT_BYTES
 from elastichash.errors import InvalidInput, Unavailable
 from elastichash.ids import check_id
 from elastichash.index import duplicates as dup
-from elastichash.index import kernels
+from elastichash.index import filters, kernels
 from elastichash.index.base import (
     SCAN_BATCH,
     Capabilities,
@@ -52,6 +52,9 @@ T = TypeVar("T")
 EMBEDDED_STRATEGIES = frozenset(PORTABLE_STRATEGIES)
 _WHY_NOT = (("dense_bit", "Elasticsearch-only"),)
 DB_NAME = "index.sqlite3"
+# Per image in memory: the 32-byte code, its 8-byte SQLite rowid, an alive flag and one 4-byte
+# position in each of the 4 MIH tables.
+BYTES_PER_IMAGE = LONG_BYTES + 8 + 1 + 4 * 4
 
 
 def _check_doc(d: Document) -> str | None:
@@ -85,7 +88,7 @@ class EmbeddedIndex:
                 f"the embedded index has strategies {sorted(EMBEDDED_STRATEGIES)}",
                 field="strategy",
             )
-        self._caps = Capabilities(EMBEDDED_STRATEGIES, strategy, why_not=_WHY_NOT)
+        self._caps = Capabilities(EMBEDDED_STRATEGIES, strategy, filter=True, why_not=_WHY_NOT)
         self.path = Path(path)
         self.strategy = strategy
         self._read_threads = read_threads
@@ -95,6 +98,9 @@ class EmbeddedIndex:
         self._readers: ThreadPoolExecutor | None = None
         self.open_seconds = 0.0
         self._view_lock = threading.Lock()
+        # Filterable values of every row, extended on the first filtered search after writes.
+        self._columns = filters.Columns()
+        self._columns_lock = threading.Lock()
         # The last self-join: (snapshot, max_distance, groups); pages of one listing reuse it.
         self._dup_cache: tuple[Snapshot, int, _Groups] | None = None
 
@@ -253,6 +259,14 @@ class EmbeddedIndex:
     async def get(self, doc_id: str) -> Document | None:
         return await self._run(self._readers, lambda: self._store.get(doc_id))
 
+    async def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
+        """Large-view JPEGs (standalone mode stores them beside the thumbnails)."""
+        if previews:
+            await self._run(self._writer, lambda: self._store.put_previews(previews))
+
+    async def get_preview(self, doc_id: str) -> bytes | None:
+        return await self._run(self._readers, lambda: self._store.get_preview(doc_id))
+
     async def get_failure(self, doc_id: str) -> Failure | None:
         return await self._run(self._readers, lambda: self._store.get_failure(doc_id))
 
@@ -273,8 +287,11 @@ class EmbeddedIndex:
             "strategy": self.strategy,
             "strategies": sorted(EMBEDDED_STRATEGIES),
             "kernel": "faiss" if kernels.have_faiss() else "numpy",
+            # What search holds in memory now (fixed part and room to grow included), what
+            # an empty index holds, and what each further image adds: plan RAM with the last.
             "memory_bytes": snap.nbytes,
-            "memory_bytes_per_code": round(snap.nbytes / snap.n_alive, 1) if snap.n_alive else None,
+            "memory_fixed_bytes": int(snap.tables.offsets.nbytes),
+            "memory_bytes_per_image": BYTES_PER_IMAGE,
             "mih_delta": snap.n - snap.base_n,
             "dead_slots": int(snap.dead.size),
             "disk_bytes": disk,
@@ -303,14 +320,17 @@ class EmbeddedIndex:
         t0 = time.perf_counter()
         q = np.frombuffer(code, np.uint8)
         need = offset + k
+        clauses = filters.parse(query.filter) if query.filter is not None else None
 
         def run() -> SearchResult:
             snap = self._begin_view()
             try:
+                mask = None if clauses is None else self._filter_mask(snap, clauses)
                 if strategy == "exact":
-                    cands = CodeTable.exact(snap, q, need, max_distance)
+                    cands = (CodeTable.exact(snap, q, need, max_distance) if mask is None else
+                             CodeTable.exact_filtered(snap, q, need, max_distance, mask))
                 else:
-                    cands = CodeTable.two_stage(snap, q, short, need, max_distance)
+                    cands = CodeTable.two_stage(snap, q, short, need, max_distance, mask)
                 hits = self._page(snap, cands, offset, k)
             finally:
                 self._store.end_read()
@@ -318,6 +338,14 @@ class EmbeddedIndex:
             return SearchResult(hits, cands.scanned, cands.total, took, strategy)
 
         return await self._run(self._readers, run)
+
+    def _filter_mask(self, snap: Snapshot, clauses: list[filters.Clause]) -> npt.NDArray[np.bool_]:
+        """Per position of ``snap``: does the document pass the filter? Call inside a view."""
+        rows = snap.rows[: snap.n]
+        with self._columns_lock:
+            if rows.size and int(rows[-1]) > self._columns.last_row:
+                self._columns.extend(self._store.filter_fields_after(self._columns.last_row))
+            return self._columns.mask_for(rows, clauses)
 
     async def duplicates(
         self, *, max_distance: int = dup.DEFAULT_DISTANCE, offset: int = 0,

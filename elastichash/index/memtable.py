@@ -28,6 +28,8 @@ U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 HEADROOM = 4096
 TIE_MARGIN = 64  # extra heap entries so the boundary's ties rarely need a second scan
+# A filter keeping at most 1/SELECTIVE of the codes gathers just those; a broader one scans all.
+SELECTIVE = 8
 A = TypeVar("A", bound=npt.NDArray[Any])
 
 
@@ -61,6 +63,19 @@ class Candidates:
     dists: npt.NDArray[np.int32]
     total: int  # matches within max_distance (or all alive codes) before paging
     scanned: int  # codes whose full distance was computed
+
+
+def _ranked(
+    pos: npt.NDArray[Any], d: npt.NDArray[np.int32], need: int, max_distance: int | None,
+    scanned: int,
+) -> Candidates:
+    """Candidates within ``max_distance``: the ``need`` nearest and their boundary ties."""
+    if max_distance is not None:
+        within = d <= max_distance
+        pos, d = pos[within], d[within]
+    total = int(pos.size)
+    pos, d = kernels.cut(pos, d, need)
+    return Candidates(pos.astype(np.int64), d, total, scanned)
 
 
 def _grow(arr: A, need: int) -> A:
@@ -176,8 +191,15 @@ class CodeTable:
 
     @staticmethod
     def two_stage(
-        s: Snapshot, code: U8, short: bytes, need: int, max_distance: int | None
+        s: Snapshot,
+        code: U8,
+        short: bytes,
+        need: int,
+        max_distance: int | None,
+        mask: npt.NDArray[np.bool_] | None = None,
     ) -> Candidates:
+        """MIH candidates re-ranked on 256 bits; with ``mask`` (per position), only the
+        candidates that pass it."""
         values = mih.query_values(subcodes(short))
         found = mih.lookup(s.tables, values)
         d_n = s.n - s.base_n
@@ -189,14 +211,10 @@ class CodeTable:
         pos = mih.unique(found)
         if s.dead.size:
             pos = pos[s.alive[pos]]
+        if mask is not None:
+            pos = pos[mask[pos]]
         d = kernels.distances_at(code, s.codes, pos)
-        scanned = int(pos.size)
-        if max_distance is not None:
-            within = d <= max_distance
-            pos, d = pos[within], d[within]
-        total = int(pos.size)
-        pos, d = kernels.cut(pos, d, need)
-        return Candidates(pos.astype(np.int64), d, total, scanned)
+        return _ranked(pos, d, need, max_distance, int(pos.size))
 
     @staticmethod
     def exact(s: Snapshot, code: U8, need: int, max_distance: int | None) -> Candidates:
@@ -232,14 +250,39 @@ class CodeTable:
         if dk.size < need:
             # Fewer than ``need`` matches in the heap: it holds all of them (k >= n, or its
             # last entry is beyond ``max_distance``; ``k`` covers every dead code).
-            return Candidates(ik, dk, total, n)
+            return Candidates(ik, dk, total, s.n_alive)
         boundary = int(dk[need - 1])
         if k >= n or last > boundary:
             keep = dk <= boundary
-            return Candidates(ik[keep], dk[keep], total, n)
+            return Candidates(ik[keep], dk[keep], total, s.n_alive)
         # The heap cut through the tie set at ``boundary``: fetch all of it.
         pos, d = kernels.within(code, codes, boundary)
         if n_dead:
             live = s.alive[pos]
             pos, d = pos[live], d[live]
-        return Candidates(pos, d, total, n)
+        # Deleted slots are scanned too, but they are not candidates of this query.
+        return Candidates(pos, d, total, s.n_alive)
+
+    @staticmethod
+    def exact_filtered(
+        s: Snapshot,
+        code: U8,
+        need: int,
+        max_distance: int | None,
+        mask: npt.NDArray[np.bool_],
+    ) -> Candidates:
+        """Exact ranking of the alive codes that pass ``mask`` (per position, length >= n).
+
+        A selective filter gathers and scores only its rows; a broad one (over 1/SELECTIVE of
+        the table) scores every code in one SIMD scan and drops the rest while ranking, which
+        is cheaper than gathering most rows one by one. Both return the ``need`` nearest plus
+        their boundary ties, as :meth:`exact` does."""
+        n = s.n
+        keep = mask[:n] & s.alive[:n]
+        sel = np.flatnonzero(keep)
+        if sel.size * SELECTIVE <= n:
+            return _ranked(sel, kernels.distances_at(code, s.codes, sel), need, max_distance,
+                           int(sel.size))
+        d_all = kernels.distances(code, s.codes[:n])
+        # Every slot was scored, but only the rows that pass are this query's candidates.
+        return _ranked(sel, d_all[sel], need, max_distance, int(sel.size))

@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +66,15 @@ def _v2_migration_log(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v3_previews(conn: sqlite3.Connection) -> None:
+    # Large-view previews (1280 px), kept apart from thumbnails like them.
+    conn.execute("CREATE TABLE IF NOT EXISTS previews (id TEXT PRIMARY KEY, data BLOB NOT NULL)")
+
+
 # Ordered: MIGRATIONS[i] takes a database from schema i + 1 to i + 2. Append, never edit.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("migration log", _v2_migration_log),
+    ("previews table", _v3_previews),
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -288,6 +294,9 @@ class Store:
                 conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}", (json.dumps(stale),))
             if conn.execute("SELECT EXISTS(SELECT 1 FROM failures)").fetchone()[0]:
                 conn.execute(f"DELETE FROM failures WHERE id IN {_IN_JSON}", (json.dumps(ids),))
+            if old_ids:  # a replaced image's preview is stale until its new one is put
+                conn.execute(f"DELETE FROM previews WHERE id IN {_IN_JSON}",
+                             (json.dumps(sorted(old_ids)),))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -308,6 +317,7 @@ class Store:
             )
             conn.execute(f"DELETE FROM docs WHERE id IN {_IN_JSON}", payload)
             conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}", payload)
+            conn.execute(f"DELETE FROM previews WHERE id IN {_IN_JSON}", payload)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -364,6 +374,23 @@ class Store:
         fields = {f.name: _from_column(f, v) for f, v in zip(COLUMNS, r[4:], strict=True)}
         return Document(id=r[0], code=bytes(r[1]), short=bytes(r[2]), thumbnail=thumb, **fields)
 
+    def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
+        """Store large-view JPEGs of documents that exist (others are skipped)."""
+        conn = self.writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO previews(id, data) SELECT ?, ? "
+                             "WHERE EXISTS(SELECT 1 FROM docs WHERE id = ?)",
+                             [(i, d, i) for i, d in previews])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def get_preview(self, doc_id: str) -> bytes | None:
+        r = self.reader().execute("SELECT data FROM previews WHERE id = ?", (doc_id,)).fetchone()
+        return bytes(r[0]) if r else None
+
     def ids_for(self, rows: Sequence[int]) -> dict[int, str]:
         cur = self.reader().execute(
             f"SELECT row, id FROM docs WHERE row IN {_IN_JSON}", (json.dumps(list(rows)),)
@@ -389,6 +416,15 @@ class Store:
             (after if after is not None else "", limit),
         )
         return [(r[0], bytes(r[1]), bytes(r[2])) for r in cur.fetchall()]
+
+    def filter_fields_after(self, row: int) -> Iterator[tuple[int, str | None, dict[str, Any]]]:
+        """(row, source, metadata) of every document with a row above ``row``, in row order:
+        what the in-memory filter columns need (``filters.Columns``)."""
+        cur = self.reader().execute(
+            "SELECT row, source, metadata FROM docs WHERE row > ? ORDER BY row", (row,)
+        )
+        for r, source, metadata in cur:
+            yield r, source, json.loads(metadata) if metadata else {}
 
     def get_failure(self, doc_id: str) -> Failure | None:
         r = (

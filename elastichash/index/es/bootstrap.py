@@ -139,6 +139,8 @@ async def reindex_behind_alias(
     atomic action. ``current`` is write-blocked meanwhile (writes fail and are retried, none
     is lost) and kept afterwards for rollback; delete it once the new index serves."""
     await client.put_settings(current, {"index.blocks.write": True})
+    # Reindex reads through a scroll: only refreshed documents would be copied.
+    await client.refresh([current])
     settings = retrieval_settings(layout.shards, layout.replicas, layout.refresh_interval)
     if not await _create(client, target, mappings=mappings, settings=settings):
         # Left write-blocked: the process that created the target swaps the alias when done.

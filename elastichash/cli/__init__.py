@@ -1,8 +1,10 @@
 """The ``elastichash`` command: the one composition root.
 
-Library command groups register themselves through ``register(subparsers)`` functions in
-their own modules. Services are imported lazily, inside the subcommand that runs them, so
-that ``elastichash model inspect`` never imports aiohttp or aio-pika.
+One module per verb group registers its commands through ``register(subparsers)``:
+``cli/model.py`` (model ..., encode), ``cli/import_codes.py`` (import-codes),
+``cli/standalone.py`` (serve, index, search); the roles (gateway, workers, search service)
+are listed in ``ROLES`` here. Services are imported lazily, inside the subcommand that runs
+them, so that ``elastichash model inspect`` never imports aiohttp or aio-pika.
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ def _serve(args: argparse.Namespace) -> int:
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
-    from elastichash.folder import ingest_folder
-    from elastichash.roles import EXIT_UNAVAILABLE
-    from elastichash.standalone_commands import (
+    from elastichash import datalock
+    from elastichash.cli.standalone import (
         data_dir,
         index_settings,
         model_settings,
         open_local,
     )
+    from elastichash.folder import ingest_folder
+    from elastichash.roles import EXIT_UNAVAILABLE
     from gateway.app import create_app
     from gateway.config import GatewaySettings
     from gateway.server import PortInUse
@@ -64,7 +67,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     @asynccontextmanager
     async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
-        async with open_local(cfg.model, cfg.limits, cfg.index, spool, cfg.spool) as local:
+        async with open_local(cfg.model, cfg.limits, cfg.index, spool, cfg.spool,
+                              cfg.preview_px) as local:
             task = None
             if args.images is not None:
 
@@ -94,9 +98,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"elastichash: serving {url} (data in {data_dir(args)})", file=sys.stderr,
               flush=True)
 
+    shown = f"[{args.host}]" if ":" in args.host else args.host
     try:
-        run_server(app, args.host, args.port, settings.server,
-                   shutdown_timeout=settings.shutdown_timeout_s, announce=announce)
+        with datalock.hold(data_dir(args), "serve", f"http://{shown}:{args.port}/"):
+            run_server(app, args.host, args.port, settings.server,
+                       shutdown_timeout=settings.shutdown_timeout_s, announce=announce)
+    except datalock.DataDirBusy as exc:
+        print(f"error: {exc}; one server per data directory (choose another with --data)",
+              file=sys.stderr, flush=True)
+        return EXIT_UNAVAILABLE
     except PortInUse as exc:
         print(f"error: {exc}{port_hint(args.port)}", file=sys.stderr, flush=True)
         return EXIT_UNAVAILABLE
@@ -119,18 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="elastichash",
         description="Semantic image similarity search over binary hash codes.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging: -v progress (INFO), -vv debugging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from elastichash.model import commands as model_commands
+    from elastichash.cli import model as model_commands
 
     model_commands.register(sub)
 
-    from elastichash.index import commands as index_commands
+    from elastichash.cli import import_codes as index_commands
 
     index_commands.register(sub)
 
-    from elastichash import standalone_commands
+    from elastichash.cli import standalone as standalone_commands
 
     standalone_commands.register(sub, serve=_serve)
 
@@ -152,6 +163,25 @@ ROLES = {
 }
 
 
+def configure_logging(verbose: int, *, service: bool) -> None:
+    """Commands a person runs are quiet by default: warnings and errors, plus the summary
+    lines written for them (logger ``elastichash.serve``); ``-v`` shows INFO, ``-vv`` DEBUG.
+    The roles are services and log INFO, as operators expect of them."""
+    if verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1 or service:
+        level = logging.INFO
+    else:
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("elastichash.serve").setLevel(min(level, logging.INFO))
+    if verbose < 2:
+        # faiss's loader logs each instruction set it probes, failures included
+        # ("ModuleNotFoundError"), at INFO: lines that read like errors and are not.
+        logging.getLogger("faiss").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -162,15 +192,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rest = argv[argv.index(args.command) + 1 :]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    level = logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose, service=args.command in ROLES)
     func: Handler = args.func
     return func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
