@@ -181,7 +181,8 @@ class EngineIndex:
                 latest.pop(doc.id, None)
         bits = BIT_VECTORS in self.features
         actions = [
-            Action("index", self.names.alias, doc.id, q.document_source(doc, dense_bit=bits))
+            Action("index", self.names.alias, doc.id, q.document_source(doc, dense_bit=bits),
+                   require_alias=True)
             for doc in latest.values()
         ]
         written = await run_bulk(self.client, actions, self.bulk) if actions else {}
@@ -199,7 +200,7 @@ class EngineIndex:
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         unique = list(dict.fromkeys(ids))
-        actions = [Action("delete", self.names.alias, i) for i in unique]
+        actions = [Action("delete", self.names.alias, i, require_alias=True) for i in unique]
         by_id = await run_bulk(self.client, actions, self.bulk) if actions else {}
         return in_order(ids, by_id)
 
