@@ -101,7 +101,7 @@ ensure_archive() {
   # shellcheck disable=SC2046
   if $(java_cmd "$cache" "-XX:ArchiveClassesAtExit=$cache/app.jsa.tmp") --home "$home" \
       --http-port "$http_port" --transport-port "$transport_port" --exit-when-started true \
-      >"$home/out.log" 2>&1 && [[ -f "$cache/app.jsa.tmp" ]]; then
+      >"$home/out.log" 2>&1 9>&- && [[ -f "$cache/app.jsa.tmp" ]]; then
     mv "$cache/app.jsa.tmp" "$cache/app.jsa"
   else
     say "no class-data archive (start will be slower): $(tail -3 "$home/out.log")"
@@ -109,9 +109,30 @@ ensure_archive() {
   rm -rf "$home"
 }
 
+wait_green() {  # until the cluster is green or the JVM is gone; 1 on timeout or exit
+  local deadline=$((SECONDS + timeout_s))
+  until healthy; do
+    if ! kill -0 "$(cat "$state/pid")" 2>/dev/null; then
+      say "the engine exited; its log:"
+      tail -40 "$state/engine.log" >&2
+      return 1
+    fi
+    if [[ $SECONDS -ge $deadline ]]; then
+      say "not green within ${timeout_s}s; its log: $state/engine.log"
+      tail -20 "$state/engine.log" >&2
+      return 1
+    fi
+    sleep 0.25
+  done
+}
+
 start() {
-  if [[ -f "$state/pid" ]] && kill -0 "$(cat "$state/pid")" 2>/dev/null && healthy; then
+  # One start at a time per port (two test commands at once share the node).
+  exec 9>"$state.lock"
+  flock 9
+  if [[ -f "$state/pid" ]] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
     say "already running (pid $(cat "$state/pid"))"
+    wait_green || exit 1
     echo "$url"
     return 0
   fi
@@ -131,23 +152,12 @@ start() {
   # shellcheck disable=SC2046
   setsid $(java_cmd "$cache" "${cds[@]}") --home "$state/home" --nodes "$nodes" \
     --http-port "$http_port" --transport-port "$transport_port" \
-    >"$state/engine.log" 2>&1 < /dev/null &
+    >"$state/engine.log" 2>&1 </dev/null 9>&- &  # the JVM must not hold the start lock
   echo $! >"$state/pid"
-  local deadline=$((SECONDS + timeout_s))
-  until healthy; do
-    if ! kill -0 "$(cat "$state/pid")" 2>/dev/null; then
-      say "the engine exited; its log:"
-      tail -40 "$state/engine.log" >&2
-      exit 1
-    fi
-    if [[ $SECONDS -ge $deadline ]]; then
-      say "not green within ${timeout_s}s; its log: $state/engine.log"
-      tail -20 "$state/engine.log" >&2
-      stop
-      exit 1
-    fi
-    sleep 0.25
-  done
+  if ! wait_green; then
+    stop
+    exit 1
+  fi
   say "$nodes node(s) green in $(( ($(date +%s%N) - started) / 1000000 ))ms" \
     "(OpenSearch $(curl -sf "$url" | sed -n 's/.*"number" : "\([^"]*\)".*/\1/p'))"
   echo "$url" >"$state/url"

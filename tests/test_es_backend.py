@@ -322,6 +322,8 @@ class TestStandIn(EngineContract):
         assert len(pending) == 4
         with pytest.raises(Unavailable):
             await engine_index.search(SearchQuery(code=docs[0].code, short=docs[0].short))
+        with pytest.raises(Unavailable):
+            await anext(engine_index.scan())
         es_server.faults.set_outage(False)
         assert await engine_index.ready()
         results = await engine_index.upsert(pending)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elastichash import datalock
 from elastichash.errors import InvalidInput
 from elastichash.index.query import PORTABLE_STRATEGIES, QueryParams, SearchQuery
 from elastichash.settings import (
@@ -107,8 +108,8 @@ class Local:
 
 @asynccontextmanager
 async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: IndexSettings,
-                     spool: Path | None, spool_cfg: SpoolSettings | None = None
-                     ) -> AsyncIterator[Local]:
+                     spool: Path | None, spool_cfg: SpoolSettings | None = None,
+                     preview_px: int = 0) -> AsyncIterator[Local]:
     """Encoder + embedded index + in-process pipeline, opened and closed together."""
     from elastichash.index.factory import make_index
     from elastichash.model.encoder import Encoder
@@ -123,7 +124,8 @@ async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: Index
                                  duplicates=index_cfg.duplicate_screen(),
                                  max_pixels=limits.max_pixels,
                                  spool_max_bytes=spool_cfg.max_bytes,
-                                 spool_min_free_bytes=spool_cfg.min_free_bytes)
+                                 spool_min_free_bytes=spool_cfg.min_free_bytes,
+                                 preview_px=preview_px)
         await pipeline.start()
         try:
             yield Local(pipeline, index)
@@ -148,7 +150,16 @@ def run_index(args: argparse.Namespace) -> int:
             print(report.summary())
             return 0
 
-    return asyncio.run(go())
+    try:
+        with datalock.hold(data_dir(args), "index"):
+            return asyncio.run(go())
+    except datalock.DataDirBusy as exc:
+        url = exc.holder.get("url")
+        how = (f"add the folder through it instead (drop the images on {url}, or restart it "
+               f"with --images {args.folder}), or stop it first" if url else
+               "wait for it to finish")
+        print(f"error: {exc}; indexing beside it would not reach it: {how}", file=sys.stderr)
+        return 2
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -190,8 +201,10 @@ def run_search(args: argparse.Namespace) -> int:
         else:
             print(f"{len(res.hits)} of {res.total} results, {res.candidates} candidates, "
                   f"{res.took_ms:.2f} ms ({res.strategy})")
+            if res.hits:
+                print(f"{'rank':>4}  {'dist':>4}  {'id':<32}  source")
             for rank, h in enumerate(res.hits, 1):
-                print(f"{rank:4d}  {h.distance:3d}  {h.id}  {h.source or ''}")
+                print(f"{rank:4d}  {h.distance:4d}  {h.id:<32}  {h.source or ''}")
         return 0
 
     return asyncio.run(go())

@@ -52,6 +52,9 @@ T = TypeVar("T")
 EMBEDDED_STRATEGIES = frozenset(PORTABLE_STRATEGIES)
 _WHY_NOT = (("dense_bit", "Elasticsearch-only"),)
 DB_NAME = "index.sqlite3"
+# Per image in memory: the 32-byte code, its 8-byte SQLite rowid, an alive flag and one 4-byte
+# position in each of the 4 MIH tables.
+BYTES_PER_IMAGE = LONG_BYTES + 8 + 1 + 4 * 4
 
 
 def _check_doc(d: Document) -> str | None:
@@ -256,6 +259,14 @@ class EmbeddedIndex:
     async def get(self, doc_id: str) -> Document | None:
         return await self._run(self._readers, lambda: self._store.get(doc_id))
 
+    async def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
+        """Large-view JPEGs (standalone mode stores them beside the thumbnails)."""
+        if previews:
+            await self._run(self._writer, lambda: self._store.put_previews(previews))
+
+    async def get_preview(self, doc_id: str) -> bytes | None:
+        return await self._run(self._readers, lambda: self._store.get_preview(doc_id))
+
     async def get_failure(self, doc_id: str) -> Failure | None:
         return await self._run(self._readers, lambda: self._store.get_failure(doc_id))
 
@@ -276,8 +287,11 @@ class EmbeddedIndex:
             "strategy": self.strategy,
             "strategies": sorted(EMBEDDED_STRATEGIES),
             "kernel": "faiss" if kernels.have_faiss() else "numpy",
+            # What search holds in memory now (fixed part and room to grow included), what
+            # an empty index holds, and what each further image adds: plan RAM with the last.
             "memory_bytes": snap.nbytes,
-            "memory_bytes_per_code": round(snap.nbytes / snap.n_alive, 1) if snap.n_alive else None,
+            "memory_fixed_bytes": int(snap.tables.offsets.nbytes),
+            "memory_bytes_per_image": BYTES_PER_IMAGE,
             "mih_delta": snap.n - snap.base_n,
             "dead_slots": int(snap.dead.size),
             "disk_bytes": disk,

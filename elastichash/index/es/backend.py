@@ -6,9 +6,10 @@ between engines is a feature set (bit vectors on Elasticsearch >= 8.15), not bra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 from elastichash.errors import InvalidInput, Unavailable
@@ -47,6 +48,19 @@ from elastichash.settings import IndexSettings
 log = logging.getLogger(__name__)
 
 _NAMES = {"elasticsearch": "Elasticsearch", "opensearch": "OpenSearch"}
+
+
+@contextlib.contextmanager
+def _outage_is_unavailable(what: str) -> Iterator[None]:
+    """An unreachable or overloaded engine is a 503 (retry later); its 4xx stay errors."""
+    try:
+        yield
+    except EngineUnreachable as exc:
+        raise Unavailable(f"{what} failed: {exc}") from exc
+    except EngineApiError as exc:
+        if exc.status >= 500 or exc.status in TRANSIENT_STATUSES:
+            raise Unavailable(f"{what} failed: {exc}") from exc
+        raise
 
 
 class EngineIndex:
@@ -204,7 +218,8 @@ class EngineIndex:
         self, *, batch: int = SCAN_BATCH, after: str | None = None
     ) -> AsyncGenerator[list[CodeRecord], None]:
         while True:
-            resp = await self.client.search(self.names.alias, q.scan_body(batch, after))
+            with _outage_is_unavailable("scan"):
+                resp = await self.client.search(self.names.alias, q.scan_body(batch, after))
             records = q.records_from_response(dict(resp))
             if not records:
                 return
@@ -228,17 +243,11 @@ class EngineIndex:
             strategy, code, short, self.names.nbs, k=k, offset=offset, max_distance=max_distance
         )
         started = time.perf_counter()
-        try:
+        with _outage_is_unavailable("search"):
             resp, candidates = await asyncio.gather(
                 self.client.search(self.names.alias, body),
                 self._count(count_query),
             )
-        except EngineUnreachable as exc:
-            raise Unavailable(f"search failed: {exc}") from exc
-        except EngineApiError as exc:
-            if exc.status >= 500 or exc.status in TRANSIENT_STATUSES:
-                raise Unavailable(f"search failed: {exc}") from exc
-            raise
         hits, total = q.hits_from_response(dict(resp))
         return SearchResult(
             hits=hits,

@@ -115,8 +115,9 @@ class Adapter:
         # No transport retries: a timed-out bulk may have been applied, and a delete sent again
         # would come back not_found. The caller retries per item.
         async with self._call():
+            # The NDJSON serializer sends a str body as it is (typed as a list of dicts only).
             return dict(await self._client.options(max_retries=0, retry_on_timeout=False).bulk(
-                operations=ndjson
+                operations=ndjson  # type: ignore[arg-type]
             ))
 
     async def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
