@@ -384,6 +384,10 @@ def test_results_are_browsed_with_the_keyboard(page: Page, seeded: dict[str, Any
     viewer = page.locator("#viewer")
     expect(viewer).to_be_visible()
     expect(viewer).to_have_attribute("data-id", ids[1])
+    # The large view loads the preview sized for it, not the 256-pixel thumbnail.
+    expect(page.locator("#viewer-image")).to_have_attribute(
+        "src", re.compile(rf"/v1/images/{re.escape(ids[1])}/preview$"))
+    _poll(page, "document.querySelector('#viewer-image').naturalWidth > 0", within_s=10)
     page.keyboard.press("ArrowRight")
     expect(viewer).to_have_attribute("data-id", ids[2])
     page.keyboard.press("Escape")

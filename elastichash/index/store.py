@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS docs (
     has_thumb INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS thumbs (id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS previews (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS failures (
     id TEXT PRIMARY KEY, reason TEXT NOT NULL, message TEXT NOT NULL, source TEXT, at REAL NOT NULL
 );
@@ -288,6 +289,9 @@ class Store:
                 conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}", (json.dumps(stale),))
             if conn.execute("SELECT EXISTS(SELECT 1 FROM failures)").fetchone()[0]:
                 conn.execute(f"DELETE FROM failures WHERE id IN {_IN_JSON}", (json.dumps(ids),))
+            if old_ids:  # a replaced image's preview is stale until its new one is put
+                conn.execute(f"DELETE FROM previews WHERE id IN {_IN_JSON}",
+                             (json.dumps(sorted(old_ids)),))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -308,6 +312,7 @@ class Store:
             )
             conn.execute(f"DELETE FROM docs WHERE id IN {_IN_JSON}", payload)
             conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}", payload)
+            conn.execute(f"DELETE FROM previews WHERE id IN {_IN_JSON}", payload)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -363,6 +368,23 @@ class Store:
             thumb = bytes(t[0]) if t else None
         fields = {f.name: _from_column(f, v) for f, v in zip(COLUMNS, r[4:], strict=True)}
         return Document(id=r[0], code=bytes(r[1]), short=bytes(r[2]), thumbnail=thumb, **fields)
+
+    def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
+        """Store large-view JPEGs of documents that exist (others are skipped)."""
+        conn = self.writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO previews(id, data) SELECT ?, ? "
+                             "WHERE EXISTS(SELECT 1 FROM docs WHERE id = ?)",
+                             [(i, d, i) for i, d in previews])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def get_preview(self, doc_id: str) -> bytes | None:
+        r = self.reader().execute("SELECT data FROM previews WHERE id = ?", (doc_id,)).fetchone()
+        return bytes(r[0]) if r else None
 
     def ids_for(self, rows: Sequence[int]) -> dict[int, str]:
         cur = self.reader().execute(
