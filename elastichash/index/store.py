@@ -47,7 +47,6 @@ CREATE TABLE IF NOT EXISTS docs (
     has_thumb INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS thumbs (id TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS previews (id TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS failures (
     id TEXT PRIMARY KEY, reason TEXT NOT NULL, message TEXT NOT NULL, source TEXT, at REAL NOT NULL
 );
@@ -67,9 +66,15 @@ def _v2_migration_log(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v3_previews(conn: sqlite3.Connection) -> None:
+    # Large-view previews (1280 px), kept apart from thumbnails like them.
+    conn.execute("CREATE TABLE IF NOT EXISTS previews (id TEXT PRIMARY KEY, data BLOB NOT NULL)")
+
+
 # Ordered: MIGRATIONS[i] takes a database from schema i + 1 to i + 2. Append, never edit.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("migration log", _v2_migration_log),
+    ("previews table", _v3_previews),
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
