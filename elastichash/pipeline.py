@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from elastichash.index.base import Document, Failure
+
 
 @dataclass(frozen=True)
 class IngestItem:
@@ -66,3 +68,22 @@ class Pipeline(Protocol):
         ...
 
     async def ready(self) -> bool: ...
+
+
+def ingest_record(item: IngestItem, result: Any, now: float) -> Document | Failure:
+    """The index record of one encoded ingest item: a document, or the failure that replaced
+    it. The one place documents are built from encoder results, in standalone mode and in
+    the encoder worker alike. ``result`` is an ``Encoded`` or the error it raised."""
+    from elastichash.errors import ElasticHashError
+
+    if isinstance(result, ElasticHashError):
+        reason = getattr(result, "reason", result.code)
+        return Failure(item.id, reason, result.message, item.source, now)
+    return Document(
+        id=item.id,
+        code=bytes(result.code),
+        short=bytes(result.short),
+        source=item.source,
+        metadata=dict(item.metadata),
+        thumbnail=result.thumbnail,
+    )

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,8 +19,12 @@ def default_data_dir() -> Path:
 
 
 class ModelSettings(BaseModel):
-    # None: the default model under the data dir, built on first use.
-    path: Path | None = None
+    # A built-in model's name (see ``elastichash.model.registry``) or an ONNX file's path.
+    # Empty: the model the index records, else the default; built-in models are built on
+    # first use into ``models_dir``. ``path`` (``EH_*_MODEL__PATH``) is the older spelling.
+    model: str = Field(default="", validation_alias=AliasChoices("model", "path"))
+    # Where built-in models are built and kept; None: default_data_dir()/models.
+    models_dir: Path | None = None
     # Ordered preference; intersected with what onnxruntime offers.
     providers: list[str] = Field(
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -30,6 +34,11 @@ class ModelSettings(BaseModel):
     intra_op_threads: int = 0  # 0: onnxruntime picks (one per physical core)
     batch_size: int = 32
     decode_workers: int = 0  # 0: os.cpu_count()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _path_to_str(cls, value: object) -> object:
+        return "" if value is None else str(value) if isinstance(value, Path) else value
 
 
 class ImageLimits(BaseModel):

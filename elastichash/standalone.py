@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from elastichash.errors import ElasticHashError, ImageError, Unavailable
+from elastichash.errors import ImageError, Unavailable
 from elastichash.index.base import Document, Failure, Index
 from elastichash.model.encoder import Encoder
-from elastichash.pipeline import IngestItem, QueryCode
+from elastichash.pipeline import IngestItem, QueryCode, ingest_record
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class LocalPipeline:
         return QueryCode(result.code, result.short)
 
     def short_of(self, code: bytes) -> bytes:
-        return self._encoder.short_of(code)
+        return self._encoder.spec.short_of(code)
 
     def model_info(self) -> dict[str, Any]:
         return {**self._encoder.spec.info(), "providers": list(self._encoder.providers)}
@@ -275,14 +275,12 @@ class LocalPipeline:
         failures: list[Failure] = []
         now = time.time()
         for sp, res in zip(batch, results, strict=True):
-            it = sp.item
-            if isinstance(res, ElasticHashError):
-                reason = getattr(res, "reason", res.code)
-                failures.append(Failure(it.id, reason, res.message, it.source, now))
+            record = ingest_record(sp.item, res, now)
+            if isinstance(record, Failure):
+                failures.append(record)
                 done.append(sp)
-                continue
-            docs.append(Document(id=it.id, code=res.code, short=res.short, source=it.source,
-                                 metadata=it.metadata, thumbnail=res.thumbnail))
+            else:
+                docs.append(record)
         if docs:
             written = await self._index.upsert(docs)
             by_id = {sp.item.id: sp for sp in batch}

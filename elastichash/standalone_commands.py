@@ -19,8 +19,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="data directory (index, spool, default model); "
                         "default $ELASTICHASH_DATA or ~/.local/share/elastichash")
-    p.add_argument("--model", type=Path, default=None,
-                   help="ONNX model meeting the contract; default: the built-in model")
+    p.add_argument("--model", default=None,
+                   help="a built-in model (efficientnet-lite0, visual) or an ONNX file meeting "
+                        "the contract; default: the index's model, else efficientnet-lite0")
     p.add_argument("--strategy", choices=["auto", "two_stage", "exact"], default=None,
                    help="search strategy (default auto: exact up to 100,000 images, "
                         "two_stage above)")
@@ -58,13 +59,15 @@ def data_dir(args: argparse.Namespace) -> Path:
 
 
 def model_settings(args: argparse.Namespace, base: ModelSettings | None = None) -> ModelSettings:
-    from elastichash.model.default import ensure_default_model
+    """The model named on the command line, else in ``base``, else the one the data
+    directory's index records (registry.choose); built-in models live in DATA/models."""
+    from elastichash.model import registry
 
     settings = (base or ModelSettings()).model_copy()
-    if args.model is not None:
-        settings.path = args.model
-    if settings.path is None:
-        settings.path = ensure_default_model(data_dir(args) / "models" / "default.onnx")
+    if args.model:
+        settings.model = str(args.model)
+    settings.models_dir = settings.models_dir or data_dir(args) / "models"
+    settings.model = registry.choose(settings, data_dir(args) / "index")
     return settings
 
 
