@@ -32,7 +32,7 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from elastichash.codes import hamming_many, select_bits
-from elastichash.index.base import Document
+from elastichash.index.base import Document, SearchQuery
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.memtable import CodeTable
 
@@ -83,9 +83,10 @@ async def write_bench(codes: U8, shorts: U8, n: int) -> dict[str, float]:
             for j in range(200):
                 qc = codes[(j * 7919) % n]
                 t = time.perf_counter()
-                await idx.search(
-                    qc.tobytes(), shorts[(j * 7919) % n].tobytes(), k=10, strategy=strategy
-                )
+                await idx.search(SearchQuery(
+                    code=qc.tobytes(), short=shorts[(j * 7919) % n].tobytes(), k=10,
+                    strategy=strategy,
+                ))
                 ts.append((time.perf_counter() - t) * 1000)
             lat[strategy] = pct(ts, 50)
         del q

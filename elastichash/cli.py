@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     @asynccontextmanager
     async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
-        async with open_local(cfg.model, cfg.limits, cfg.index, spool) as local:
+        async with open_local(cfg.model, cfg.limits, cfg.index, spool, cfg.spool) as local:
             task = None
             if args.images is not None:
 
@@ -114,21 +114,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     standalone_commands.register(sub, serve=_serve)
 
-    for name, module, help_text in (
-        ("gateway", "gateway.app", "run the REST gateway (distributed mode)"),
-        ("encoder-worker", "encoder_worker.worker", "run an encoder worker"),
-        ("indexer-worker", "indexer_worker.worker", "run an indexer worker"),
-        ("search-service", "search_service.app", "run the search service"),
-    ):
+    for name, (module, help_text) in ROLES.items():
+        # The role parses its own arguments (main() hands it everything after its name), so
+        # that `elastichash gateway --help` is the role's help and its service is imported
+        # only when it runs.
         p = sub.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_service(module))
+        p.set_defaults(func=_service(module), rest=[])
     return parser
+
+
+# command -> (module with main(argv) and ROLE, one-line help)
+ROLES = {
+    "gateway": ("gateway.app", "run the REST gateway (distributed mode)"),
+    "encoder-worker": ("encoder_worker.worker", "run an encoder worker"),
+    "indexer-worker": ("indexer_worker.worker", "run an indexer worker"),
+    "search-service": ("search_service.app", "run the search service"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command in ROLES:
+        # Not argparse.REMAINDER: it refuses a first argument that looks like an option
+        # ("unrecognized arguments: --help").
+        args.rest = argv[argv.index(args.command) + 1 :]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(
         level=level,

@@ -6,6 +6,8 @@ Each class carries what its handler needs; mapping to HTTP statuses lives in one
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class ElasticHashError(Exception):
     """Base class. ``code`` is the stable machine-readable error code used in JSON errors."""
@@ -37,6 +39,13 @@ class ImageError(InvalidInput):
         self.reason = reason
 
 
+class UnsupportedQuery(InvalidInput):
+    """A well-formed search this index cannot serve (a strategy, a filter, words); the same
+    400 on every backend and in every mode."""
+
+    code = "unsupported_query"
+
+
 class NotFound(ElasticHashError):
     code = "not_found"
 
@@ -45,6 +54,13 @@ class ModelContractError(ElasticHashError):
     """An ONNX model does not meet the contract in ARCHITECTURE.md."""
 
     code = "model_contract"
+
+
+class ConfigError(ElasticHashError):
+    """A setting cannot work (e.g. a queue exists with other arguments): the process refuses to
+    start. ``field`` names the setting (dotted, as in the settings groups: ``amqp.url``)."""
+
+    code = "config_error"
 
 
 class Conflict(ElasticHashError):
@@ -58,9 +74,27 @@ class Unavailable(ElasticHashError):
 
     code = "unavailable"
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message, field=field)
         self.retry_after = retry_after
+
+
+class PartlyAccepted(Unavailable):
+    """A pipeline took some items of a submitted group (``accepted``, their ids) and not the
+    rest: the caller must answer for the accepted ones, not report them failed."""
+
+    def __init__(self, message: str, accepted: list[str], *,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.accepted = accepted
+
+
+class InsufficientStorage(Unavailable):
+    """The disk that holds accepted work is (nearly) full; retrying later may succeed."""
+
+    code = "insufficient_storage"
 
 
 class Unauthorized(ElasticHashError):
@@ -81,6 +115,19 @@ class ForbiddenTarget(InvalidInput):
     code = "forbidden_url"
 
 
+def validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    """A one-line message and the field it concerns, from pydantic's first error."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return (f"{loc}: {msg}" if loc else msg), (loc or None)
+
+
+def invalid_input(exc: ValidationError) -> InvalidInput:
+    message, field = validation_message(exc)
+    return InvalidInput(message, field=field)
+
+
 HTTP_STATUS: dict[type[ElasticHashError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
@@ -91,6 +138,8 @@ HTTP_STATUS: dict[type[ElasticHashError], int] = {
     Conflict: 409,
     Unauthorized: 401,
     ModelContractError: 500,
+    ConfigError: 500,
+    InsufficientStorage: 507,
     Unavailable: 503,
     ElasticHashError: 500,
 }

@@ -1,25 +1,18 @@
 """What every worker process shares: liveness, readiness and Prometheus metrics on a small
-HTTP port, the ``--check`` probe a container HEALTHCHECK runs, and the ``main()`` skeleton
-(arguments, logging, exit codes)."""
+HTTP port, and the ``--check`` probe a container HEALTHCHECK runs (``elastichash.roles`` has
+the command line and exit statuses)."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 import urllib.request
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from elastichash.errors import Unavailable
-
 log = logging.getLogger(__name__)
-
-S = TypeVar("S")
-
 
 class HasRegistry(Protocol):
     registry: CollectorRegistry
@@ -70,32 +63,3 @@ def check(port: int, path: str = "/readyz", within_s: float = 3.0) -> int:
     except OSError as exc:
         print(f"unhealthy: {exc}")
         return 1
-
-
-def run_worker(
-    prog: str,
-    description: str,
-    argv: list[str] | None,
-    settings_factory: Callable[[], S],
-    health_port: Callable[[S], int],
-    amain: Callable[[S], Coroutine[Any, Any, int]],
-) -> int:
-    """Parse ``--check``, build settings once at the edge, run the worker; 2 when a
-    dependency is unavailable at start-up (the orchestrator restarts us)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument(
-        "--check", action="store_true", help="probe a running worker's /readyz; exit 0 if ready"
-    )
-    args = parser.parse_args(argv)
-    settings = settings_factory()
-    if args.check:
-        return check(health_port(settings))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    try:
-        return asyncio.run(amain(settings))
-    except Unavailable as exc:
-        log.error("%s", exc.message)
-        return 2

@@ -39,11 +39,21 @@ H_REASON = "x-eh-reason"  # on dead-lettered copies: stable reason code
 H_DETAIL = "x-eh-detail"  # on dead-lettered copies: human-readable message
 H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consumed from
 
+# The limits below apply on every queue (ingest and index), checked by the consumer too: a
+# message published by something other than our gateway or encoder gets no more trust.
 # Metadata travels in a header; RabbitMQ's frame_max (128 KiB) bounds all headers together.
 MAX_METADATA_BYTES = 16 * 1024
-# Deeper metadata is no photo caption: it is an attack on recursive parsers and serialisers.
-MAX_METADATA_DEPTH = 32
+# Facts about a photo (size, file name, EXIF groups) nest two or three levels; deeper is an
+# attack on recursive parsers and serialisers, not a caption.
+MAX_METADATA_DEPTH = 5
 MAX_SOURCE_CHARS = 2048
+# A thumbnail is a JPEG of at most 256 px on its long side (tens of KB); 512 KiB leaves room
+# for a noisy one and refuses a full image smuggled in its place.
+MAX_THUMBNAIL_BYTES = 512 * 1024
+# An index message: the base64 thumbnail, metadata and a few fixed fields.
+MAX_INDEX_MESSAGE_BYTES = MAX_THUMBNAIL_BYTES * 4 // 3 + MAX_METADATA_BYTES + 16 * 1024
+MAX_REASON_CHARS = 64
+MAX_FAILURE_MESSAGE_CHARS = 2000
 HEX64 = r"^[0-9a-f]{64}$"
 HEX16 = r"^[0-9a-f]{16}$"
 
@@ -73,19 +83,40 @@ class IngestHeaders(_Frozen):
         return check_id(value)
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
+def _text(headers: Mapping[str, Any], name: str) -> str | None:
+    """A string header, strictly: a number or a boolean where a string belongs is refused,
+    not turned into one."""
+    value = headers.get(name)
+    if value is None or isinstance(value, str):
+        return value
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8")
-    return str(value)
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadMessage("bad_headers", f"header {name} is not UTF-8") from None
+    raise BadMessage("bad_headers", f"header {name} must be a string, not {type(value).__name__}")
+
+
+def check_metadata(metadata: Any) -> dict[str, Any]:
+    """The same metadata limits on every path: a JSON object, at most MAX_METADATA_BYTES
+    serialised, nested at most MAX_METADATA_DEPTH deep."""
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata must be a JSON object")
+    if _depth(metadata, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata nested deeper than {MAX_METADATA_DEPTH}")
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata over {MAX_METADATA_BYTES} bytes")
+    return metadata
 
 
 def encode_ingest(item: IngestItem) -> tuple[bytes, dict[str, Any], str | None]:
     """Body, headers and content type of an ingest message (validated before sending)."""
+    try:
+        check_metadata(item.metadata)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="metadata") from None
     meta = json.dumps(item.metadata, separators=(",", ":"), ensure_ascii=False)
-    if len(meta.encode()) > MAX_METADATA_BYTES:
-        raise InvalidInput(f"metadata over {MAX_METADATA_BYTES} bytes", field="metadata")
     IngestHeaders(
         id=item.id, source=item.source, metadata=item.metadata, content_type=item.content_type
     )
@@ -100,16 +131,17 @@ def decode_ingest(
 ) -> IngestItem:
     """Validate an ingest message; raises :class:`BadMessage` with a stable reason."""
     version = headers.get(H_VERSION)
-    if version != SCHEMA_VERSION:
+    # ``True == 1`` in Python: a boolean is not a version.
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise BadMessage("unsupported_version", f"ingest schema version {version!r} unknown")
     try:
-        meta_text = _text(headers.get(H_METADATA)) or "{}"
+        meta_text = _text(headers, H_METADATA) or "{}"
         if len(meta_text.encode()) > MAX_METADATA_BYTES:
             raise BadMessage("bad_headers", f"metadata over {MAX_METADATA_BYTES} bytes")
-        meta = json.loads(meta_text)
+        meta = check_metadata(json.loads(meta_text))
         parsed = IngestHeaders(
-            id=_text(headers.get(H_ID)) or "",
-            source=_text(headers.get(H_SOURCE)),
+            id=_text(headers, H_ID) or "",
+            source=_text(headers, H_SOURCE),
             metadata=meta,
             content_type=content_type,
         )
@@ -117,8 +149,6 @@ def decode_ingest(
         if isinstance(exc, BadMessage):
             raise
         raise BadMessage("bad_headers", f"invalid ingest headers: {exc}") from exc
-    if _depth(parsed.metadata) > MAX_METADATA_DEPTH:
-        raise BadMessage("bad_headers", f"metadata nested deeper than {MAX_METADATA_DEPTH}")
     if not body:
         raise BadMessage("empty", "empty image body")
     if len(body) > max_bytes:
@@ -138,9 +168,15 @@ class IndexDoc(_Frozen):
     id: str
     code: str = Field(pattern=HEX64)
     short: str = Field(pattern=HEX16)
-    source: str | None = None
+    source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    thumbnail: str | None = None  # base64 JPEG
+    # base64 JPEG; the decoded size is checked against MAX_THUMBNAIL_BYTES
+    thumbnail: str | None = Field(default=None, max_length=MAX_THUMBNAIL_BYTES * 4 // 3 + 4)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return _checked_id(value)
 
     @classmethod
     def of(cls, doc: Document) -> IndexDoc:
@@ -156,10 +192,8 @@ class IndexDoc(_Frozen):
 
     @field_validator("metadata")
     @classmethod
-    def _shallow(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if _depth(v) > MAX_METADATA_DEPTH:
-            raise ValueError(f"metadata nested deeper than {MAX_METADATA_DEPTH}")
-        return v
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_metadata(v)
 
     @field_validator("thumbnail")
     @classmethod
@@ -186,10 +220,15 @@ class IndexFailure(_Frozen):
     kind: Literal["failure"] = "failure"
     v: Literal[1] = 1
     id: str
-    reason: str
-    message: str
-    source: str | None = None
+    reason: str = Field(max_length=MAX_REASON_CHARS)
+    message: str = Field(max_length=MAX_FAILURE_MESSAGE_CHARS)
+    source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     at: float = Field(default_factory=time.time)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return _checked_id(value)
 
     def failure(self) -> Failure:
         return Failure(
@@ -209,17 +248,38 @@ def _depth(value: Any, limit: int = 64) -> int:
     return 1 + max((_depth(v, limit - 1) for v in items), default=0)
 
 
+def _checked_id(value: str) -> str:
+    try:
+        return check_id(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
 def decode_index(body: bytes) -> IndexDoc | IndexFailure:
+    """Validate an index message, strictly typed (JSON ``true`` is no version, a number no
+    string); raises :class:`BadMessage` with a stable reason."""
+    if len(body) > MAX_INDEX_MESSAGE_BYTES:
+        raise BadMessage(
+            "too_large", f"index message of {len(body)} bytes over {MAX_INDEX_MESSAGE_BYTES}"
+        )
     try:
         raw = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise BadMessage("bad_message", f"index message is not JSON: {exc}") from exc
-    if isinstance(raw, dict) and raw.get("v") not in (None, SCHEMA_VERSION):
-        raise BadMessage("unsupported_version", f"index schema version {raw.get('v')!r} unknown")
+    version = raw.get("v") if isinstance(raw, dict) else None
+    if isinstance(raw, dict) and "v" in raw and (type(version) is not int or version != 1):
+        raise BadMessage("unsupported_version", f"index schema version {version!r} unknown")
     try:
-        return _INDEX_ADAPTER.validate_python(raw)
+        parsed = _INDEX_ADAPTER.validate_python(raw, strict=True)
     except ValidationError as exc:
         raise BadMessage("bad_message", f"invalid index message: {exc}") from exc
+    if isinstance(parsed, IndexDoc) and parsed.thumbnail is not None:
+        size = len(base64.b64decode(parsed.thumbnail))
+        if size > MAX_THUMBNAIL_BYTES:
+            raise BadMessage(
+                "too_large", f"thumbnail of {size} bytes over the {MAX_THUMBNAIL_BYTES} cap"
+            )
+    return parsed
 
 
 class EncodeReply(_Frozen):

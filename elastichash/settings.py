@@ -48,6 +48,15 @@ class ImageLimits(BaseModel):
     max_pixels: int = 64_000_000
 
 
+class SpoolSettings(BaseModel):
+    """Standalone mode's spool: accepted images wait on disk until they are indexed."""
+
+    # Past this, uploads get 503 with Retry-After until the worker has drained some.
+    max_bytes: int = 4 * 1024**3
+    # Uploads get 507 rather than leave the disk with less than this free.
+    min_free_bytes: int = 256 * 1024**2
+
+
 class IndexSettings(BaseModel):
     backend: Literal["embedded", "elasticsearch", "remote"] = "embedded"
     data_dir: Path | None = None  # embedded store; None: default_data_dir()/index

@@ -4,23 +4,33 @@ An accepted image is first written to a spool directory (fsync, then rename) so 
 crash between the 202 and the index write loses nothing: on the next start the spool is
 replayed. The spool file is removed only after the index write (or failure record)
 succeeded, which is the in-process analogue of "ack after the side effect is durable".
+
+Every accepted upload has a spool file of its own, named by an acceptance sequence number
+that grows across restarts, so concurrent or repeated uploads of one id never share (and
+never delete) each other's file. The latest accepted upload of an id is the one that counts:
+an older one still waiting when a newer one arrives is dropped instead of written, and the
+replay after a crash runs in acceptance order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
+import threading
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from elastichash.errors import ImageError, Unavailable
+from elastichash.errors import ImageError, InsufficientStorage, Unavailable
 from elastichash.index.base import Document, Failure, Index
 from elastichash.model.encoder import Encoder
 from elastichash.pipeline import IngestItem, QueryCode, ingest_record
@@ -35,11 +45,31 @@ THUMBNAIL_SIZE = 256
 MAX_ATTEMPTS = 5
 
 
+# Spool files are named "<sequence>-<random>~<id>.img": the sequence orders the replay and
+# decides which of two uploads of one id is the latest; the id can be read without opening.
+SPOOL_SUFFIX = ".img"
+
+
 @dataclass
 class _Spooled:
     item: IngestItem
     path: Path | None
+    seq: int
     attempts: int = 0
+    size: int = 0
+
+
+def _spool_name(seq: int, image_id: str) -> str:
+    return f"{seq:020d}-{uuid.uuid4().hex[:8]}~{image_id}{SPOOL_SUFFIX}"
+
+
+def _parse_spool_name(path: Path) -> tuple[int, str]:
+    """(sequence, id) of a spool file; files of older versions were named "<id>.img"."""
+    stem = path.name[: -len(SPOOL_SUFFIX)]
+    head, sep, image_id = stem.partition("~")
+    if sep and head.split("-", 1)[0].isdigit():
+        return int(head.split("-", 1)[0]), image_id
+    return int(path.stat().st_mtime_ns), stem
 
 
 class LocalPipeline:
@@ -55,6 +85,8 @@ class LocalPipeline:
         batch_ms: float = 20.0,
         queue_size: int = 4096,
         max_pixels: int = 64_000_000,
+        spool_max_bytes: int = 4 * 1024**3,
+        spool_min_free_bytes: int = 256 * 1024**2,
     ) -> None:
         self._encoder = encoder
         self._index = index
@@ -68,20 +100,31 @@ class LocalPipeline:
         self._max_pixels = max_pixels
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self.counts = {"indexed": 0, "failed": 0, "retried": 0}
+        self.counts = {"indexed": 0, "failed": 0, "retried": 0, "superseded": 0}
         self._idle = asyncio.Event()
         self._idle.set()
         self._inflight = 0
         self._pending: Counter[str] = Counter()  # ids accepted and not yet indexed or failed
+        # The sequence of the latest accepted upload of each pending id: older ones are
+        # superseded and dropped, so the latest acknowledged upload is what the index holds.
+        self._latest: dict[str, int] = {}
+        self._seq_lock = threading.Lock()
+        self._last_seq = 0
+        self._spool_max = spool_max_bytes
+        self._spool_min_free = spool_min_free_bytes
+        self.spool_bytes = 0  # bytes of spool files accepted and not yet removed
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        paths: list[Path] = []
+        paths: list[tuple[int, str, Path]] = []
         if self._spool is not None:
             paths = await asyncio.to_thread(self._list_spool)
-        for path in paths:
-            self._pending[path.stem] += 1
+        for seq, image_id, path in paths:
+            self._accept(image_id, seq)
+            self._last_seq = max(self._last_seq, seq)
+            with contextlib.suppress(OSError):
+                self.spool_bytes += path.stat().st_size
         self._tasks.append(asyncio.create_task(self._run(), name="standalone-indexer"))
         if paths:
             log.info("replaying %d spooled images from an earlier run", len(paths))
@@ -122,13 +165,21 @@ class LocalPipeline:
     # --- Pipeline protocol -------------------------------------------------------------
 
     async def submit(self, items: Sequence[IngestItem]) -> None:
+        """All of ``items`` are spooled and queued, or (on an exception) none of them is."""
         if self._stopping:
             raise Unavailable("shutting down; not accepting new images")
         spooled = await asyncio.to_thread(self._write_spool, list(items))
         for sp in spooled:
-            self._pending[sp.item.id] += 1
-            self._idle.clear()
+            self._accept(sp.item.id, sp.seq)
+            self.spool_bytes += sp.size
+        for sp in spooled:
             await self._queue.put(sp)
+
+    def _accept(self, image_id: str, seq: int) -> None:
+        self._pending[image_id] += 1
+        self._latest[image_id] = max(seq, self._latest.get(image_id, seq))
+        self._idle.clear()
+
     async def encode_query(self, data: bytes) -> QueryCode:
         [result] = await self._encoder.aencode([data])
         if isinstance(result, ImageError):
@@ -143,40 +194,85 @@ class LocalPipeline:
 
     # --- spool -------------------------------------------------------------------------
 
+    def _next_seq(self) -> int:
+        # Wall-clock nanoseconds, so sequences keep growing across restarts; strictly
+        # increasing within a run even when the clock steps back.
+        with self._seq_lock:
+            self._last_seq = max(time.time_ns(), self._last_seq + 1)
+            return self._last_seq
+
+    def _check_room(self, nbytes: int) -> None:
+        assert self._spool is not None
+        if self.spool_bytes + nbytes > self._spool_max:
+            raise Unavailable(
+                f"the spool holds {self.spool_bytes} bytes of images waiting to be indexed, "
+                f"at its cap of {self._spool_max}; retry when it has drained", retry_after=5.0)
+        try:
+            free = shutil.disk_usage(self._spool).free
+        except OSError:
+            return
+        if free - nbytes < self._spool_min_free:
+            raise InsufficientStorage(
+                f"the disk of the spool has {free} bytes free; refusing to fill it",
+                retry_after=30.0)
+
     def _write_spool(self, items: list[IngestItem]) -> list[_Spooled]:
         if self._spool is None:
-            return [_Spooled(it, None) for it in items]
+            return [_Spooled(it, None, self._next_seq()) for it in items]
         self._spool.mkdir(parents=True, exist_ok=True)
-        out = []
-        for it in items:
-            final = self._spool / f"{it.id}.img"
-            tmp = final.with_suffix(".tmp")
-            meta = {"id": it.id, "source": it.source, "metadata": it.metadata,
-                    "content_type": it.content_type}
-            header = json.dumps(meta).encode()
-            with open(tmp, "wb") as fh:
-                fh.write(len(header).to_bytes(4, "big") + header + it.data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            out.append(_Spooled(it, final))
-        if out:
-            dfd = os.open(self._spool, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        out: list[_Spooled] = []
+        tmp: Path | None = None
+        try:
+            self._check_room(sum(len(it.data) for it in items))
+            for it in items:
+                seq = self._next_seq()
+                final = self._spool / _spool_name(seq, it.id)
+                tmp = final.with_suffix(".tmp")
+                meta = {"id": it.id, "source": it.source, "metadata": it.metadata,
+                        "content_type": it.content_type, "seq": seq}
+                header = json.dumps(meta).encode()
+                with open(tmp, "wb") as fh:
+                    fh.write(len(header).to_bytes(4, "big") + header + it.data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, final)
+                tmp = None
+                out.append(_Spooled(it, final, seq, size=final.stat().st_size))
+            if out:
+                dfd = os.open(self._spool, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except BaseException as exc:
+            # Nothing of a failed submit stays behind: the caller answers for none of it,
+            # so none of it may be replayed later either.
+            for path in [tmp, *(sp.path for sp in out)]:
+                if path is not None:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+            if isinstance(exc, OSError):
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise InsufficientStorage(f"the spool's disk is full: {exc.strerror}",
+                                              retry_after=30.0) from None
+                raise Unavailable(f"cannot write to the spool: {exc.strerror or exc}",
+                                  retry_after=5.0) from None
+            raise
         return out
 
-    def _list_spool(self) -> list[Path]:
+    def _list_spool(self) -> list[tuple[int, str, Path]]:
         assert self._spool is not None
         self._spool.mkdir(parents=True, exist_ok=True)
         for tmp in self._spool.glob("*.tmp"):
             tmp.unlink(missing_ok=True)  # never acknowledged: the client got no 202
-        return sorted(self._spool.glob("*.img"), key=lambda p: p.stat().st_mtime)
+        found = []
+        for path in self._spool.glob(f"*{SPOOL_SUFFIX}"):
+            with contextlib.suppress(OSError):  # removed meanwhile
+                found.append((*_parse_spool_name(path), path))
+        return sorted(found)
 
     @staticmethod
-    def _read_spooled(path: Path) -> _Spooled | None:
+    def _read_spooled(seq: int, path: Path) -> _Spooled | None:
         try:
             raw = path.read_bytes()
             n = int.from_bytes(raw[:4], "big")
@@ -187,18 +283,18 @@ class LocalPipeline:
             log.warning("dropping unreadable spool file %s: %s", path, exc)
             path.unlink(missing_ok=True)
             return None
-        return _Spooled(item, path)
+        return _Spooled(item, path, seq, size=len(raw))
 
-    async def _replay(self, paths: list[Path]) -> None:
+    async def _replay(self, paths: list[tuple[int, str, Path]]) -> None:
         """Feed spooled images to the worker one file at a time, behind the server start."""
-        for path in paths:
-            sp = await asyncio.to_thread(self._read_spooled, path)
+        for seq, image_id, path in paths:
+            sp = await asyncio.to_thread(self._read_spooled, seq, path)
             if sp is None:
-                self._done_id(path.stem)
+                self._done_id(image_id)
                 continue
-            if sp.item.id != path.stem:  # a file renamed by hand: count it under its own id
-                self._done_id(path.stem)
-                self._pending[sp.item.id] += 1
+            if sp.item.id != image_id:  # a file renamed by hand: count it under its own id
+                self._done_id(image_id)
+                self._accept(sp.item.id, seq)
             await self._queue.put(sp)
 
     # --- worker ------------------------------------------------------------------------
@@ -207,6 +303,7 @@ class LocalPipeline:
         self._pending[image_id] -= 1
         if self._pending[image_id] <= 0:
             del self._pending[image_id]
+            self._latest.pop(image_id, None)
         if not self._pending:
             self._idle.set()
 
@@ -266,11 +363,19 @@ class LocalPipeline:
         attempts = max((sp.attempts for sp in batch), default=1)
         await asyncio.sleep(min(0.2 * 2 ** attempts, 10.0))
 
+    def _superseded(self, sp: _Spooled) -> bool:
+        return sp.seq < self._latest.get(sp.item.id, sp.seq)
+
     async def _process(self, batch: list[_Spooled]) -> None:
+        # A newer upload of the same id is waiting (or in this batch): this one is dropped,
+        # so it can never overwrite what the client sent last.
+        done = [sp for sp in batch if self._superseded(sp)]
+        batch = [sp for sp in batch if not self._superseded(sp)]
+        self.counts["superseded"] += len(done)
         results = await self._encoder.aencode([sp.item.data for sp in batch],
                                               thumbnails=THUMBNAIL_SIZE)
         docs: list[Document] = []
-        done: list[_Spooled] = []
+        doc_sps: list[_Spooled] = []
         retry: list[_Spooled] = []
         failures: list[Failure] = []
         now = time.time()
@@ -281,23 +386,24 @@ class LocalPipeline:
                 done.append(sp)
             else:
                 docs.append(record)
+                doc_sps.append(sp)
         if docs:
             written = await self._index.upsert(docs)
-            by_id = {sp.item.id: sp for sp in batch}
-            for wr in written:
+            for sp, wr in zip(doc_sps, written, strict=True):
                 if wr.ok:
-                    done.append(by_id[wr.id])
+                    done.append(sp)
                     self.counts["indexed"] += 1
                 elif wr.transient:
-                    retry.append(by_id[wr.id])
+                    retry.append(sp)
                 else:
                     failures.append(Failure(wr.id, "index_error", wr.error or "write failed",
-                                            by_id[wr.id].item.source, now))
-                    done.append(by_id[wr.id])
+                                            sp.item.source, now))
+                    done.append(sp)
         if failures:
             await self._index.record_failures(failures)
             self.counts["failed"] += len(failures)
         await asyncio.to_thread(self._unspool, done)
+        self.spool_bytes -= sum(sp.size for sp in done)
         for sp in done:
             self._done_id(sp.item.id)
         if retry:

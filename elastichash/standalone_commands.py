@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from elastichash.settings import ImageLimits, IndexSettings, ModelSettings, default_data_dir
+from elastichash.errors import InvalidInput
+from elastichash.index.query import PORTABLE_STRATEGIES, QueryParams, SearchQuery
+from elastichash.settings import (
+    ImageLimits,
+    IndexSettings,
+    ModelSettings,
+    SpoolSettings,
+    default_data_dir,
+)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -22,7 +30,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="a built-in model (efficientnet-lite0, visual) or an ONNX file meeting "
                         "the contract; default: the index's model, else efficientnet-lite0")
-    p.add_argument("--strategy", choices=["auto", "two_stage", "exact"], default=None,
+    p.add_argument("--strategy", choices=PORTABLE_STRATEGIES, default=None,
                    help="search strategy (default auto: exact up to 100,000 images, "
                         "two_stage above)")
 
@@ -88,7 +96,8 @@ class Local:
 
 @asynccontextmanager
 async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: IndexSettings,
-                     spool: Path | None) -> AsyncIterator[Local]:
+                     spool: Path | None, spool_cfg: SpoolSettings | None = None
+                     ) -> AsyncIterator[Local]:
     """Encoder + embedded index + in-process pipeline, opened and closed together."""
     from elastichash.index.factory import make_index
     from elastichash.model.encoder import Encoder
@@ -98,8 +107,11 @@ async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: Index
     index = make_index(index_cfg)
     await index.open()
     try:
+        spool_cfg = spool_cfg or SpoolSettings()
         pipeline = LocalPipeline(encoder, index, spool, batch_size=model.batch_size,
-                                 max_pixels=limits.max_pixels)
+                                 max_pixels=limits.max_pixels,
+                                 spool_max_bytes=spool_cfg.max_bytes,
+                                 spool_min_free_bytes=spool_cfg.min_free_bytes)
         await pipeline.start()
         try:
             yield Local(pipeline, index)
@@ -137,18 +149,25 @@ def run_search(args: argparse.Namespace) -> int:
         print(f"error: cannot read {args.image}: {exc}", file=sys.stderr)
         return 2
 
+    cfg = index_settings(args)
+    try:
+        params = QueryParams.parse({"k": args.k, "max_distance": args.max_distance,
+                                    "strategy": cfg.strategy}).params()
+    except InvalidInput as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
     async def go() -> int:
         encoder = await asyncio.to_thread(Encoder.load, model_settings(args), ImageLimits())
         [enc] = await encoder.aencode([data])
         if isinstance(enc, Exception):
             print(f"error: {args.image}: {enc}", file=sys.stderr)
             return 2
-        cfg = index_settings(args)
         index = make_index(cfg)
         await index.open()
         try:
-            res = await index.search(enc.code, enc.short, k=args.k,
-                                     max_distance=args.max_distance, strategy=cfg.strategy)
+            res = await index.search(
+                SearchQuery(**params, code=enc.code, short=enc.short))
         finally:
             await index.close()
         if args.json:

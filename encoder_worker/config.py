@@ -24,3 +24,9 @@ class EncoderWorkerSettings(WorkerSettings):
     # Query encodings (RPC) in flight at once; they have their own thread, never queued
     # behind ingest batches.
     rpc_prefetch: int = 4
+    # Threads of the query encoder's own inference session (0: share the ingest session).
+    # Its own session keeps a query from queueing for the ingest batches' thread pool.
+    rpc_threads: int = Field(default=1, ge=0, le=64)
+    # While a query is being encoded no new ingest batch starts, for at most this long
+    # (so that a steady stream of queries cannot starve ingest).
+    rpc_priority_s: float = Field(default=1.0, ge=0.0)

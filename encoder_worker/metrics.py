@@ -16,7 +16,8 @@ class Metrics:
             registry=r,
         )
         self.encoded = Counter("eh_encoder_encoded", "Images encoded and handed on", registry=r)
-        self.failed = Counter("eh_encoder_failed", "Images refused", ["reason"], registry=r)
+        # Dead-lettered with a reason: bad images (also recorded as failures) and bad messages.
+        self.dead = Counter("eh_encoder_failed", "Images refused", ["reason"], registry=r)
         self.requeued = Counter(
             "eh_encoder_requeued", "Messages requeued after a transient failure", registry=r
         )

@@ -6,7 +6,6 @@ The same app serves standalone and distributed mode; only the components factory
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -16,13 +15,16 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from elastichash.roles import Role, run_role
 from gateway import ingest, search
+from gateway.backpressure import BacklogGate
 from gateway.config import GatewaySettings
 from gateway.fetch import Fetcher
 from gateway.http import Metrics, make_middlewares
 from gateway.openapi import build_openapi
 from gateway.pending import PendingSet
 from gateway.state import (
+    BACKLOG,
     COMPONENTS,
     FETCHER,
     METRICS,
@@ -111,6 +113,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[PENDING] = PendingSet(settings.pending_capacity)
+    app[BACKLOG] = BacklogGate(settings.max_queued, settings.retry_after_s)
     factory = components or distributed_components
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
@@ -143,21 +146,29 @@ def create_app(
     return app
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="elastichash gateway",
-                                     description="REST gateway (distributed mode); "
-                                                 "configured by EH_GATEWAY_* variables")
-    parser.add_argument("--host")
-    parser.add_argument("--port", type=int)
-    args = parser.parse_args(argv)
-    settings = GatewaySettings()
-    if args.host:
-        settings.host = args.host
-    if args.port:
-        settings.port = args.port
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+ROLE = Role(
+    command="gateway",
+    summary="run the REST gateway (distributed mode)",
+    description=(
+        "Serve the REST API and the web page in distributed mode: ingest goes to the broker "
+        "with confirms (202 once confirmed), query images are encoded by the encoder workers "
+        "over their own RPC queue, search and status go to the search service."
+    ),
+    env_prefix="EH_GATEWAY_",
+    settings=GatewaySettings,
+    example_setting="AMQP__URL",
+    data_note=(
+        "It decides where the default model is built and kept unless "
+        "EH_GATEWAY_MODEL__PATH is set (the gateway reads the model's metadata: bit "
+        "selection, fingerprint)."
+    ),
+)
+
+
+def _serve(settings: GatewaySettings) -> None:
     web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
-    return 0
+                shutdown_timeout=settings.shutdown_timeout_s, access_log=None, print=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_role(ROLE, argv, _serve)

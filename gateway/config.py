@@ -8,7 +8,13 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from elastichash.settings import AmqpSettings, ImageLimits, ModelSettings, RemoteIndexSettings
+from elastichash.settings import (
+    AmqpSettings,
+    ImageLimits,
+    ModelSettings,
+    RemoteIndexSettings,
+    SpoolSettings,
+)
 
 
 class FetchSettings(BaseModel):
@@ -37,6 +43,11 @@ class GatewaySettings(BaseSettings):
     max_request_bytes: int = 512 * 1024 * 1024
     max_files_per_request: int = 1000
     max_urls_per_request: int = 1000
+    # Back-pressure: with more than this many images waiting to be indexed, uploads answer
+    # 503 with Retry-After (retry_after_s) instead of queueing. 0: no limit (the broker's
+    # memory and disk alarms are then the only bound).
+    max_queued: int = Field(default=0, ge=0)
+    retry_after_s: float = Field(default=5.0, gt=0)
     # Ids the gateway remembers as queued until indexed or failed (bounded memory).
     pending_capacity: int = 200_000
     shutdown_timeout_s: float = 30.0
@@ -47,3 +58,5 @@ class GatewaySettings(BaseSettings):
     index: RemoteIndexSettings = Field(default_factory=RemoteIndexSettings)
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    # Standalone mode only (distributed mode's backlog lives in the broker).
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)

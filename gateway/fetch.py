@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -19,7 +20,13 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from elastichash.errors import ForbiddenTarget, InvalidInput, PayloadTooLarge, Unavailable
+from elastichash.errors import (
+    ElasticHashError,
+    ForbiddenTarget,
+    InvalidInput,
+    PayloadTooLarge,
+    Unavailable,
+)
 from gateway.config import FetchSettings
 
 log = logging.getLogger(__name__)
@@ -76,17 +83,47 @@ class GuardedResolver(AbstractResolver):
         await self._inner.close()
 
 
+def _short(url: str) -> str:
+    return url if len(url) <= 200 else f"{url[:120]}...{url[-40:]}"
+
+
+def check_host_name(host: str, url: str) -> None:
+    """Refuse a host name that no resolver can take, naming the URL: the same IDNA encoding
+    the resolver would do (which raises on a label over 63 characters or an empty one), and
+    DNS's length and character rules."""
+    try:
+        ascii_host = host.rstrip(".").encode("idna").decode("ascii")
+    except (UnicodeError, ValueError) as exc:
+        raise InvalidInput(f"malformed host name in {_short(url)}: {exc}", field="url") from None
+    labels = ascii_host.split(".")
+    if len(ascii_host) > 253 or any(not 0 < len(lab) <= 63 for lab in labels):
+        raise InvalidInput(f"malformed host name in {_short(url)}: a DNS name has labels of "
+                           "1-63 characters and at most 253 in all", field="url")
+    if not all(_HOST_LABEL.fullmatch(lab) for lab in labels):
+        raise InvalidInput(f"malformed host name in {_short(url)}: letters, digits and "
+                           "'-' only", field="url")
+
+
+# Underscores occur in real host names (though not in DNS's grammar); resolvers take them.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?")
+
+
 def check_url(url: str, settings: FetchSettings) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018  (raises on a port that is not a number in range)
+    except ValueError as exc:
+        raise InvalidInput(f"malformed URL {_short(url)}: {exc}", field="url") from None
     if parts.scheme not in ("http", "https"):
         raise InvalidInput(f"only http and https URLs can be fetched, not {parts.scheme!r}",
                            field="url")
-    host = parts.hostname
     if not host:
-        raise InvalidInput("URL has no host", field="url")
+        raise InvalidInput(f"URL {_short(url)} has no host", field="url")
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
+        check_host_name(host, url)
         if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
             ".localhost"
         ):
@@ -147,8 +184,11 @@ class Fetcher:
             if isinstance(cause, ForbiddenTarget):
                 raise cause from None
             raise InvalidInput(f"cannot connect to {url}: {exc.os_error}", field="url") from None
-        except ForbiddenTarget:
+        except ElasticHashError:
             raise
+        except (UnicodeError, ValueError) as exc:
+            # A URL or redirect target the HTTP client cannot encode: the client's input.
+            raise InvalidInput(f"malformed URL {_short(current)}: {exc}", field="url") from None
         except aiohttp.ClientError as exc:
             raise InvalidInput(f"fetching {url} failed: {exc}", field="url") from None
         except OSError as exc:  # pragma: no cover - defensive

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from elastichash.errors import (
     Unauthorized,
     Unavailable,
     http_status,
+    validation_message,
 )
 
 log = logging.getLogger(__name__)
@@ -28,13 +30,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(
-    status: int, code: str, message: str, field: str | None = None, **extra: Any
+    status: int, code: str, message: str, field: str | None = None, *,
+    retry_after: float | None = None, **extra: Any
 ) -> web.Response:
     body: dict[str, Any] = {"error": {"code": code, "message": message, "field": field}}
     body.update(extra)
     headers = {}
-    if status == 503:
-        headers["Retry-After"] = "1"
+    if retry_after is not None or status in (503, 507):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after or 1)))
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -42,13 +45,6 @@ def json_model(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(
         text=model.model_dump_json(), status=status, content_type="application/json"
     )
-
-
-def validation_message(exc: ValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
-    msg = first.get("msg", "invalid value")
-    return (f"{loc}: {msg}" if loc else msg), (loc or None)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -132,10 +128,9 @@ def make_middlewares(metrics: Metrics, api_keys: list[str]) -> list[Any]:
             status = http_status(exc)
             if status >= 500:
                 log.warning("%s %s: %s", request.method, request.path, exc.message)
-            extra: dict[str, Any] = {}
-            if isinstance(exc, Unavailable):
-                status = 503
-            return error_response(status, exc.code, exc.message, exc.field, **extra)
+            retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
+            return error_response(status, exc.code, exc.message, exc.field,
+                                  retry_after=retry_after)
         except ValidationError as exc:
             status = 400
             msg, field = validation_message(exc)

@@ -13,7 +13,9 @@ from elastichash.errors import (
     ElasticHashError,
     InvalidInput,
     NotFound,
+    PartlyAccepted,
     PayloadTooLarge,
+    http_status,
 )
 from elastichash.ids import check_id
 from elastichash.pipeline import IngestItem
@@ -35,7 +37,7 @@ from gateway.schemas import (
     IngestUrlsRequest,
     ItemError,
 )
-from gateway.state import COMPONENTS, FETCHER, METRICS, PENDING, SETTINGS
+from gateway.state import BACKLOG, COMPONENTS, FETCHER, METRICS, PENDING, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +52,19 @@ def thumbnail_url(image_id: str, external: str | None) -> str:
 
 
 class _Batch:
-    """Collects accepted items and errors; flushes to the pipeline in bounded groups."""
+    """Collects accepted items and errors; flushes to the pipeline in bounded groups.
+
+    An image is listed as accepted only once the pipeline took it: when a later group
+    cannot be submitted (spool full, broker down), the answer still names every image
+    queued so far, and gives each image of the failed group the reason."""
 
     def __init__(self, request: web.Request) -> None:
         self.app = request.app
-        self.items: list[IngestItem] = []
+        self.items: list[tuple[IngestItem, AcceptedImage]] = []
         self.nbytes = 0
         self.accepted: list[AcceptedImage] = []
         self.errors: list[ItemError] = []
-        self.flushed = False
+        self.failure: ElasticHashError | None = None
 
     def error(self, exc: ElasticHashError, *, filename: str | None = None,
               url: str | None = None) -> None:
@@ -79,28 +85,56 @@ class _Batch:
         metadata: dict[str, Any] = {"width": info.width, "height": info.height}
         if filename:
             metadata["filename"] = filename
-        self.items.append(IngestItem(image_id, data, source, metadata, info.content_type))
+        self.items.append((IngestItem(image_id, data, source, metadata, info.content_type),
+                           AcceptedImage(id=image_id, filename=filename, url=url,
+                                         status_url=f"/v1/images/{image_id}")))
         self.nbytes += len(data)
-        self.accepted.append(AcceptedImage(id=image_id, filename=filename, url=url,
-                                           status_url=f"/v1/images/{image_id}"))
         if len(self.items) >= SUBMIT_GROUP_FILES or self.nbytes >= SUBMIT_GROUP_BYTES:
             await self.flush()
 
     async def flush(self) -> None:
         if not self.items:
             return
-        items, self.items, self.nbytes = self.items, [], 0
-        await self.app[COMPONENTS].pipeline.submit(items)
-        self.flushed = True
+        group, self.items, self.nbytes = self.items, [], 0
+        if self.failure is None:
+            try:
+                await self.app[COMPONENTS].pipeline.submit([it for it, _ in group])
+            except PartlyAccepted as exc:
+                took = set(exc.accepted)
+                self._accepted([g for g in group if g[0].id in took])
+                group = [g for g in group if g[0].id not in took]
+                self.failure = exc
+            except ElasticHashError as exc:
+                self.failure = exc
+        if self.failure is not None:
+            # This group, and any after it, is refused as a whole (the pipeline takes all
+            # of a group or none of it); what was queued before stays in the answer.
+            for _, acc in group:
+                self.error(self.failure, filename=acc.filename, url=acc.url)
+            return
+        self._accepted(group)
+
+    def _accepted(self, group: list[tuple[IngestItem, AcceptedImage]]) -> None:
+        self.accepted.extend(acc for _, acc in group)
         pending = self.app[PENDING]
-        for it in items:
+        for it, _ in group:
             pending.add(it.id, it.source)
-        self.app[METRICS].ingested.inc(len(items))
+        self.app[METRICS].ingested.inc(len(group))
+
+    @property
+    def flushed(self) -> bool:
+        return bool(self.accepted)
 
     def response(self) -> web.Response:
         body = IngestResponse(images=self.accepted, errors=self.errors)
         if self.accepted or not self.errors:
             return json_model(body, status=202)
+        if self.failure is not None:
+            retry_after = getattr(self.failure, "retry_after", None)
+            return error_response(http_status(self.failure), self.failure.code,
+                                  f"no image accepted: {self.failure.message}",
+                                  retry_after=retry_after,
+                                  errors=[e.model_dump() for e in self.errors])
         codes = {e.code for e in self.errors}
         first = self.errors[0]
         status = 400
@@ -114,6 +148,8 @@ class _Batch:
 
 async def post_images(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    # Before reading the body: a client told to come back later should not upload first.
+    await request.app[BACKLOG].check(request.app[COMPONENTS].pipeline)
     batch = _Batch(request)
     if request.content_type == "multipart/form-data":
         declared = request.content_length
@@ -197,6 +233,12 @@ async def _url_ingest(request: web.Request, batch: _Batch,
                 data = await fetcher.fetch(url)
             except ElasticHashError as exc:
                 batch.error(exc, url=url)
+                return
+            except Exception as exc:
+                # Whatever one URL does, the request still answers for every other URL.
+                log.warning("fetching %s failed unexpectedly: %r", url[:200], exc)
+                batch.error(InvalidInput(f"fetching {url[:200]} failed: {type(exc).__name__}",
+                                         field="url"), url=url)
                 return
             async with order:
                 await batch.add(data, given_id=given, source=url, url=url)

@@ -33,6 +33,15 @@ ID_PARAM = {"name": "id", "in": "path", "required": True,
             "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"}}
 
 
+def _search_form() -> dict[str, Any]:
+    """The multipart search form: the file plus the query fields of ``SearchParams``."""
+    schema = s.SearchParams.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"type": "object", "required": ["file"],
+            "description": schema.get("description", ""),
+            "properties": {"file": {"type": "string", "format": "binary"},
+                           **schema["properties"]}}
+
+
 def build_openapi() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in MODELS],
                                  ref_template="#/components/schemas/{model}")
@@ -42,14 +51,7 @@ def build_openapi() -> dict[str, Any]:
         "properties": {
             "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
             "id": {"type": "string"}, "source": {"type": "string"}}}}}
-    search_upload = {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"],
-        "properties": {
-            "file": {"type": "string", "format": "binary"},
-            "k": {"type": "integer", "minimum": 1, "maximum": 1000},
-            "max_distance": {"type": "integer", "minimum": 0, "maximum": 256},
-            "offset": {"type": "integer", "minimum": 0, "maximum": 100_000},
-            "strategy": {"type": "string", "enum": ["auto", "two_stage", "exact", "dense_bit"]}}}}}
+    search_upload = {"multipart/form-data": {"schema": _search_form()}}
     paths: dict[str, Any] = {
         "/v1/images": {"post": {
             "summary": "Ingest images (multipart upload or a JSON list of URLs)",

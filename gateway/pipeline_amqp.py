@@ -15,16 +15,24 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
 from elastichash import amqp
-from elastichash.errors import ImageError, Unavailable
+from elastichash.errors import (
+    ElasticHashError,
+    ImageError,
+    PartlyAccepted,
+    Unavailable,
+)
 from elastichash.messages import BadMessage, decode_reply, encode_ingest
 from elastichash.model.contract import ModelSpec
 from elastichash.pipeline import IngestItem, QueryCode
 from elastichash.settings import AmqpSettings, ModelSettings
 
 log = logging.getLogger(__name__)
+
+# How long a queue-depth round trip may take before stats report the figure unavailable.
+BACKLOG_TIMEOUT_S = 0.5
 
 
 class AmqpPipeline:
@@ -35,6 +43,7 @@ class AmqpPipeline:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: amqp.Publisher | None = None
         self._rpc: amqp.Publisher | None = None
+        self._stats: AbstractChannel | None = None  # queue depths, apart from publishing
         self._reply_queue = f"{settings.prefix}.reply.{uuid.uuid4().hex[:12]}"
         self._pending: dict[str, asyncio.Future[QueryCode]] = {}
         self._spec: ModelSpec | None = None
@@ -42,6 +51,15 @@ class AmqpPipeline:
     async def start(self) -> None:
         self._spec = await asyncio.to_thread(self._load_spec)
         self._connection = await amqp.connect(self.settings, "gateway")
+        try:
+            await self._open()
+        except BaseException:
+            await amqp.close_connection(self._connection)  # or its tasks die noisily
+            self._connection = None
+            raise
+
+    async def _open(self) -> None:
+        assert self._connection is not None
         self._publisher = amqp.Publisher(self._connection, self.topo)
         await self._publisher.open()
         self._rpc = amqp.Publisher(self._connection, self.topo)
@@ -50,11 +68,11 @@ class AmqpPipeline:
             self._reply_queue, exclusive=True, auto_delete=True, durable=False
         )
         await replies.consume(self._on_reply, no_ack=True)
-        log.info("AMQP pipeline on %s (prefix %s)", self._safe_url(), self.settings.prefix)
-
-    def _safe_url(self) -> str:
-        url = self.settings.url
-        return url.split("@", 1)[-1] if "@" in url else url
+        self._stats = await self._connection.channel()
+        log.info(
+            "AMQP pipeline on %s (prefix %s)", amqp.safe_url(self.settings.url),
+            self.settings.prefix,
+        )
 
     async def stop(self) -> None:
         # submit() returns only after confirms, so nothing is buffered here to drain.
@@ -69,27 +87,43 @@ class AmqpPipeline:
         return None  # the backlog is in the broker; the gateway falls back on its own memory
 
     async def backlog(self) -> int | None:
-        """Messages waiting in the ingest and index queues (passive declares)."""
-        if self._rpc is None or self._connection is None or self._connection.is_closed:
+        """Messages waiting in the ingest and index queues, counted now (a fresh passive
+        declare each, see ``amqp.message_count``); None at once when the broker is away, and
+        None after ``BACKLOG_TIMEOUT_S`` when it does not answer: stats never wait for it."""
+        return await self._queue_depth(amqp.RK_INGEST, amqp.RK_INDEX)
+
+    async def ingest_depth(self) -> int | None:
+        """Images waiting to be encoded (the ingest queue alone), or None when unknown."""
+        return await self._queue_depth(amqp.RK_INGEST)
+
+    async def _queue_depth(self, *routing_keys: str) -> int | None:
+        channel = self._stats
+        if channel is None or not amqp.is_up(self._connection, channel):
             return None
-        total = 0
         try:
-            for rk in (amqp.RK_INGEST, amqp.RK_INDEX):
-                q = await self._rpc.channel.declare_queue(self.topo.queue(rk), passive=True)
-                total += q.declaration_result.message_count or 0
+            async with asyncio.timeout(BACKLOG_TIMEOUT_S):
+                counts = [
+                    await amqp.message_count(channel, self.topo.queue(rk)) for rk in routing_keys
+                ]
         except Exception as exc:  # stats must not fail because the broker is restarting
-            log.debug("backlog unavailable: %s", exc)
+            log.debug("queue depth unavailable: %r", exc)
             return None
-        return total
+        return sum(counts)
 
     async def ready(self) -> bool:
-        conn = self._connection
-        return conn is not None and not conn.is_closed
+        """The connection is up now and both publishing channels are open: false within a
+        moment of losing the broker (a reconnecting connection is not ready)."""
+        pub, rpc = self._publisher, self._rpc
+        return amqp.is_up(
+            self._connection,
+            pub.channel if pub else None,
+            rpc.channel if rpc else None,
+        )
 
     def _publisher_or_fail(self, rpc: bool = False) -> amqp.Publisher:
         pub = self._rpc if rpc else self._publisher
         if pub is None or not self._connection or self._connection.is_closed:
-            raise Unavailable("not connected to the broker")
+            raise Unavailable("not connected to the broker", retry_after=1.0)
         return pub
 
     async def submit(self, items: Sequence[IngestItem]) -> None:
@@ -108,10 +142,19 @@ class AmqpPipeline:
             )
 
         results = await asyncio.gather(*(one(i) for i in items), return_exceptions=True)
-        for res in results:
-            if isinstance(res, BaseException):
-                # Some may be confirmed already: harmless, the client's retry overwrites.
-                raise res
+        failed = [res for res in results if isinstance(res, BaseException)]
+        if not failed:
+            return
+        confirmed = [it.id for it, res in zip(items, results, strict=True)
+                     if not isinstance(res, BaseException)]
+        first = failed[0]
+        if not confirmed:
+            raise first
+        # The broker holds the confirmed ones: they will be indexed, so the caller must
+        # answer for them as accepted rather than tell the client they failed.
+        message = first.message if isinstance(first, ElasticHashError) else str(first)
+        raise PartlyAccepted(f"{len(failed)} of {len(items)} images not confirmed by the "
+                             f"broker: {message}", confirmed, retry_after=1.0)
 
     async def encode_query(self, data: bytes) -> QueryCode:
         pub = self._publisher_or_fail(rpc=True)

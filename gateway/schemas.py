@@ -6,9 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
-from elastichash.index.base import MAX_K
-
-StrategyName = Literal["auto", "two_stage", "exact", "dense_bit"]
+from elastichash.index.query import K, QueryParams
 
 
 class Strict(BaseModel):
@@ -84,7 +82,14 @@ class FailuresResponse(Strict):
     failures: list[FailureOut]
 
 
-class SearchRequest(Strict):
+class SearchParams(QueryParams):
+    """The query fields of a search (JSON body fields, or form fields beside an uploaded
+    file): ``elastichash.index.query`` validates them, once, for every backend."""
+
+    k: K = 24  # a page of the web page's grid
+
+
+class SearchRequest(SearchParams):
     """Exactly one of url, id, code (an uploaded file uses multipart instead)."""
 
     url: HttpUrl | None = None
@@ -92,26 +97,13 @@ class SearchRequest(Strict):
     code: str | None = Field(default=None, description="256-bit long code, 64 hex digits")
     short: str | None = Field(default=None, description="64-bit short code, 16 hex digits; "
                               "default: selected from code by the model's short_bits")
-    k: int = Field(default=24, ge=1, le=MAX_K)
-    max_distance: int | None = Field(default=None, ge=0, le=256)
-    offset: int = Field(default=0, ge=0, le=100_000)
-    strategy: StrategyName | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchRequest:
         given = [n for n in ("url", "id", "code") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError("give exactly one of 'url', 'id' or 'code'")
+        if len(given) > 1 or (not given and self.text is None):
+            raise ValueError("give exactly one of 'url', 'id' or 'code' (or 'text' alone)")
         return self
-
-
-class SearchParams(Strict):
-    """The tuning fields of a multipart search (form fields beside the file)."""
-
-    k: int = Field(default=24, ge=1, le=MAX_K)
-    max_distance: int | None = Field(default=None, ge=0, le=256)
-    offset: int = Field(default=0, ge=0, le=100_000)
-    strategy: StrategyName | None = None
 
 
 class ResultItem(Strict):
@@ -124,8 +116,8 @@ class ResultItem(Strict):
 
 class QueryInfo(Strict):
     id: str | None = None
-    code: str
-    short: str
+    code: str | None = None  # None for a search by words alone
+    short: str | None = None
 
 
 class SearchResponse(Strict):
@@ -141,13 +133,16 @@ class SearchResponse(Strict):
 
 
 class StatsResponse(Strict):
-    count: int
+    # null when the figure could not be had within the stats budget (see ``unavailable``)
+    count: int | None
     model: dict[str, Any]
     backend: str
     strategy: str
     mode: str
-    queued: int
+    queued: int | None
     index: dict[str, Any] = Field(default_factory=dict)
+    # names of the figures above that are unavailable now (broker or search service away)
+    unavailable: list[str] = Field(default_factory=list)
 
 
 ErrorResponse.model_rebuild()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable
+from typing import Any
 
 from aiohttp import BodyPartReader, web
 
 from elastichash import codes
 from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
+from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
 from gateway.http import json_model, multipart_guard, read_field, read_json, read_part_capped
@@ -21,7 +25,9 @@ from gateway.schemas import (
     SearchResponse,
     StatsResponse,
 )
-from gateway.state import COMPONENTS, FETCHER, PENDING, SETTINGS
+from gateway.state import COMPONENTS, FETCHER, SETTINGS
+
+log = logging.getLogger(__name__)
 
 
 async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
@@ -57,13 +63,13 @@ async def post_search(request: web.Request) -> web.Response:
     comp = request.app[COMPONENTS]
     settings = request.app[SETTINGS]
     query_id: str | None = None
+    params: SearchParams
+    query: QueryCode | None = None
     if request.content_type == "multipart/form-data":
         data, params = await multipart_guard(_multipart_query(request))
         query = await _encode(request, data)
     elif request.content_type == "application/json":
-        body = SearchRequest.model_validate(await read_json(request))
-        params = SearchParams(k=body.k, max_distance=body.max_distance, offset=body.offset,
-                              strategy=body.strategy)
+        body = params = SearchRequest.model_validate(await read_json(request))
         if body.id is not None:
             query_id = check_id(body.id)
             doc = await comp.index.get(query_id)
@@ -83,16 +89,16 @@ async def post_search(request: web.Request) -> web.Response:
             else:
                 short = comp.pipeline.short_of(code)
             query = QueryCode(code, short)
-        else:
+        elif body.url is not None:
             data = await request.app[FETCHER].fetch(str(body.url))
             query = await _encode(request, data)
     else:
         raise InvalidInput("send JSON (url, id or code) or multipart/form-data with a 'file'")
 
-    strategy = params.strategy or settings.index.strategy
-    result = await comp.index.search(
-        query.code, query.short, k=params.k, max_distance=params.max_distance,
-        offset=params.offset, strategy=strategy)
+    # The fields were validated with the request; the query only adds the codes.
+    result = await comp.index.search(SearchQuery(
+        **(params.params() | {"strategy": params.strategy or settings.index.strategy}),
+        code=query.code if query else None, short=query.short if query else None))
     end = params.offset + len(result.hits)
     return json_model(SearchResponse(
         results=[ResultItem(id=h.id, distance=h.distance, source=h.source,
@@ -101,24 +107,52 @@ async def post_search(request: web.Request) -> web.Response:
         total=result.total, candidates=result.candidates,
         took_ms=round((time.perf_counter() - start) * 1000, 3), strategy=result.strategy,
         k=params.k, offset=params.offset,
-        next_offset=end if result.hits and end < result.total else None,
-        query=QueryInfo(id=query_id, code=codes.to_hex(query.code),
-                        short=codes.to_hex(query.short))))
+        # No next page past the result window: that request would be refused.
+        next_offset=(end if result.hits and end < result.total
+                     and end + params.k <= MAX_WINDOW else None),
+        query=QueryInfo(id=query_id, code=codes.to_hex(query.code) if query else None,
+                        short=codes.to_hex(query.short) if query else None)))
+
+
+# /v1/stats answers within about this long whatever its dependencies do: a figure that is not
+# ready by then is null and named in "unavailable" (a dashboard must not hang on an outage).
+STATS_BUDGET_S = 0.8
 
 
 async def get_stats(request: web.Request) -> web.Response:
     comp = request.app[COMPONENTS]
     settings = request.app[SETTINGS]
-    stats = await comp.index.stats()
+    figures = await _within(
+        STATS_BUDGET_S,
+        count=comp.index.count(),
+        index=comp.index.stats(),
+        queued=comp.pipeline.backlog(),
+    )
+    stats = figures.get("index")
     return json_model(StatsResponse(
-        count=await comp.index.count(), model=comp.pipeline.model_info(),
+        count=figures.get("count"), model=comp.pipeline.model_info(),
         backend=comp.backend, strategy=settings.index.strategy, mode=settings.mode,
-        queued=await _backlog(request), index=_jsonable(stats)))
+        queued=figures.get("queued"),
+        index=_jsonable(stats) if isinstance(stats, dict) else {},
+        unavailable=sorted(k for k, v in figures.items() if v is None)))
 
 
-async def _backlog(request: web.Request) -> int:
-    backlog = await request.app[COMPONENTS].pipeline.backlog()
-    return len(request.app[PENDING]) if backlog is None else backlog
+async def _within(budget_s: float, **calls: Awaitable[Any]) -> dict[str, Any]:
+    """Run the calls at once; each one's result, or None when it failed or was not done
+    within the budget (those are cancelled)."""
+    tasks = {name: asyncio.ensure_future(call) for name, call in calls.items()}
+    done, pending = await asyncio.wait(tasks.values(), timeout=budget_s)
+    for task in pending:
+        task.cancel()
+    out: dict[str, Any] = {}
+    for name, task in tasks.items():
+        if task in done and not task.cancelled() and task.exception() is None:
+            out[name] = task.result()
+        else:
+            if task in done and not task.cancelled():
+                log.info("stats: %s unavailable: %r", name, task.exception())
+            out[name] = None
+    return out
 
 
 def _jsonable(stats: dict[str, object]) -> dict[str, object]:

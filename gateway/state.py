@@ -10,6 +10,7 @@ from aiohttp import web
 
 from elastichash.index.base import Index
 from elastichash.pipeline import Pipeline
+from gateway.backpressure import BacklogGate
 from gateway.config import GatewaySettings
 from gateway.fetch import Fetcher
 from gateway.http import Metrics
@@ -30,3 +31,4 @@ COMPONENTS = web.AppKey("components", Components)
 FETCHER = web.AppKey("fetcher", Fetcher)
 METRICS = web.AppKey("metrics", Metrics)
 PENDING = web.AppKey("pending", PendingSet)
+BACKLOG = web.AppKey("backlog", BacklogGate)

@@ -1,13 +1,17 @@
 """Indexer worker: consume the index queue, write batches to the index, ack each message only
 after its own item was written.
 
-Ack policy (per message):
+Runs on the consumer runtime (``elastichash.amqp.runtime``), which settles each message by
+``outcome_for``. What is this worker's own, per message:
+
 * written (``WriteResult.ok``) -> ack;
-* ``WriteResult.transient`` or the whole write raised (index unavailable) -> back off, nack with
-  requeue; the quorum queue's delivery limit bounds the retries and then dead-letters it;
+* ``WriteResult.transient`` -> back off, then requeue; the quorum queue's delivery limit bounds
+  the retries and then dead-letters it;
+* the whole write fails (index unavailable) -> retry in place with capped backoff: intake
+  pauses (the prefetch bounds what is held) instead of burning the delivery limit;
 * permanent item error or a malformed message -> copy with ``x-eh-reason`` to the dead-letter
   exchange, then ack;
-* failure records -> ``index.record_failures`` -> ack (requeue if that raised).
+* failure records -> ``index.record_failures`` -> ack.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage
 
-from elastichash import amqp, health
+from elastichash import amqp
+from elastichash.amqp.runtime import Batched, Runtime, Slot
 from elastichash.errors import InvalidInput, Unavailable
-from elastichash.health import run_worker
+from elastichash.health import total
 from elastichash.index.base import Index, WriteResult
 from elastichash.messages import BadMessage, IndexDoc, IndexFailure, decode_index
+from elastichash.roles import Role, run_role
 from indexer_worker.config import IndexerWorkerSettings
 from indexer_worker.metrics import Metrics
 
@@ -36,114 +42,106 @@ class IndexerWorker:
     def __init__(self, settings: IndexerWorkerSettings, index: Index) -> None:
         self.settings = settings
         self.index = index
-        self.topo = amqp.Topology.of(settings.amqp)
         self.metrics = Metrics()
+        self.runtime = Runtime(
+            "indexer worker",
+            settings,
+            settings.amqp,
+            self.metrics,
+            summary=lambda: {
+                "written": total(self.metrics.written),
+                "failures": total(self.metrics.failures),
+            },
+        )
+        self.queue = self.runtime.topo.queue(amqp.RK_INDEX)
         self.prefetch = max(settings.amqp.prefetch, settings.batch_max * 2)
-        self._buffer: asyncio.Queue[Msg | None] = asyncio.Queue()
-        self._connection: AbstractRobustConnection | None = None
-        self._publisher: amqp.Publisher | None = None
-        self._stopping = False
         self._backoff = 0.0
-
-    @property
-    def publisher(self) -> amqp.Publisher:
-        assert self._publisher is not None
-        return self._publisher
-
-    def ready(self) -> bool:
-        conn = self._connection
-        return conn is not None and not conn.is_closed and not self._stopping
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
-        app = health.start_app(self.metrics, self.ready)
-        runner = await health.serve(app, s.health_host, s.health_port)
+        intake = Batched(amqp.RK_INDEX, self._on_batch, self.prefetch, s.batch_max, s.batch_ms)
+        return await self.runtime.run([intake], stop)
+
+    def _decode(self, message: Msg) -> IndexDoc | IndexFailure:
         try:
-            self._connection = await amqp.connect(s.amqp, "indexer-worker")
-            self._publisher = amqp.Publisher(self._connection, self.topo)
-            await self._publisher.open()
-            channel = await self._connection.channel()
-            await channel.set_qos(prefetch_count=self.prefetch)
-            queue = (await amqp.declare(channel, self.topo)).queues[amqp.RK_INDEX]
-            tag = await queue.consume(self._on_message)
-            log.info("indexer worker consuming %s (prefetch %d)", queue.name, self.prefetch)
-            loop_task = asyncio.create_task(self._loop())
-            await stop.wait()
-            self._stopping = True
-            log.info("draining (grace %gs)", s.drain_timeout_s)
-            deadline = asyncio.get_running_loop().time() + s.drain_timeout_s  # one for it all
+            parsed = decode_index(message.body)
+            if isinstance(parsed, IndexDoc):
+                parsed.document()  # all conversions checked before any write
+            return parsed
+        except BadMessage:
+            raise
+        except Exception as err:
+            raise BadMessage("bad_message", f"cannot decode index message: {err!r}") from err
+
+    async def _on_batch(self, batch: list[Msg], _slot: Slot) -> None:
+        docs: list[tuple[Msg, IndexDoc]] = []
+        fails: list[tuple[Msg, IndexFailure]] = []
+        for message in batch:
             try:
-                async with asyncio.timeout_at(deadline):
-                    await queue.cancel(tag)
-            except Exception as exc:  # the broker may be gone: then nothing more arrives
-                log.warning("cancel consumer: %s", exc)
-            await amqp.let_deliveries_land()
-            self._buffer.put_nowait(None)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await asyncio.shield(loop_task)
-                    late = amqp.drain_nowait(self._buffer, 1 << 30)  # landed after intake closed
-                    if late:
-                        log.info("settling %d late deliveries", len(late))
-                        await self._write(late)
-            except TimeoutError:
-                log.warning("drain grace over: cancelling the write in flight (not acked)")
-            loop_task.cancel()
-            await asyncio.gather(loop_task, return_exceptions=True)
-            # A little past the drain deadline: closing is bounded too (see close_gracefully).
-            await amqp.close_gracefully(channel, self.publisher.channel, deadline=deadline + 5.0)
-            return 0
-        finally:
-            if self._connection is not None:
-                await amqp.close_connection(self._connection)
-            await runner.cleanup()
-            m = self.metrics
-            log.info(
-                "indexer worker stopped: consumed=%d written=%d failures=%d redelivered=%d"
-                " requeued=%d",
-                health.total(m.consumed),
-                health.total(m.written),
-                health.total(m.failures),
-                health.total(m.redelivered),
-                health.total(m.requeued),
-            )
+                parsed = self._decode(message)
+            except BadMessage as exc:
+                await self._settle(message, exc)
+                continue
+            if isinstance(parsed, IndexDoc):
+                docs.append((message, parsed))
+            else:
+                fails.append((message, parsed))
+        if fails:
+            await self._record_failures(fails)
+        if docs:
+            await self._write(docs)
 
-    async def _on_message(self, message: Msg) -> None:
-        self.metrics.consumed.inc()
-        if message.redelivered:
-            self.metrics.redelivered.inc()
-        self._buffer.put_nowait(message)
+    async def _settle(self, message: Msg, exc: BaseException | None) -> None:
+        await self.runtime.settle(message, amqp.outcome_for(exc), self.queue)
 
-    async def _loop(self) -> None:
-        s = self.settings
-        closed = False
-        while not closed:
-            batch, closed = await amqp.collect_batch(self._buffer, s.batch_max, s.batch_ms / 1000)
-            if closed:
-                batch.extend(amqp.drain_nowait(self._buffer, 1 << 30))
-            for i in range(0, len(batch), s.batch_max):
-                chunk = batch[i : i + s.batch_max]
-                try:
-                    await self._write(chunk)
-                except Exception:  # a bug must not stop the consumer: retry, bounded
-                    log.exception("writing a batch of %d failed; requeueing", len(chunk))
-                    await self._requeue([m for m in chunk if not m.processed])
-
-    async def _dead(self, message: Msg, reason: str, detail: str) -> None:
-        self.metrics.dead.labels(reason).inc()
-        log.warning("dead-lettering %s: %s (%s)", message.message_id, reason, detail)
+    async def _record_failures(self, fails: list[tuple[Msg, IndexFailure]]) -> None:
+        records = [f.failure() for _, f in fails]
         try:
-            await self.publisher.dead_letter(
-                message,
-                self.topo.queue(amqp.RK_INDEX),
-                reason,
-                detail,
-                timeout=self.settings.amqp.publish_timeout_s,
-            )
-        except Unavailable:
-            await self._requeue([message])
+            recorded = await self._retrying(
+                "record failures", lambda: self.index.record_failures(records))
+        except InvalidInput as exc:  # the index refuses the records: an operator's case
+            for message, _ in fails:
+                await self._settle(message, BadMessage("index_rejected", exc.message))
             return
-        await amqp.settle(message, "ack")
+        if recorded:
+            self.metrics.failures.inc(len(fails))
+            for message, _ in fails:
+                await self._settle(message, None)
+
+    async def _write(self, docs: list[tuple[Msg, IndexDoc]]) -> None:
+        started = time.perf_counter()
+        documents = [d.document() for _, d in docs]
+        results: list[WriteResult] = []
+
+        async def upsert() -> None:
+            results[:] = await self.index.upsert(documents)
+
+        try:
+            if not await self._retrying("write", upsert):
+                return  # stopping: left unacked, the broker redelivers
+        except InvalidInput as exc:
+            if len(docs) > 1:  # find the one the index refuses; write the others
+                for one in docs:
+                    await self._write([one])
+            else:
+                await self._settle(docs[0][0], BadMessage("index_rejected", exc.message))
+            return
+        self.metrics.write_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(docs))
+        retry: list[Msg] = []
+        for (message, _), res in zip(docs, results, strict=True):
+            if res.ok:
+                self.metrics.written.inc()
+                await self._settle(message, None)
+            elif res.transient:
+                retry.append(message)
+            else:
+                reason = res.error or "rejected by the index"
+                await self._settle(message, BadMessage("index_rejected", reason))
+        if retry:
+            await self._requeue(retry)
+        else:
+            self._backoff = 0.0
 
     async def _requeue(self, messages: list[Msg]) -> None:
         s = self.settings
@@ -151,8 +149,7 @@ class IndexerWorker:
         # Back off so an index outage is not a hot loop of redeliveries.
         await asyncio.sleep(self._backoff)
         for message in messages:
-            self.metrics.requeued.inc()
-            await amqp.settle(message, "requeue")
+            await self._settle(message, Unavailable("the index refused it for now"))
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[object]]) -> bool:
         """Retry a whole-batch index call until it succeeds or we are told to stop. An index
@@ -165,77 +162,12 @@ class IndexerWorker:
                 await call()
                 return True
             except Unavailable as exc:
-                if self._stopping:
+                if self.runtime.stopping:
                     log.warning("index %s failed while stopping: left unacked (%s)", what, exc)
                     return False
                 log.warning("index %s failed, retrying in %.1fs: %s", what, backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, s.retry_backoff_max_s)
-
-    async def _write(self, batch: list[Msg]) -> None:
-        docs: list[tuple[Msg, IndexDoc]] = []
-        fails: list[tuple[Msg, IndexFailure]] = []
-        for message in batch:
-            try:
-                parsed = decode_index(message.body)
-                if isinstance(parsed, IndexDoc):
-                    parsed.document()  # all conversions checked before any write
-            except Exception as err:
-                exc = err if isinstance(err, BadMessage) else BadMessage(
-                    "bad_message", f"cannot decode index message: {err!r}")
-                await self._dead(message, exc.reason, exc.message)
-                continue
-            if isinstance(parsed, IndexDoc):
-                docs.append((message, parsed))
-            else:
-                fails.append((message, parsed))
-        if fails:
-            records = [f.failure() for _, f in fails]
-            try:
-                recorded = await self._retrying(
-                    "record failures", lambda: self.index.record_failures(records))
-            except InvalidInput as exc:  # the index refuses the records: an operator's case
-                for message, _ in fails:
-                    await self._dead(message, "index_rejected", exc.message)
-                recorded = False
-            if recorded:
-                self.metrics.failures.inc(len(fails))
-                for message, _ in fails:
-                    await amqp.settle(message, "ack")
-        if not docs:
-            return
-        started = time.perf_counter()
-        documents = [d.document() for _, d in docs]
-        results: list[WriteResult] = []
-
-        async def upsert() -> None:
-            results[:] = await self.index.upsert(documents)
-
-        try:
-            if not await self._retrying("write", upsert):
-                return
-        except InvalidInput as exc:
-            if len(docs) > 1:  # find the one the index refuses; write the others
-                for message, _ in docs:
-                    await self._write([message])
-            else:
-                await self._dead(docs[0][0], "index_rejected", exc.message)
-            return
-        self.metrics.write_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(docs))
-        retry: list[Msg] = []
-        for (message, _), res in zip(docs, results, strict=True):
-            if res.ok:
-                self.metrics.written.inc()
-                await amqp.settle(message, "ack")
-            elif res.transient:
-                retry.append(message)
-            else:
-                await self._dead(message, "index_rejected", res.error or "rejected by the index")
-        if retry:
-            await self._requeue(retry)
-        else:
-            self._backoff = 0.0
 
 
 async def _amain(settings: IndexerWorkerSettings) -> int:
@@ -253,8 +185,25 @@ async def _amain(settings: IndexerWorkerSettings) -> int:
         await index.close()
 
 
+ROLE = Role(
+    command="indexer-worker",
+    summary="run an indexer worker (index queue -> index)",
+    description=(
+        "Consume the index queue: write documents and failure records to the index in "
+        "batches (through the search service by default), acking each message only after its "
+        "own item was written; refused items are dead-lettered with a reason."
+    ),
+    env_prefix="EH_INDEXER_",
+    settings=IndexerWorkerSettings,
+    example_setting="INDEX__SEARCH_URL",
+    data_note=(
+        "The indexer writes through the search service by default and keeps nothing "
+        "there; with EH_INDEXER_INDEX__BACKEND=embedded it decides where the index lives "
+        "unless EH_INDEXER_INDEX__DATA_DIR is set."
+    ),
+    worker=True,
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_worker(
-        "elastichash indexer-worker", (__doc__ or "").splitlines()[0], argv, IndexerWorkerSettings,
-        lambda s: s.health_port, _amain,
-    )
+    return run_role(ROLE, argv, _amain)

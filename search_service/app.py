@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from aiohttp import web
 from elastichash.errors import ElasticHashError, Unavailable, http_status
 from elastichash.index.base import Index
 from elastichash.index.factory import make_index
+from elastichash.roles import Role, run_role
 from search_service import routes
 from search_service.config import SearchServiceSettings
 from search_service.keys import INDEX_KEY, METRICS_KEY, SETTINGS_KEY
@@ -84,33 +84,37 @@ def create_app(settings: SearchServiceSettings, *, index: Index | None = None) -
     return app
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="elastichash search-service",
-        description="Serve search over an index (settings from EH_SEARCH_*).",
-    )
-    parser.add_argument("--host", help="bind address (EH_SEARCH_HOST)")
-    parser.add_argument("--port", type=int, help="port (EH_SEARCH_PORT)")
-    parser.add_argument("--data", help="embedded index directory (EH_SEARCH_INDEX__DATA_DIR)")
-    args = parser.parse_args(argv)
-    settings = SearchServiceSettings()
-    if args.host:
-        settings.host = args.host
-    if args.port:
-        settings.port = args.port
+ROLE = Role(
+    command="search-service",
+    summary="run the search service",
+    description=(
+        "Serve search over an index (the embedded index, or Elasticsearch / OpenSearch): "
+        "the gateway and the indexer workers reach the index through it."
+    ),
+    env_prefix="EH_SEARCH_",
+    settings=SearchServiceSettings,
+    example_setting="INDEX__BACKEND",
+    data_note=(
+        "It decides where the embedded index lives unless EH_SEARCH_INDEX__DATA_DIR (or "
+        "--data) is set."
+    ),
+)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path,
+                        help="embedded index directory (EH_SEARCH_INDEX__DATA_DIR)")
+
+
+def _apply(args: argparse.Namespace, settings: SearchServiceSettings) -> None:
     if args.data:
-        settings.index.data_dir = Path(args.data)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout_s,
-        print=None,
-    )
-    return 0
+        settings.index.data_dir = args.data
+
+
+def _serve(settings: SearchServiceSettings) -> None:
+    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                shutdown_timeout=settings.shutdown_timeout_s, print=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_role(ROLE, argv, _serve, _add_arguments, _apply)

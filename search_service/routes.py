@@ -10,12 +10,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from elastichash.errors import InvalidInput, NotFound, Unavailable
 from elastichash.index import wire
-from elastichash.index.base import MAX_K, STRATEGIES
+from elastichash.index.base import SCAN_BATCH
 from search_service.keys import INDEX_KEY, METRICS_KEY, SETTINGS_KEY
 
 __all__ = ["add_routes"]
 
 MAX_FAILURES_LIMIT = 1000
+MAX_SCAN_PAGE = 10_000
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -28,43 +29,29 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _int_field(
-    body: dict[str, Any], name: str, default: int | None, lo: int, hi: int | None
-) -> int | None:
-    value = body.get(name, default)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidInput(f"{name} must be an integer", field=name)
-    if value < lo or (hi is not None and value > hi):
-        bounds = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise InvalidInput(f"{name} must be {bounds}, got {value}", field=name)
-    return value
-
-
 async def search(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    code = wire.parse_code(body)
-    short = wire.parse_short(body)
-    k = _int_field(body, "k", 10, 1, MAX_K)
-    max_distance = _int_field(body, "max_distance", None, 0, 256)
-    offset = _int_field(body, "offset", 0, 0, None)
-    strategy = body.get("strategy")
-    if strategy is not None and strategy not in STRATEGIES:
-        raise InvalidInput(
-            f"unknown strategy {strategy!r}; use one of {list(STRATEGIES)}", field="strategy"
-        )
-    assert k is not None
-    assert offset is not None
-    index = request.app[INDEX_KEY]
-    kwargs: dict[str, Any] = {"k": k, "max_distance": max_distance, "offset": offset}
-    if strategy is not None:
-        kwargs["strategy"] = strategy
-    result = await index.search(code, short, **kwargs)
+    query = wire.query_from_json(await _json_body(request))
+    result = await request.app[INDEX_KEY].search(query)
     metrics = request.app[METRICS_KEY]
     metrics.search_seconds.labels(result.strategy).observe(result.took_ms / 1000.0)
     metrics.candidates.labels(result.strategy).observe(result.candidates)
     return web.json_response(wire.result_to_json(result))
+
+
+async def capabilities(request: web.Request) -> web.Response:
+    return web.json_response((await request.app[INDEX_KEY].capabilities()).to_json())
+
+
+async def codes(request: web.Request) -> web.Response:
+    """One page of :meth:`Index.scan`: ``size`` records with id > ``after``, in id order."""
+    size = _query_int(request, "size", SCAN_BATCH, MAX_SCAN_PAGE)
+    after = request.query.get("after")
+    page: list[dict[str, Any]] = []
+    async with contextlib.aclosing(request.app[INDEX_KEY].scan(batch=size, after=after)) as it:
+        async for batch in it:  # one batch is one page; the client's cursor is its last id
+            page = [wire.record_to_json(r) for r in batch]
+            break
+    return web.json_response({"items": page})
 
 
 async def bulk(request: web.Request) -> web.Response:
@@ -140,14 +127,19 @@ async def record_failures(request: web.Request) -> web.Response:
     return web.json_response({"recorded": len(failures)})
 
 
-async def list_failures(request: web.Request) -> web.Response:
-    raw = request.query.get("limit", "50")
+def _query_int(request: web.Request, name: str, default: int, hi: int) -> int:
+    raw = request.query.get(name, str(default))
     try:
-        limit = int(raw)
+        value = int(raw)
     except ValueError:
-        raise InvalidInput("limit must be an integer", field="limit") from None
-    if not 1 <= limit <= MAX_FAILURES_LIMIT:
-        raise InvalidInput(f"limit must be between 1 and {MAX_FAILURES_LIMIT}", field="limit")
+        raise InvalidInput(f"{name} must be an integer", field=name) from None
+    if not 1 <= value <= hi:
+        raise InvalidInput(f"{name} must be between 1 and {hi}", field=name)
+    return value
+
+
+async def list_failures(request: web.Request) -> web.Response:
+    limit = _query_int(request, "limit", 50, MAX_FAILURES_LIMIT)
     failures = await request.app[INDEX_KEY].recent_failures(limit)
     return web.json_response({"failures": [wire.failure_to_json(f) for f in failures]})
 
@@ -188,6 +180,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/search", search)
+    app.router.add_get("/v1/capabilities", capabilities)
+    app.router.add_get("/v1/codes", codes)
     app.router.add_post("/v1/documents/_bulk", bulk)
     app.router.add_post("/v1/documents/_delete", bulk_delete)
     app.router.add_get("/v1/documents/{id}", get_document)

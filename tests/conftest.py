@@ -30,6 +30,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def broker_port() -> int:
+    """A free port for a private broker: from ``EH_TEST_PORT_RANGE`` (``21000-21999``) when
+    set, so that brokers a test starts stay inside a range agreed on a shared machine."""
+    span = os.environ.get("EH_TEST_PORT_RANGE")
+    if not span:
+        return free_port()
+    low, high = (int(p) for p in span.split("-", 1))
+    import random
+
+    for port in random.sample(range(low, high + 1), min(200, high - low + 1)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in EH_TEST_PORT_RANGE={span}")
+
+
 def _port_open(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
         return True
@@ -78,8 +97,8 @@ class PrivateBroker:
 
     base: Path
     name: str = field(default_factory=lambda: f"eh-test-{uuid.uuid4().hex[:8]}@localhost")
-    port: int = field(default_factory=free_port)
-    dist_port: int = field(default_factory=free_port)
+    port: int = field(default_factory=broker_port)
+    dist_port: int = field(default_factory=broker_port)
 
     @property
     def url(self) -> str:

@@ -181,7 +181,7 @@ class Cluster:
         }
         return self._spawn("encoder", "encoder-worker", port, env)
 
-    def gateway(self) -> Service:
+    def gateway(self, **extra: str) -> Service:
         port = free_port()
         return self._spawn(
             "gateway",
@@ -194,6 +194,7 @@ class Cluster:
                 "EH_GATEWAY_MODEL__PATH": str(self.model),
                 "EH_GATEWAY_INDEX__BACKEND": "remote",
                 "EH_GATEWAY_INDEX__SEARCH_URL": self.search_url,
+                **extra,
             },
         )
 

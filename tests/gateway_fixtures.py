@@ -42,7 +42,8 @@ def standalone_settings(data: Path, model: Path, **overrides: Any) -> GatewaySet
 def standalone_factory(data: Path) -> Callable[[GatewaySettings], Any]:
     @asynccontextmanager
     async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
-        async with open_local(cfg.model, cfg.limits, cfg.index, data / "spool") as local:
+        async with open_local(cfg.model, cfg.limits, cfg.index, data / "spool",
+                              cfg.spool) as local:
             yield Components(local.pipeline, local.index, "embedded")
 
     return components

@@ -18,6 +18,7 @@ from tests.distributed_fixtures import Cluster, cluster_factory, dead_letters, m
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 __all__ = ["cluster_factory", "model_file"]
+Factory = Callable[[str, str], Cluster]
 
 
 def _docs(n: int, start: int = 0) -> list[Document]:
@@ -140,3 +141,51 @@ async def test_check_flag_exits_0_for_a_ready_worker_and_1_when_it_is_gone(
     indexer.proc.terminate()
     assert await asyncio.to_thread(indexer.proc.wait, 30) == 0
     assert await asyncio.to_thread(check) == 1
+
+
+async def test_the_index_queue_holds_messages_to_the_ingest_queues_limits_and_types(
+    rabbitmq_url: str, amqp_prefix: str, cluster_factory: Factory
+) -> None:
+    import base64
+
+    c = cluster_factory(rabbitmq_url, amqp_prefix)
+    docs = _docs(3)
+    bodies = [IndexDoc.of(d).model_dump_json().encode() for d in docs]
+
+    def doc(ident: str, **fields: object) -> bytes:
+        body: dict[str, object] = {
+            "kind": "doc", "v": 1, "id": ident, "code": "0" * 64, "short": "0" * 16
+        }
+        body.update(fields)
+        return json.dumps(body).encode()
+
+    deep: dict[str, object] = {"leaf": 1}
+    for _ in range(7):
+        deep = {"n": deep}
+    poison = {
+        # A thumbnail of 2 MB (a whole image smuggled in its place) in a 2.7 MB message.
+        doc("big-1", thumbnail=base64.b64encode(os.urandom(2 * 1024 * 1024)).decode()):
+            "too_large",
+        doc("deep-1", metadata=deep): "bad_message",  # deeper than the ingest path allows
+        doc("boolv-1", v=True): "unsupported_version",  # True == 1 in Python, not a version
+        doc("intsrc-1", source=5): "bad_message",  # a number where a string belongs
+    }
+    await _send(rabbitmq_url, amqp_prefix, [*poison, *bodies])
+    await c.ready(c.search_service())
+    await c.ready(c.indexer(batch_max=16))
+    await wait_for(lambda: _count_is(c.search_url, len(docs)), 60, "documents indexed")
+
+    async def all_dead() -> bool:
+        return len(await dead_letters(rabbitmq_url, amqp_prefix)) >= len(poison)
+
+    await wait_for(all_dead, 30, "poison dead-lettered")
+    reasons = sorted(r or "" for _, r in await dead_letters(rabbitmq_url, amqp_prefix))
+    assert reasons == sorted(poison.values())
+    index = RemoteIndex(c.search_url)
+    await index.open()
+    try:
+        assert await index.count() == len(docs)
+        for ident in ("big-1", "deep-1", "boolv-1", "intsrc-1"):
+            assert await index.get(ident) is None
+    finally:
+        await index.close()

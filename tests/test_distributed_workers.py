@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from elastichash.index.remote import RemoteIndex
-from elastichash.messages import H_ID, H_METADATA, H_VERSION
+from elastichash.messages import H_ID, H_METADATA, H_SOURCE, H_VERSION
 from elastichash.settings import AmqpSettings, ModelSettings
 from tests.conftest import PrivateBroker
 from tests.distributed_fixtures import (
@@ -65,6 +65,9 @@ async def test_poison_messages_are_dead_lettered_with_their_reason_while_others_
         ({H_VERSION: 1, H_ID: "../../etc/passwd"}, "bad_headers"),
         ({H_VERSION: 1, H_ID: "meta-1", H_METADATA: "{not json"}, "bad_headers"),
         ({H_VERSION: 42, H_ID: "future-1"}, "unsupported_version"),
+        # Strict types: True == 1 in Python but is no version; a number is no source.
+        ({H_VERSION: True, H_ID: "boolv-1"}, "unsupported_version"),
+        ({H_VERSION: 1, H_ID: "intsrc-1", H_SOURCE: 5}, "bad_headers"),
         # Nesting that breaks recursive parsers (RecursionError) or serialisers.
         ({H_VERSION: 1, H_ID: "deep-1", H_METADATA: "[" * 4000 + "]" * 4000}, "bad_headers"),
         ({H_VERSION: 1, H_ID: "deep-2", H_METADATA: '{"a":' * 300 + "1" + "}" * 300},
@@ -89,6 +92,8 @@ async def test_poison_messages_are_dead_lettered_with_their_reason_while_others_
     assert reasons["corrupt-1"] in {"corrupt", "unsupported_format"}
     assert reasons["truncated-1"] in {"truncated", "corrupt"}
     assert reasons["future-1"] == "unsupported_version"
+    assert reasons["boolv-1"] == "unsupported_version"
+    assert reasons["intsrc-1"] == "bad_headers"
     named = {"../../etc/passwd", "meta-1", "deep-1", "deep-2"}
     assert sorted(r for i, r in dead if i in named) == ["bad_headers"] * 4
     # Bad images also leave a failure record, so the image's status says why.

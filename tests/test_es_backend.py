@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from elastichash.codes import hamming_many, subcodes, subcodes_array
-from elastichash.errors import InvalidInput, Unavailable
-from elastichash.index.base import Document, Failure
+from elastichash.errors import Unavailable, UnsupportedQuery
+from elastichash.index.base import Document, Failure, SearchQuery
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.es import ElasticsearchIndex
 from elastichash.index.es.bulk import BulkPolicy
@@ -88,8 +88,12 @@ async def test_two_stage_equals_embedded_and_reference_over_200_queries(
         assert all(r.ok for r in await embedded.upsert(docs))
         nonempty = 0
         for code, short, k, offset, maxd in queries(docs, N_QUERIES):
-            got = await es.search(code, short, k=k, offset=offset, max_distance=maxd)
-            emb = await embedded.search(code, short, k=k, offset=offset, max_distance=maxd)
+            got = await es.search(SearchQuery(
+                    code=code, short=short, k=k, offset=offset, max_distance=maxd
+                ))
+            emb = await embedded.search(SearchQuery(
+                    code=code, short=short, k=k, offset=offset, max_distance=maxd
+                ))
             ref, total, cands = reference(docs, code, short, k, offset, maxd)
             pairs = [(h.distance, h.id) for h in got.hits]
             assert pairs == [(h.distance, h.id) for h in emb.hits]
@@ -112,8 +116,9 @@ async def test_exact_and_dense_bit_rank_every_document(
         ranked = sorted((int(dist[i]), d.id) for i, d in enumerate(docs)
                         if maxd is None or dist[i] <= maxd)
         for strategy in strategies:
-            got = await es.search(code, short, k=k, offset=offset, max_distance=maxd,
-                                  strategy=strategy)
+            got = await es.search(SearchQuery(
+                    code=code, short=short, k=k, offset=offset, max_distance=maxd, strategy=strategy
+                ))
             assert [(h.distance, h.id) for h in got.hits] == ranked[offset: offset + k]
             assert (got.total, got.candidates) == (len(ranked), len(docs))
 
@@ -122,7 +127,7 @@ async def test_hits_carry_document_fields_and_get_round_trips(
     loaded: tuple[ElasticsearchIndex, list[Document]],
 ) -> None:
     es, docs = loaded
-    got = await es.search(docs[3].code, docs[3].short, k=1)
+    got = await es.search(SearchQuery(code=docs[3].code, short=docs[3].short, k=1))
     assert got.hits[0].id == docs[3].id
     assert got.hits[0].distance == 0
     assert got.hits[0].source == docs[3].source
@@ -133,16 +138,15 @@ async def test_hits_carry_document_fields_and_get_round_trips(
     assert await es.get("missing") is None
 
 
-async def test_search_validates_its_arguments(es_index: ElasticsearchIndex) -> None:
+async def test_search_refuses_what_the_index_cannot_serve(es_index: ElasticsearchIndex) -> None:
     code, short = bytes(32), bytes(8)
-    with pytest.raises(InvalidInput):
-        await es_index.search(code, short, k=1001)
-    with pytest.raises(InvalidInput):
-        await es_index.search(code, short, k=10, offset=9995)
-    with pytest.raises(InvalidInput):
-        await es_index.search(code[:31], short)
-    with pytest.raises(InvalidInput):
-        await es_index.search(code, short, strategy="nope")
+    for extra in ({"text": "cat"}, {"filter": {"source": "x"}}):
+        with pytest.raises(UnsupportedQuery) as exc:
+            await es_index.search(SearchQuery(code=code, short=short, **extra))
+        assert exc.value.field in extra
+    if not es_index.dense_bit:
+        with pytest.raises(UnsupportedQuery, match=r"8\.15"):
+            await es_index.search(SearchQuery(code=code, short=short, strategy="dense_bit"))
 
 
 async def test_writes_become_searchable_after_refresh_but_get_is_realtime(
@@ -151,9 +155,13 @@ async def test_writes_become_searchable_after_refresh_but_get_is_realtime(
     doc = make_docs(np.random.default_rng(1), 1)[0]
     assert [r.ok for r in await es_index.upsert([doc])] == [True]
     assert (await es_index.get(doc.id)) is not None
-    assert (await es_index.search(doc.code, doc.short)).total == 0  # refresh_interval -1
+    assert (await es_index.search(SearchQuery(
+            code=doc.code, short=doc.short
+        ))).total == 0  # refresh_interval -1
     await es_index.refresh()
-    assert [h.id for h in (await es_index.search(doc.code, doc.short)).hits] == [doc.id]
+    assert [h.id for h in (await es_index.search(SearchQuery(
+            code=doc.code, short=doc.short
+        ))).hits] == [doc.id]
 
 
 async def test_reindexing_an_id_replaces_its_code_and_delete_removes_it(
@@ -164,8 +172,12 @@ async def test_reindexing_an_id_replaces_its_code_and_delete_removes_it(
     results = await es_index.upsert([a, moved])  # the same id twice: the last one wins
     assert [r.ok for r in results] == [True, True]
     await es_index.refresh()
-    assert (await es_index.search(a.code, a.short, max_distance=0)).hits == []
-    assert [h.id for h in (await es_index.search(b.code, b.short, max_distance=0)).hits] == [a.id]
+    assert (await es_index.search(SearchQuery(
+            code=a.code, short=a.short, max_distance=0
+        ))).hits == []
+    assert [h.id for h in (await es_index.search(SearchQuery(
+            code=b.code, short=b.short, max_distance=0
+        ))).hits] == [a.id]
     deleted = await es_index.delete([a.id, "never-there"])
     assert deleted[0].ok
     assert not deleted[1].ok
@@ -241,7 +253,7 @@ async def test_an_outage_fails_readiness_and_writes_transiently_until_it_recover
     pending = [d for d, r in zip(pending, results, strict=True) if not r.ok]
     assert len(pending) == 4
     with pytest.raises(Unavailable):
-        await es_index.search(docs[0].code, docs[0].short)
+        await es_index.search(SearchQuery(code=docs[0].code, short=docs[0].short))
     es_server.faults.set_outage(False)
     assert await es_index.ready()
     results = await es_index.upsert(pending)
@@ -275,7 +287,9 @@ async def test_concurrent_searches_share_one_client(
     loaded: tuple[ElasticsearchIndex, list[Document]],
 ) -> None:
     es, docs = loaded
-    got = await asyncio.gather(*(es.search(d.code, d.short, k=1) for d in docs[:20]))
+    got = await asyncio.gather(*(es.search(SearchQuery(
+            code=d.code, short=d.short, k=1
+        )) for d in docs[:20]))
     assert [r.hits[0].id for r in got] == [d.id for d in docs[:20]]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from elastichash.index.base import SearchQuery
 from elastichash.index.embedded import EmbeddedIndex
 
 BATCH = 200
@@ -86,7 +87,9 @@ async def test_every_acknowledged_batch_survives_sigkill(tmp_path: Path) -> None
                     doc = await idx.get(f"b{b}_{i}")
                     assert doc is not None, (b, i)
                     assert doc.code == codes[i].tobytes(), (b, i)
-                res = await idx.search(codes[1].tobytes(), codes[1, :8].tobytes(), k=1)
+                res = await idx.search(SearchQuery(
+                        code=codes[1].tobytes(), short=codes[1, :8].tobytes(), k=1
+                    ))
                 assert res.hits[0].id == f"b{b}_1"
             assert await idx.count() >= BATCH * len(all_acked)
         finally:

@@ -16,7 +16,7 @@ import pytest
 
 from elastichash.codes import hamming_many
 from elastichash.index import kernels, mih
-from elastichash.index.base import Document
+from elastichash.index.base import Document, SearchQuery
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.memtable import TIE_MARGIN, Candidates, CodeTable, Snapshot
 
@@ -228,9 +228,10 @@ async def test_pages_follow_the_reference_ranking_with_ties_by_id(tmp_path: Path
             want = sorted((int(d), i) for d, i, e in zip(dist, docs, eligible, strict=True) if e)
             got: list[tuple[int, str]] = []
             for offset in range(0, 330, 110):
-                res = await idx.search(
-                    q.tobytes(), q_short.tobytes(), k=110, offset=offset, strategy=strategy
-                )
+                res = await idx.search(SearchQuery(
+                    code=q.tobytes(), short=q_short.tobytes(), k=110, offset=offset,
+                    strategy=strategy,
+                ))
                 assert res.total == len(want)
                 got += [(h.distance, h.id) for h in res.hits]
             assert got == want[:330], strategy

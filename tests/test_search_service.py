@@ -11,8 +11,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from elastichash.codes import to_hex, to_words
-from elastichash.errors import InvalidInput, Unavailable
-from elastichash.index.base import Document, Failure, Index
+from elastichash.errors import Unavailable, UnsupportedQuery
+from elastichash.index.base import Document, Failure, Index, SearchQuery
 from elastichash.index.remote import RemoteIndex
 from elastichash.settings import IndexSettings
 from search_service.app import create_app
@@ -108,29 +108,33 @@ async def test_bulk_then_search_by_hex_and_by_words(
 
 
 @pytest.mark.parametrize(
-    ("req", "field"),
+    ("req", "field", "code"),
     [
-        ({"code": "ab", "short": "00" * 8}, "code"),
-        ({"short": "00" * 8}, "code"),
-        ({"words": [1, 2, 3]}, "words"),
-        ({"code": "00" * 32}, "short"),
-        ({"code": "00" * 32, "short": "xyz"}, "short"),
-        ({"code": "00" * 32, "short": "00" * 8, "k": 0}, "k"),
-        ({"code": "00" * 32, "short": "00" * 8, "k": 1001}, "k"),
-        ({"code": "00" * 32, "short": "00" * 8, "max_distance": 300}, "max_distance"),
-        ({"code": "00" * 32, "short": "00" * 8, "offset": -2}, "offset"),
-        ({"code": "00" * 32, "short": "00" * 8, "strategy": "fuzzy"}, "strategy"),
-        ({"code": "00" * 32, "short": "00" * 8, "strategy": "dense_bit"}, "strategy"),
+        ({"code": "ab", "short": "00" * 8}, "code", "invalid_input"),
+        ({"short": "00" * 8}, "code", "invalid_input"),
+        ({"words": [1, 2, 3]}, "words", "invalid_input"),
+        ({"code": "00" * 32}, "short", "invalid_input"),
+        ({"code": "00" * 32, "short": "xyz"}, "short", "invalid_input"),
+        ({"code": "00" * 32, "short": "00" * 8, "k": 0}, "k", "invalid_input"),
+        ({"code": "00" * 32, "short": "00" * 8, "k": 1001}, "k", "invalid_input"),
+        ({"code": "00" * 32, "short": "00" * 8, "max_distance": 300}, "max_distance",
+         "invalid_input"),
+        ({"code": "00" * 32, "short": "00" * 8, "offset": -2}, "offset", "invalid_input"),
+        ({"code": "00" * 32, "short": "00" * 8, "strategy": "fuzzy"}, "strategy",
+         "invalid_input"),
+        ({"code": "00" * 32, "short": "00" * 8, "strategy": "dense_bit"}, "strategy",
+         "unsupported_query"),
     ],
 )
 async def test_bad_search_requests_are_400_naming_the_field(
-    server: TestServer, http: aiohttp.ClientSession, req: dict[str, object], field: str
+    server: TestServer, http: aiohttp.ClientSession, req: dict[str, object], field: str,
+    code: str,
 ) -> None:
     async with http.post(server.make_url("/v1/search"), json=req) as r:
         body = await r.json()
     assert r.status == 400
     assert body["error"]["field"] == field
-    assert body["error"]["code"] == "invalid_input"
+    assert body["error"]["code"] == code
 
 
 async def test_documents_thumbnails_failures_stats_and_probes(
@@ -189,12 +193,14 @@ async def test_remote_index_round_trips_through_the_service(remote: RemoteIndex)
     assert all(r.ok for r in await remote.upsert(ds))
     assert await remote.get("doc0") == ds[0]
     assert await remote.get("missing") is None
-    res = await remote.search(ds[4].code, ds[4].short, k=5, strategy="exact")
+    res = await remote.search(SearchQuery(
+            code=ds[4].code, short=ds[4].short, k=5, strategy="exact"
+        ))
     assert res.hits[0].id == "doc4"
     assert res.total == 30
     assert res.strategy == "exact"
-    with pytest.raises(InvalidInput) as exc:
-        await remote.search(ds[4].code, ds[4].short, strategy="dense_bit")
+    with pytest.raises(UnsupportedQuery) as exc:
+        await remote.search(SearchQuery(code=ds[4].code, short=ds[4].short, strategy="dense_bit"))
     assert exc.value.field == "strategy"
     assert [r.ok for r in await remote.delete(["doc4", "doc4x"])] == [True, False]
     assert await remote.count() == 29
@@ -210,6 +216,6 @@ async def test_remote_index_maps_a_dead_service_to_unavailable() -> None:
     try:
         assert await idx.ready() is False
         with pytest.raises(Unavailable):
-            await idx.search(bytes(32), bytes(8))
+            await idx.search(SearchQuery(code=bytes(32), short=bytes(8)))
     finally:
         await idx.close()

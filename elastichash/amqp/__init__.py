@@ -14,8 +14,13 @@ Topology (``P`` = ``AmqpSettings.prefix``), declared idempotently by every proce
   would add latency for nothing; the TTL drops requests nobody waits for any more, and the
   cap (``reject-publish``) makes an overloaded encoder pool answer "unavailable" at once.
   The workers redeclare it after a broker restart (robust channels); callers simply retry.
+
+What a consumer tells the broker about a message is decided in one place,
+:func:`~elastichash.amqp.outcome.outcome_for`; the consumer runtime every worker runs on is
+``elastichash.amqp.runtime``.
 """
 
+from elastichash.amqp.connection import connect, is_up, safe_url
 from elastichash.amqp.consume import (
     close_connection,
     close_gracefully,
@@ -25,6 +30,7 @@ from elastichash.amqp.consume import (
     let_deliveries_land,
     settle,
 )
+from elastichash.amqp.outcome import ACK, Action, Outcome, outcome_for
 from elastichash.amqp.publish import Publisher
 from elastichash.amqp.topology import (
     CONNECTION_ERRORS,
@@ -37,12 +43,13 @@ from elastichash.amqp.topology import (
     RPC_QUEUE_TTL_MS,
     Declared,
     Topology,
-    connect,
     declare,
     delete_topology,
+    message_count,
 )
 
 __all__ = [
+    "ACK",
     "CONNECTION_ERRORS",
     "DIRECT_REPLY_TO",
     "RECONNECT_INTERVAL_S",
@@ -51,7 +58,9 @@ __all__ = [
     "RK_RPC",
     "RPC_MAX_LENGTH",
     "RPC_QUEUE_TTL_MS",
+    "Action",
     "Declared",
+    "Outcome",
     "Publisher",
     "Topology",
     "close_connection",
@@ -62,6 +71,10 @@ __all__ = [
     "delete_topology",
     "delivery_count",
     "drain_nowait",
+    "is_up",
     "let_deliveries_land",
+    "message_count",
+    "outcome_for",
+    "safe_url",
     "settle",
 ]

@@ -1,4 +1,4 @@
-"""Topology: names, queue arguments, idempotent declaration, connection."""
+"""Topology: names, queue arguments, idempotent declaration, queue depth."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
-from elastichash.errors import Unavailable
+from elastichash.errors import ConfigError
 from elastichash.settings import AmqpSettings
 
 RK_INGEST = "ingest"
@@ -89,7 +89,21 @@ async def declare(channel: AbstractChannel, topo: Topology) -> Declared:
     """Declare everything; safe to repeat, and done on every channel that uses it so that a
     robust channel re-declares it after a broker restart (the RPC queue is not durable).
     Differing arguments on an existing queue make the broker answer PRECONDITION_FAILED,
-    which we let surface: silently using a queue with other guarantees would be worse."""
+    which surfaces as :class:`ConfigError`: silently using a queue with other guarantees would
+    be worse."""
+    try:
+        return await _declare(channel, topo)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        text = exc.args[0] if exc.args else exc
+        text = getattr(text, "reply_text", text)
+        raise ConfigError(
+            f"the broker refuses the topology of prefix {topo.prefix!r}: {text}. Every process "
+            "of one prefix needs the same amqp.delivery_limit (or delete the queue to change it)",
+            field="amqp.delivery_limit",
+        ) from exc
+
+
+async def _declare(channel: AbstractChannel, topo: Topology) -> Declared:
     exchange = await channel.declare_exchange(
         topo.exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
@@ -113,17 +127,13 @@ async def declare(channel: AbstractChannel, topo: Topology) -> Declared:
     return Declared(exchange, dlx, queues)
 
 
-async def connect(settings: AmqpSettings, name: str) -> AbstractRobustConnection:
-    """A robust connection: reconnects by itself and restores channels, queues, consumers."""
-    try:
-        return await aio_pika.connect_robust(
-            settings.url,
-            client_properties={"connection_name": name},
-            reconnect_interval=RECONNECT_INTERVAL_S,
-            timeout=settings.publish_timeout_s,
-        )
-    except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-        raise Unavailable(f"cannot connect to the broker: {exc}") from exc
+async def message_count(channel: AbstractChannel, queue: str) -> int:
+    """Messages waiting in ``queue`` now, from a fresh passive ``queue.declare`` round trip.
+    Not ``channel.declare_queue(name, passive=True)``: on a robust channel that returns the
+    queue object cached when it was first declared, with the count of that moment (aio-pika
+    10.2.1), so the backlog read 0 while the broker held thousands."""
+    ok = await channel.channel.queue_declare(queue, passive=True)
+    return int(ok.message_count or 0)
 
 
 async def delete_topology(url: str, prefix: str, extra_queues: Sequence[str] = ()) -> None:

@@ -3,14 +3,18 @@
 from elastichash.index.base import (
     MAX_K,
     STRATEGIES,
+    Capabilities,
+    CodeRecord,
     Document,
     Failure,
     Hit,
     Index,
+    SearchQuery,
     SearchResult,
     WriteResult,
 )
 
 __all__ = [
-    "MAX_K", "STRATEGIES", "Document", "Failure", "Hit", "Index", "SearchResult", "WriteResult",
+    "MAX_K", "STRATEGIES", "Capabilities", "CodeRecord", "Document", "Failure", "Hit", "Index",
+    "SearchQuery", "SearchResult", "WriteResult",
 ]

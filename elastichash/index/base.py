@@ -7,13 +7,19 @@ bit selection); the index never guesses it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-Strategy = Literal["auto", "exact", "two_stage", "dense_bit"]
-STRATEGIES: tuple[str, ...] = ("auto", "exact", "two_stage", "dense_bit")
-MAX_K = 1000
+from elastichash.index.query import MAX_K, STRATEGIES, Capabilities, SearchQuery, Strategy
+
+__all__ = [
+    "AUTO_EXACT_MAX", "MAX_K", "SCAN_BATCH", "STRATEGIES", "Capabilities", "CodeRecord",
+    "Document", "Failure", "Hit", "Index", "SearchQuery", "SearchResult", "Strategy",
+    "WriteResult", "resolve_auto",
+]
+
+SCAN_BATCH = 1000
 # 'auto' ranks the whole index (exact) up to this many codes, where a full scan costs well
 # under a millisecond and finds every match; above it, multi-index hashing (two_stage).
 AUTO_EXACT_MAX = 100_000
@@ -34,6 +40,14 @@ class Document:
     thumbnail_url: str | None = None  # for documents imported with an external thumbnail
     metadata: dict[str, Any] = field(default_factory=dict)
     thumbnail: bytes | None = None  # small JPEG kept by backends that store one
+
+
+class CodeRecord(NamedTuple):
+    """One document's codes, as :meth:`Index.scan` yields them."""
+
+    id: str
+    code: bytes
+    short: bytes
 
 
 @dataclass(frozen=True)
@@ -95,17 +109,21 @@ class Index(Protocol):
 
     async def get(self, doc_id: str) -> Document | None: ...
 
-    async def search(
-        self,
-        code: bytes,
-        short: bytes,
-        *,
-        k: int = 10,
-        max_distance: int | None = None,
-        offset: int = 0,
-        strategy: str = "two_stage",
-    ) -> SearchResult:
-        """Rank by 256-bit Hamming distance, ties broken by id; ``offset``/``k`` page."""
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """Rank by 256-bit Hamming distance, ties broken by id; ``offset``/``k`` page.
+        A query the backend cannot serve is ``UnsupportedQuery`` (see :meth:`capabilities`)."""
+        ...
+
+    async def capabilities(self) -> Capabilities:
+        """The strategies and query features this index serves."""
+        ...
+
+    def scan(
+        self, *, batch: int = SCAN_BATCH, after: str | None = None
+    ) -> AsyncGenerator[list[CodeRecord], None]:
+        """Every document's codes in id order, ``batch`` at a time, starting after the id
+        ``after`` (a cursor: the last id seen). Not a snapshot: a document written or deleted
+        during the scan may or may not be seen; each id comes at most once."""
         ...
 
     async def record_failures(self, failures: Sequence[Failure]) -> None:

@@ -14,8 +14,9 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,37 +27,27 @@ from elastichash.errors import InvalidInput, Unavailable
 from elastichash.ids import check_id
 from elastichash.index import kernels
 from elastichash.index.base import (
-    MAX_K,
+    SCAN_BATCH,
+    Capabilities,
+    CodeRecord,
     Document,
     Failure,
     Hit,
+    SearchQuery,
     SearchResult,
     WriteResult,
     resolve_auto,
 )
 from elastichash.index.memtable import Candidates, CodeTable, Snapshot
+from elastichash.index.query import PORTABLE_STRATEGIES
 from elastichash.index.store import Store
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-EMBEDDED_STRATEGIES = ("auto", "exact", "two_stage")
+EMBEDDED_STRATEGIES = frozenset(PORTABLE_STRATEGIES)
+_WHY_NOT = (("dense_bit", "Elasticsearch-only"),)
 DB_NAME = "index.sqlite3"
-
-
-def validate_query(
-    code: bytes, short: bytes, k: int, max_distance: int | None, offset: int
-) -> None:
-    if len(code) != LONG_BYTES:
-        raise InvalidInput(f"code must be {LONG_BYTES} bytes, got {len(code)}", field="code")
-    if len(short) != SHORT_BYTES:
-        raise InvalidInput(f"short must be {SHORT_BYTES} bytes, got {len(short)}", field="short")
-    if not 1 <= k <= MAX_K:
-        raise InvalidInput(f"k must be between 1 and {MAX_K}", field="k")
-    if max_distance is not None and not 0 <= max_distance <= 256:
-        raise InvalidInput("max_distance must be between 0 and 256", field="max_distance")
-    if offset < 0:
-        raise InvalidInput("offset must be >= 0", field="offset")
 
 
 def _check_doc(d: Document) -> str | None:
@@ -79,8 +70,10 @@ class EmbeddedIndex:
     def __init__(self, path: Path, *, strategy: str = "two_stage", read_threads: int = 4) -> None:
         if strategy not in EMBEDDED_STRATEGIES:
             raise InvalidInput(
-                f"the embedded index has strategies {EMBEDDED_STRATEGIES}", field="strategy"
+                f"the embedded index has strategies {sorted(EMBEDDED_STRATEGIES)}",
+                field="strategy",
             )
+        self._caps = Capabilities(EMBEDDED_STRATEGIES, strategy, why_not=_WHY_NOT)
         self.path = Path(path)
         self.strategy = strategy
         self._read_threads = read_threads
@@ -264,7 +257,7 @@ class EmbeddedIndex:
             "backend": "embedded",
             "count": snap.n_alive,
             "strategy": self.strategy,
-            "strategies": list(EMBEDDED_STRATEGIES),
+            "strategies": sorted(EMBEDDED_STRATEGIES),
             "kernel": "faiss" if kernels.have_faiss() else "numpy",
             "memory_bytes": snap.nbytes,
             "memory_bytes_per_code": round(snap.nbytes / snap.n_alive, 1) if snap.n_alive else None,
@@ -276,24 +269,23 @@ class EmbeddedIndex:
             "path": str(self.path),
         }
 
-    async def search(
-        self,
-        code: bytes,
-        short: bytes,
-        *,
-        k: int = 10,
-        max_distance: int | None = None,
-        offset: int = 0,
-        strategy: str | None = None,
-    ) -> SearchResult:
-        strategy = strategy or self.strategy
-        if strategy not in EMBEDDED_STRATEGIES:
-            hint = " ('dense_bit' is Elasticsearch-only)" if strategy == "dense_bit" else ""
-            raise InvalidInput(
-                f"unknown strategy {strategy!r}{hint}; use one of {EMBEDDED_STRATEGIES}",
-                field="strategy",
-            )
-        validate_query(code, short, k, max_distance, offset)
+    async def capabilities(self) -> Capabilities:
+        return self._caps
+
+    async def scan(
+        self, *, batch: int = SCAN_BATCH, after: str | None = None
+    ) -> AsyncGenerator[list[CodeRecord], None]:
+        while True:
+            rows = await self._run(self._readers, partial(self._store.scan, after, batch))
+            if not rows:
+                return
+            yield [CodeRecord(*r) for r in rows]
+            after = rows[-1][0]
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        strategy = self._caps.check(query)
+        code, short = query.codes()
+        k, offset, max_distance = query.k, query.offset, query.max_distance
         strategy = resolve_auto(strategy, self.table.snapshot.n_alive)  # Unavailable if closed
         t0 = time.perf_counter()
         q = np.frombuffer(code, np.uint8)

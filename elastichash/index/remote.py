@@ -9,15 +9,24 @@ an embedded index. Errors map onto ``elastichash.errors``: no connection, timeou
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from elastichash.errors import InvalidInput, NotFound, Unavailable
+from elastichash.errors import InvalidInput, NotFound, Unavailable, UnsupportedQuery
 from elastichash.index import wire
-from elastichash.index.base import Document, Failure, SearchResult, WriteResult
+from elastichash.index.base import (
+    SCAN_BATCH,
+    Capabilities,
+    CodeRecord,
+    Document,
+    Failure,
+    SearchQuery,
+    SearchResult,
+    WriteResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +88,10 @@ class RemoteIndex:
                 if resp.status == 404:
                     raise NotFound(message, field=err.get("field"))
                 if 400 <= resp.status < 500 and resp.status != 429:
-                    raise InvalidInput(message, field=err.get("field"))
+                    # Keep the service's stable code where the client knows it.
+                    cls = UnsupportedQuery if err.get("code") == UnsupportedQuery.code else (
+                        InvalidInput)
+                    raise cls(message, field=err.get("field"))
                 retry = resp.headers.get("Retry-After")
                 raise Unavailable(
                     message, retry_after=float(retry) if retry and retry.isdigit() else None
@@ -112,26 +124,24 @@ class RemoteIndex:
         )
         return None if body is None else wire.document_from_json(body)
 
-    async def search(
-        self,
-        code: bytes,
-        short: bytes,
-        *,
-        k: int = 10,
-        max_distance: int | None = None,
-        offset: int = 0,
-        strategy: str | None = None,
-    ) -> SearchResult:
-        req: dict[str, Any] = {
-            "code": code.hex(),
-            "short": short.hex(),
-            "k": k,
-            "offset": offset,
-            "max_distance": max_distance,
-        }
-        if strategy is not None:
-            req["strategy"] = strategy
-        return wire.result_from_json(await self._call("POST", "/v1/search", json=req))
+    async def search(self, query: SearchQuery) -> SearchResult:
+        # The service checks the query against its index's capabilities: one check, there.
+        return wire.result_from_json(await self._call("POST", "/v1/search", json=query.to_json()))
+
+    async def capabilities(self) -> Capabilities:
+        return Capabilities.from_json(await self._call("GET", "/v1/capabilities"))
+
+    async def scan(
+        self, *, batch: int = SCAN_BATCH, after: str | None = None
+    ) -> AsyncGenerator[list[CodeRecord], None]:
+        while True:
+            params = {"size": str(batch)} | ({"after": after} if after is not None else {})
+            body = await self._call("GET", "/v1/codes", params=params)
+            records = [wire.record_from_json(r) for r in body["items"]]
+            if not records:
+                return
+            yield records
+            after = records[-1].id
 
     async def record_failures(self, failures: Sequence[Failure]) -> None:
         await self._call(

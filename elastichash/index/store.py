@@ -292,6 +292,15 @@ class Store:
             for r in cur.fetchall()
         }
 
+    def scan(self, after: str | None, limit: int) -> list[tuple[str, bytes, bytes]]:
+        """Up to ``limit`` (id, code, short) with id > ``after``, in id order (the UNIQUE
+        index on id serves the range)."""
+        cur = self.reader().execute(
+            "SELECT id, code, short FROM docs WHERE id > ? ORDER BY id LIMIT ?",
+            (after if after is not None else "", limit),
+        )
+        return [(r[0], bytes(r[1]), bytes(r[2])) for r in cur.fetchall()]
+
     def get_failure(self, doc_id: str) -> Failure | None:
         r = (
             self.reader()

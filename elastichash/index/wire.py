@@ -22,7 +22,15 @@ from elastichash.codes import (
     to_words,
 )
 from elastichash.errors import InvalidInput
-from elastichash.index.base import Document, Failure, Hit, SearchResult, WriteResult
+from elastichash.index.base import (
+    CodeRecord,
+    Document,
+    Failure,
+    Hit,
+    SearchQuery,
+    SearchResult,
+    WriteResult,
+)
 
 
 def parse_code(body: dict[str, Any]) -> bytes:
@@ -73,6 +81,30 @@ def parse_short(body: dict[str, Any]) -> bytes:
     raise InvalidInput(
         "the short code is required: 'short' (16 hex digits) or 'subcodes' ([f0..f3])",
         field="short",
+    )
+
+
+# Alternative spellings of the codes a search body may use instead of hex code/short.
+_CODE_KEYS = ("code", "words", "short", "subcodes")
+
+
+def query_from_json(body: dict[str, Any]) -> SearchQuery:
+    """A :class:`SearchQuery` from a search body: the query fields plus the codes as hex
+    (``code``, ``short``) or integers (``words``, ``subcodes``); or words alone."""
+    fields = {k: v for k, v in body.items() if k not in _CODE_KEYS}
+    if any(body.get(k) is not None for k in _CODE_KEYS) or body.get("text") is None:
+        fields["code"] = parse_code(body)
+        fields["short"] = parse_short(body)
+    return SearchQuery.parse(fields)
+
+
+def record_to_json(r: CodeRecord) -> dict[str, Any]:
+    return {"id": r.id, "code": to_hex(r.code), "short": to_hex(r.short)}
+
+
+def record_from_json(item: dict[str, Any]) -> CodeRecord:
+    return CodeRecord(
+        str(item["id"]), from_hex(item["code"], LONG_BITS), from_hex(item["short"], SHORT_BITS)
     )
 
 

@@ -11,7 +11,7 @@ from tests.esserver.query import Compiler
 from tests.esserver.state import Cluster, IndexState, StoredDoc
 
 SEARCH_KEYS = {"query", "size", "from", "sort", "min_score", "track_total_hits", "_source",
-               "timeout", "track_scores"}
+               "timeout", "track_scores", "search_after"}
 
 
 def _unknown_key(key: str, value: Any) -> EsError:
@@ -92,6 +92,24 @@ def _source_filter(spec: Any, src: dict[str, Any]) -> dict[str, Any] | None:
     return {k: v for k, v in out.items() if k not in excludes}
 
 
+def _after(ordered: list[Any], after: Any, sort: list[tuple[str, bool]],
+           sort_value: Any) -> list[Any]:
+    """The matches strictly after the ``search_after`` sort values, in sort order."""
+    if not isinstance(after, list) or len(after) != len(sort):
+        raise illegal("search_after has " + str(len(after) if isinstance(after, list) else 0)
+                      + f" value(s) but sort has {len(sort)}.")
+
+    def beyond(m: Any) -> bool:
+        for (field, desc), ref in zip(sort, after, strict=True):
+            v = sort_value(m, field, desc)
+            if v is None or v == ref:
+                continue  # missing sorts last; equal: the next key decides
+            return bool(v < ref) if desc else bool(v > ref)
+        return False
+
+    return [m for m in ordered if beyond(m)]
+
+
 def search(cluster: Cluster, targets: list[IndexState], body: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     for key, value in body.items():
@@ -124,6 +142,8 @@ def search(cluster: Cluster, targets: list[IndexState], body: dict[str, Any]) ->
         present.sort(key=lambda m, f=field, d=desc: sort_value(m, f, d),  # type: ignore[misc]
                      reverse=desc)
         ordered = present + absent
+    if "search_after" in body:
+        ordered = _after(ordered, body["search_after"], sort, sort_value)
     # Lucene breaks remaining ties by shard then doc order; insertion order stands in for it.
     page = ordered[offset: offset + size]
     scored = any(f == "_score" for f, _ in sort) or bool(body.get("track_scores"))

@@ -5,14 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from elastic_transport import TransportError
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
 
 from elastichash.errors import InvalidInput, Unavailable
-from elastichash.index.base import STRATEGIES, Document, Failure, SearchResult, WriteResult
+from elastichash.index.base import (
+    SCAN_BATCH,
+    STRATEGIES,
+    Capabilities,
+    CodeRecord,
+    Document,
+    Failure,
+    SearchQuery,
+    SearchResult,
+    WriteResult,
+)
 from elastichash.index.es import query as q
 from elastichash.index.es.bootstrap import (
     Layout,
@@ -165,23 +175,34 @@ class ElasticsearchIndex:
             return None
         return q.document_from_source(doc_id, resp["_source"])
 
-    async def search(
-        self,
-        code: bytes,
-        short: bytes,
-        *,
-        k: int = 10,
-        max_distance: int | None = None,
-        offset: int = 0,
-        strategy: str | None = None,
-    ) -> SearchResult:
-        strategy = strategy or self.strategy
+    async def capabilities(self) -> Capabilities:
+        # dense_bit needs a bit-vector mapping, known once open() inspected the cluster.
+        served = frozenset(st for st in STRATEGIES if st != "dense_bit" or self.dense_bit)
+        why = (
+            f"needs Elasticsearch >= 8.15 and an index created with it "
+            f"(server {self.version[0]}.{self.version[1]})"
+        )
+        return Capabilities(served, self.strategy, why_not=(("dense_bit", why),))
+
+    async def scan(
+        self, *, batch: int = SCAN_BATCH, after: str | None = None
+    ) -> AsyncGenerator[list[CodeRecord], None]:
+        while True:
+            resp = await self.client.search(index=self.names.alias, **q.scan_body(batch, after))
+            records = q.records_from_response(dict(resp))
+            if not records:
+                return
+            yield records
+            after = records[-1].id
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        strategy = (await self.capabilities()).check(query)
+        code, short = query.codes()
+        k, offset, max_distance = query.k, query.offset, query.max_distance
         if strategy == "auto":
             # A count per query would double the requests; ES serves large collections, and
             # two_stage there is what ElasticHash designed the index for.
             strategy = "two_stage"
-        q.check_codes(code, short)
-        q.check_paging(k, offset, max_distance)
         count_query: dict[str, Any] | None
         if strategy == "two_stage":
             body = q.two_stage_body(
@@ -191,17 +212,9 @@ class ElasticsearchIndex:
         elif strategy == "exact":
             body = q.exact_body(code, k=k, offset=offset, max_distance=max_distance)
             count_query = {"match_all": {}}
-        elif strategy == "dense_bit":
-            if not self.dense_bit:
-                raise InvalidInput(
-                    "dense_bit needs Elasticsearch >= 8.15 and an index created with it "
-                    f"(server {self.version[0]}.{self.version[1]})",
-                    field="strategy",
-                )
+        else:  # dense_bit: capabilities() offers it only where the mapping has the field
             body = q.dense_bit_body(code, k=k, offset=offset, max_distance=max_distance)
             count_query = {"match_all": {}}
-        else:
-            raise InvalidInput(f"unknown strategy {strategy!r}", field="strategy")
         if max_distance is None:
             count_query = None  # every candidate is counted in total already
         started = time.perf_counter()
@@ -246,7 +259,7 @@ class ElasticsearchIndex:
             "replicas": self.layout.replicas,
             "refresh_interval": self.layout.refresh_interval,
             "server_version": f"{self.version[0]}.{self.version[1]}",
-            "strategies": [s for s in STRATEGIES if s != "dense_bit" or self.dense_bit],
+            "strategies": sorted((await self.capabilities()).strategies),
             "default_strategy": self.strategy,
         }
 

@@ -20,7 +20,7 @@ from elastichash.codes import (
     to_words,
 )
 from elastichash.errors import InvalidInput
-from elastichash.index.base import MAX_K, Document, Hit
+from elastichash.index.base import CodeRecord, Document, Hit
 from elastichash.index.es.mapping import HIT_SOURCE_FIELDS, ID_FIELD, SUBCODE_FIELDS, WORD_FIELDS
 from elastichash.index.es.neighbours import NBS_FIELD, subcode_term
 from elastichash.index.es.script import (
@@ -29,21 +29,7 @@ from elastichash.index.es.script import (
     HAMMING_SCRIPT_ID,
 )
 
-MAX_RESULT_WINDOW = 10_000  # index.max_result_window default
 SORT: list[dict[str, Any]] = [{"_score": {"order": "desc"}}, {ID_FIELD: {"order": "asc"}}]
-
-
-def check_paging(k: int, offset: int, max_distance: int | None) -> None:
-    if not 0 <= k <= MAX_K:
-        raise InvalidInput(f"k must be between 0 and {MAX_K}", field="k")
-    if offset < 0:
-        raise InvalidInput("offset must be >= 0", field="offset")
-    if offset + k > MAX_RESULT_WINDOW:
-        raise InvalidInput(
-            f"offset + k must be <= {MAX_RESULT_WINDOW} on Elasticsearch", field="offset"
-        )
-    if max_distance is not None and not 0 <= max_distance <= LONG_BITS:
-        raise InvalidInput(f"max_distance must be between 0 and {LONG_BITS}", field="max_distance")
 
 
 def check_codes(code: bytes, short: bytes) -> None:
@@ -117,6 +103,34 @@ def dense_bit_body(code: bytes, *, k: int, offset: int, max_distance: int | None
         }
     }
     return _page(query, k, offset, max_distance)
+
+
+SCAN_SOURCE = [*SUBCODE_FIELDS, *WORD_FIELDS]
+
+
+def scan_body(batch: int, after: str | None) -> dict[str, Any]:
+    """One page of every document's codes in id order (``search_after`` on the unique id)."""
+    body: dict[str, Any] = {
+        "query": {"match_all": {}},
+        "sort": [{ID_FIELD: {"order": "asc"}}],
+        "size": batch,
+        "track_total_hits": False,
+        "_source": {"includes": SCAN_SOURCE},
+    }
+    if after is not None:
+        body["search_after"] = [after]
+    return body
+
+
+def records_from_response(resp: dict[str, Any]) -> list[CodeRecord]:
+    return [
+        CodeRecord(
+            h["_id"],
+            from_words([int(h["_source"][r]) for r in WORD_FIELDS]),
+            from_subcodes([int(h["_source"][f]) for f in SUBCODE_FIELDS]),
+        )
+        for h in resp["hits"]["hits"]
+    ]
 
 
 def hits_from_response(resp: dict[str, Any]) -> tuple[list[Hit], int]:
