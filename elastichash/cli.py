@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     index_commands.register(sub)
 
+    from elastichash.index import reindex
+
+    reindex.register(sub)
+
     from elastichash import standalone_commands
 
     standalone_commands.register(sub, serve=_serve)
@@ -149,7 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     func: Handler = args.func
-    return func(args)
+    from elastichash.errors import ModelContractError, ModelMismatch
+
+    try:
+        return func(args)
+    except (ModelMismatch, ModelContractError) as exc:
+        # a refusal the user acts on (another model, reindex): the message, not a traceback
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

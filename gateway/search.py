@@ -95,6 +95,19 @@ async def post_search(request: web.Request) -> web.Response:
     else:
         raise InvalidInput("send JSON (url, id or code) or multipart/form-data with a 'file'")
 
+    hint = None
+    if params.text is not None:
+        from elastichash.model.labels import unknown_words_hint, vocabulary
+
+        classes, _, unknown = vocabulary().resolve(params.text)
+        hint = unknown_words_hint(unknown)
+        if not classes:  # nothing to search for: an empty page, not an error
+            return json_model(SearchResponse(
+                results=[], total=0, candidates=0,
+                took_ms=round((time.perf_counter() - start) * 1000, 3), strategy="words",
+                k=params.k, offset=params.offset, next_offset=None, hint=hint,
+                query=QueryInfo(id=query_id, code=codes.to_hex(query.code) if query else None,
+                                short=codes.to_hex(query.short) if query else None)))
     # The fields were validated with the request; the query only adds the codes.
     result = await comp.index.search(SearchQuery(
         **(params.params() | {"strategy": params.strategy or settings.index.strategy}),
@@ -109,7 +122,7 @@ async def post_search(request: web.Request) -> web.Response:
         k=params.k, offset=params.offset,
         # No next page past the result window: that request would be refused.
         next_offset=(end if result.hits and end < result.total
-                     and end + params.k <= MAX_WINDOW else None),
+                     and end + params.k <= MAX_WINDOW else None), hint=hint,
         query=QueryInfo(id=query_id, code=codes.to_hex(query.code) if query else None,
                         short=codes.to_hex(query.short) if query else None)))
 

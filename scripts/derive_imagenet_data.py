@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "elastichash" / "data"
+# Links WordNet 3.0 lacks that everyday words need: a bus is a "public transport" there, not
+# a "motor vehicle", so "vehicle" would miss every bus. Each addition is listed here.
+EXTRA_PARENTS = {"n02924116": ["n03791235"]}  # bus -> motor vehicle
 
 
 def read_nouns(path: Path) -> dict[str, tuple[list[str], list[str]]]:
@@ -41,7 +44,7 @@ def read_nouns(path: Path) -> dict[str, tuple[list[str], list[str]]]:
             sym, target, pos = fields[k + 1 + 4 * j : k + 4 + 4 * j]
             if sym in ("@", "@i") and pos == "n":
                 parents.append("n" + target)
-        nouns["n" + offset] = (words, parents)
+        nouns["n" + offset] = (words, parents + EXTRA_PARENTS.get("n" + offset, []))
     return nouns
 
 

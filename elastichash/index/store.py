@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 CREATE INDEX IF NOT EXISTS failures_at ON failures(at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- the model's top classes per document (from metadata "labels"), for search by words;
+-- rows of replaced or deleted documents are removed with them
+CREATE TABLE IF NOT EXISTS labels (row INTEGER NOT NULL, label TEXT NOT NULL, score REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS labels_label ON labels(label, score);
+CREATE INDEX IF NOT EXISTS labels_row ON labels(row);
 """
 # A JSON array parameter instead of N placeholders: one statement for any number of keys.
 _IN_JSON = "(SELECT value FROM json_each(?))"
@@ -75,6 +80,17 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn.execute("PRAGMA query_only=1")
     return conn
+
+
+def doc_labels(doc: Document) -> list[tuple[str, float]]:
+    """(class id, score) of a document's labels (metadata "labels"); malformed entries skipped."""
+    out: list[tuple[str, float]] = []
+    raw = doc.metadata.get("labels") if isinstance(doc.metadata, dict) else None
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            score = item.get("score")
+            out.append((item["id"], float(score) if isinstance(score, (int, float)) else 0.0))
+    return out
 
 
 class Store:
@@ -183,6 +199,14 @@ class Store:
                 )
                 assert cur.lastrowid is not None
                 new_rows.append(cur.lastrowid)
+            if old:
+                conn.execute(f"DELETE FROM labels WHERE row IN {_IN_JSON}",
+                             (json.dumps([r for r, _ in old]),))
+            conn.executemany(
+                "INSERT INTO labels(row, label, score) VALUES (?, ?, ?)",
+                [(row, lab[0], lab[1]) for row, d in zip(new_rows, docs, strict=True)
+                 for lab in doc_labels(d)],
+            )
             thumbs = [(d.id, d.thumbnail) for d in docs if d.thumbnail is not None]
             if thumbs:
                 conn.executemany("INSERT OR REPLACE INTO thumbs(id, data) VALUES (?, ?)", thumbs)
@@ -212,6 +236,9 @@ class Store:
             )
             conn.execute(f"DELETE FROM docs WHERE id IN {_IN_JSON}", payload)
             conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}", payload)
+            if found:
+                conn.execute(f"DELETE FROM labels WHERE row IN {_IN_JSON}",
+                             (json.dumps(list(found.values())),))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -300,6 +327,25 @@ class Store:
             (after if after is not None else "", limit),
         )
         return [(r[0], bytes(r[1]), bytes(r[2])) for r in cur.fetchall()]
+
+    def rows_with_labels(self, labels: Sequence[str]) -> list[tuple[int, float]]:
+        """(row, best score among ``labels``) of live documents carrying any of them,
+        best first, ties by id: the ranking of a search by words."""
+        return [
+            (int(r), float(sc))
+            for r, sc in self.reader().execute(
+                "SELECT d.row, MAX(l.score) AS best FROM labels l JOIN docs d ON d.row = l.row"
+                f" WHERE l.label IN {_IN_JSON} GROUP BY d.row ORDER BY best DESC, d.id",
+                (json.dumps(list(labels)),),
+            ).fetchall()
+        ]
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.reader().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.writer.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     def get_failure(self, doc_id: str) -> Failure | None:
         r = (

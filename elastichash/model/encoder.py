@@ -22,6 +22,7 @@ from elastichash.errors import ImageError, ModelContractError
 from elastichash.model.batcher import run_batched
 from elastichash.model.contract import ModelSpec
 from elastichash.model.head import Inference, hash_outputs
+from elastichash.model.labels import ClassNames, Label, class_names
 from elastichash.model.preprocess import load_image, load_image_and_thumbnail
 from elastichash.model.session import ModelSession
 from elastichash.settings import ImageLimits, ModelSettings
@@ -34,13 +35,19 @@ class Encoded:
     code: bytes  # 32 bytes, the long code
     short: bytes  # 8 bytes, the short code
     thumbnail: bytes | None = None  # JPEG, when asked for (made from the same decode)
+    labels: tuple[Label, ...] = ()  # top classes, for models with class scores
 
 
 class Encoder:
     def __init__(
-        self, model: ModelSession, settings: ModelSettings, limits: ImageLimits
+        self,
+        model: ModelSession,
+        settings: ModelSettings,
+        limits: ImageLimits,
+        names: ClassNames | None = None,
     ) -> None:
         self.model = model
+        self.names = names
         self.spec: ModelSpec = model.spec
         self.providers = model.providers
         self.settings = settings
@@ -59,7 +66,14 @@ class Encoder:
         from elastichash.model.registry import resolve_settings
 
         path = resolve_settings(settings, index_dir)
-        enc = cls(ModelSession.open(path, settings), settings, limits)
+        session = ModelSession.open(path, settings)
+        spec = session.spec
+        names = (
+            class_names(spec.labels_file, spec.classes, path)
+            if spec.labels_output and spec.labels_file
+            else None
+        )
+        enc = cls(session, settings, limits, names)
         enc._warm_up()
         log.info(
             "encoder ready: model %s, providers %s, batch %d, decode workers %d",
@@ -110,8 +124,13 @@ class Encoder:
 
     def _infer(self, batch: npt.NDArray[np.float32], thumbs: list[bytes | None]) -> list[Encoded]:
         out = self.encode_arrays(batch)
+        labels = (
+            self.names.top(out.scores)
+            if self.names is not None and out.scores is not None
+            else [()] * len(out)
+        )
         return [
-            Encoded(out.long[k].tobytes(), out.short[k].tobytes(), thumbs[k])
+            Encoded(out.long[k].tobytes(), out.short[k].tobytes(), thumbs[k], labels[k])
             for k in range(len(out))
         ]
 

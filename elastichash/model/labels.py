@@ -133,6 +133,16 @@ class Vocabulary:
         return frozenset(found), known, unknown
 
 
+def unknown_words_hint(unknown: list[str]) -> str | None:
+    if not unknown:
+        return None
+    return (
+        f"no ImageNet class is named by {', '.join(repr(u) for u in unknown)}; words are "
+        "English nouns of the ImageNet classes or broader ones (WordNet), e.g. 'dog', "
+        "'elephant', 'vehicle', 'flower', 'mountain'"
+    )
+
+
 @functools.lru_cache(maxsize=2)
 def vocabulary(path: Path = DATA_DIR / WORDNET_FILE) -> Vocabulary:
     lemmas: dict[str, list[str]] = {}
