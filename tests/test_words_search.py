@@ -10,6 +10,7 @@ from elastichash.index.base import Document
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.query import SearchQuery
 from elastichash.model.labels import class_names, vocabulary
+from tests.model_fixtures import semantic_model  # noqa: F401  (fixture)
 
 ELEPHANT = "n02504458"  # African bush elephant
 TUSKER = "n01871265"
@@ -105,3 +106,47 @@ async def test_replacing_or_deleting_an_image_drops_its_old_labels(index: Embedd
     assert "img2" in [h.id for h in (await index.search(SearchQuery(text="bus"))).hits]
     await index.delete(["img4"])
     assert [h.id for h in (await index.search(SearchQuery(text="bus"))).hits] == ["img2"]
+
+
+async def test_the_gateway_returns_labels_and_searches_by_words(
+    tmp_path: Path, semantic_model: Path,  # noqa: F811
+) -> None:
+    from tests.gateway_fixtures import (
+        form_with_files,
+        gateway_client,
+        standalone_settings,
+        wait_indexed,
+    )
+    from tests.imagegen import make_image
+
+    datas = [make_image(500 + i, (320, 240)) for i in range(3)]
+    async with gateway_client(standalone_settings(tmp_path, semantic_model), tmp_path) as client:
+        resp = await client.post("/v1/images", data=form_with_files(
+            [(f"{i}.jpg", d, "image/jpeg") for i, d in enumerate(datas)]))
+        ids = [img["id"] for img in (await resp.json())["images"]]
+        statuses = await wait_indexed(client, ids, within_s=120)
+        labels = statuses[ids[0]]["metadata"]["labels"]
+        assert 1 <= len(labels) <= 5
+        assert all(lab["score"] >= 0.05 for lab in labels)
+        assert [lab["score"] for lab in labels] == sorted(
+            (lab["score"] for lab in labels), reverse=True)
+        top = labels[0]["name"]
+
+        resp = await client.post("/v1/search", json={"text": top})
+        body = await resp.json()
+        assert resp.status == 200, body
+        assert ids[0] in [r["id"] for r in body["results"]]
+        assert all(any(lab["name"] == top for lab in r["metadata"]["labels"])
+                   for r in body["results"])
+        assert body["hint"] is None
+
+        resp = await client.post("/v1/search", json={"text": top, "id": ids[0]})
+        body = await resp.json()
+        assert body["results"][0]["id"] == ids[0]
+        assert body["results"][0]["distance"] == 0
+
+        resp = await client.post("/v1/search", json={"text": "xyzzy"})
+        body = await resp.json()
+        assert resp.status == 200
+        assert body["results"] == []
+        assert "xyzzy" in body["hint"]

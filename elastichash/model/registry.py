@@ -44,6 +44,13 @@ def _lite0() -> bytes:
     return build_model_bytes()
 
 
+def _lite0_int8() -> bytes:
+    from elastichash.model.quantize import quantize_bytes
+    from elastichash.model.semantic import build_model_bytes
+
+    return quantize_bytes(build_model_bytes())
+
+
 BUILTINS: dict[str, BuiltinModel] = {
     m.name: m
     for m in (
@@ -52,6 +59,13 @@ BUILTINS: dict[str, BuiltinModel] = {
             "efficientnet-lite0.onnx",
             "ImageNet-trained EfficientNet-Lite0, 256-bit PCA+ITQ head, class labels (semantic)",
             _lite0,
+        ),
+        BuiltinModel(
+            "efficientnet-lite0-int8",
+            "efficientnet-lite0-int8.onnx",
+            "efficientnet-lite0 with INT8 convolutions (onnxruntime static quantisation, "
+            "calibrated on generated images); for CPUs",
+            _lite0_int8,
         ),
         BuiltinModel(
             "visual",
