@@ -5,7 +5,8 @@ HOST ?= 127.0.0.1
 IMAGES ?=
 DATA ?=
 
-.PHONY: run test setup setup-dev services lint typecheck bench clean
+.PHONY: run test setup setup-dev services lint typecheck bench clean \
+  images stack-up stack-down test-containers
 
 run: setup
 	$(VENV)/bin/elastichash serve --host $(HOST) --port $(PORT) \
@@ -13,6 +14,22 @@ run: setup
 
 test: setup-dev services
 	$(VENV)/bin/python -m pytest -q tests
+
+# Containers (docs/DEPLOY.md): Docker when an engine answers, else podman (installed from Debian
+# when missing) on a local Debian base: no registry needed.
+images:
+	@scripts/containers.sh images
+
+stack-up: setup images
+	@scripts/containers.sh up
+
+stack-down:
+	@scripts/containers.sh down
+
+# The stack in containers, end to end: installs what it needs, builds, runs, always cleans up.
+test-containers: setup-dev images
+	EH_TEST_CONTAINERS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
+	  tests/test_containers.py tests/test_containers_kube.py
 
 setup:
 	@scripts/setup.sh cpu,all

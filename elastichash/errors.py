@@ -111,6 +111,12 @@ class PayloadTooLarge(InvalidInput):
     code = "payload_too_large"
 
 
+class RequestTimeout(InvalidInput):
+    """The client sent its request body too slowly, or stopped sending it."""
+
+    code = "request_timeout"
+
+
 class UnsupportedMediaType(InvalidInput):
     code = "unsupported_media_type"
 
@@ -137,6 +143,7 @@ def invalid_input(exc: ValidationError) -> InvalidInput:
 HTTP_STATUS: dict[type[ElasticHashError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
+    RequestTimeout: 408,
     ImageError: 422,
     ForbiddenTarget: 400,
     InvalidInput: 400,

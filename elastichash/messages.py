@@ -5,8 +5,9 @@ Three message kinds:
 * **ingest** (gateway -> encoder): the raw image bytes as the body (never base64 in JSON:
   a third less traffic and no decode step) plus validated headers: schema version, id,
   source, metadata as a JSON string, content type. A size cap applies to the body.
-* **index** (encoder -> indexer): JSON, either a document (codes as hex, thumbnail as
-  base64) or a failure record, so status can say why an image was not indexed.
+* **index** (encoder -> indexer): JSON, either a document (``schema.DocumentBody``, the
+  search service's document JSON too: codes as hex, thumbnail as base64) or a failure
+  record, so status can say why an image was not indexed.
 * **encode RPC** (gateway -> encoder -> gateway): request = raw image bytes, reply = JSON.
 
 Every schema carries ``v``; a consumer refuses versions it does not know (dead-lettered with
@@ -26,6 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from elastichash.errors import InvalidInput
 from elastichash.ids import check_id
 from elastichash.index.base import Document, Failure
+from elastichash.index.schema import (
+    HEX16,
+    HEX64,
+    MAX_METADATA_BYTES,
+    MAX_SOURCE_CHARS,
+    MAX_THUMBNAIL_BYTES,
+    DocumentBody,
+    check_metadata,
+    checked_id,
+)
 from elastichash.pipeline import IngestItem
 
 SCHEMA_VERSION = 1
@@ -41,21 +52,12 @@ H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consume
 
 # The limits below apply on every queue (ingest and index), checked by the consumer too: a
 # message published by something other than our gateway or encoder gets no more trust.
-# Metadata travels in a header; RabbitMQ's frame_max (128 KiB) bounds all headers together.
-MAX_METADATA_BYTES = 16 * 1024
-# Facts about a photo (size, file name, EXIF groups) nest two or three levels; deeper is an
-# attack on recursive parsers and serialisers, not a caption.
-MAX_METADATA_DEPTH = 5
-MAX_SOURCE_CHARS = 2048
-# A thumbnail is a JPEG of at most 256 px on its long side (tens of KB); 512 KiB leaves room
-# for a noisy one and refuses a full image smuggled in its place.
-MAX_THUMBNAIL_BYTES = 512 * 1024
+# The document limits (metadata size and depth, source length, thumbnail size) live with the
+# document schema in elastichash.index.schema.
 # An index message: the base64 thumbnail, metadata and a few fixed fields.
 MAX_INDEX_MESSAGE_BYTES = MAX_THUMBNAIL_BYTES * 4 // 3 + MAX_METADATA_BYTES + 16 * 1024
 MAX_REASON_CHARS = 64
 MAX_FAILURE_MESSAGE_CHARS = 2000
-HEX64 = r"^[0-9a-f]{64}$"
-HEX16 = r"^[0-9a-f]{16}$"
 
 
 class BadMessage(InvalidInput):
@@ -95,19 +97,6 @@ def _text(headers: Mapping[str, Any], name: str) -> str | None:
         except UnicodeDecodeError:
             raise BadMessage("bad_headers", f"header {name} is not UTF-8") from None
     raise BadMessage("bad_headers", f"header {name} must be a string, not {type(value).__name__}")
-
-
-def check_metadata(metadata: Any) -> dict[str, Any]:
-    """The same metadata limits on every path: a JSON object, at most MAX_METADATA_BYTES
-    serialised, nested at most MAX_METADATA_DEPTH deep."""
-    if not isinstance(metadata, dict):
-        raise ValueError("metadata must be a JSON object")
-    if _depth(metadata, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
-        raise ValueError(f"metadata nested deeper than {MAX_METADATA_DEPTH}")
-    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > MAX_METADATA_BYTES:
-        raise ValueError(f"metadata over {MAX_METADATA_BYTES} bytes")
-    return metadata
 
 
 def encode_ingest(item: IngestItem) -> tuple[bytes, dict[str, Any], str | None]:
@@ -162,58 +151,16 @@ def decode_ingest(
     )
 
 
-class IndexDoc(_Frozen):
+class IndexDoc(DocumentBody):
+    """A document for the indexer: :class:`DocumentBody` (the search service's JSON too) plus
+    the message kind and schema version."""
+
     kind: Literal["doc"] = "doc"
     v: Literal[1] = 1
-    id: str
-    code: str = Field(pattern=HEX64)
-    short: str = Field(pattern=HEX16)
-    source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    # base64 JPEG; the decoded size is checked against MAX_THUMBNAIL_BYTES
-    thumbnail: str | None = Field(default=None, max_length=MAX_THUMBNAIL_BYTES * 4 // 3 + 4)
-
-    @field_validator("id")
-    @classmethod
-    def _valid_id(cls, value: str) -> str:
-        return _checked_id(value)
 
     @classmethod
-    def of(cls, doc: Document) -> IndexDoc:
-        thumb = base64.b64encode(doc.thumbnail).decode() if doc.thumbnail else None
-        return cls(
-            id=doc.id,
-            code=doc.code.hex(),
-            short=doc.short.hex(),
-            source=doc.source,
-            metadata=doc.metadata,
-            thumbnail=thumb,
-        )
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return check_metadata(v)
-
-    @field_validator("thumbnail")
-    @classmethod
-    def _base64(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                base64.b64decode(v, validate=True)
-            except ValueError as exc:
-                raise ValueError(f"thumbnail is not base64: {exc}") from None
-        return v
-
-    def document(self) -> Document:
-        return Document(
-            id=self.id,
-            code=bytes.fromhex(self.code),
-            short=bytes.fromhex(self.short),
-            source=self.source,
-            metadata=dict(self.metadata),
-            thumbnail=base64.b64decode(self.thumbnail) if self.thumbnail else None,
-        )
+    def of(cls, doc: Document, *, binary: bool = True) -> IndexDoc:
+        return cls(**DocumentBody.of(doc, binary=binary).model_dump())
 
 
 class IndexFailure(_Frozen):
@@ -228,7 +175,7 @@ class IndexFailure(_Frozen):
     @field_validator("id")
     @classmethod
     def _valid_id(cls, value: str) -> str:
-        return _checked_id(value)
+        return checked_id(value)
 
     def failure(self) -> Failure:
         return Failure(
@@ -238,21 +185,6 @@ class IndexFailure(_Frozen):
 
 IndexMessage = Annotated[IndexDoc | IndexFailure, Field(discriminator="kind")]
 _INDEX_ADAPTER: TypeAdapter[IndexDoc | IndexFailure] = TypeAdapter(IndexMessage)
-
-
-def _depth(value: Any, limit: int = 64) -> int:
-    """Nesting depth of a JSON value, counting no further than ``limit`` + 1."""
-    if limit < 0 or not isinstance(value, (dict, list)):
-        return 0
-    items = value.values() if isinstance(value, dict) else value
-    return 1 + max((_depth(v, limit - 1) for v in items), default=0)
-
-
-def _checked_id(value: str) -> str:
-    try:
-        return check_id(value)
-    except InvalidInput as exc:
-        raise ValueError(exc.message) from None
 
 
 def decode_index(body: bytes) -> IndexDoc | IndexFailure:

@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from elastichash.index.incoming import DuplicatePolicy
+from elastichash.index.query import Strategy
+
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("ELASTICHASH_DATA", Path.home() / ".local/share/elastichash"))
@@ -41,11 +44,14 @@ class ModelSettings(BaseModel):
         return "" if value is None else str(value) if isinstance(value, Path) else value
 
 
+# Decompression-bomb guard: 64 MP covers any camera sold today; above that it is a bomb.
+MAX_PIXELS = 64_000_000
+
+
 class ImageLimits(BaseModel):
     # Uploads above this are refused before they are buffered whole (413).
     max_bytes: int = 32 * 1024 * 1024
-    # Decompression-bomb guard: 64 MP covers any camera sold today.
-    max_pixels: int = 64_000_000
+    max_pixels: int = MAX_PIXELS
 
 
 class SpoolSettings(BaseModel):
@@ -61,7 +67,7 @@ class IndexSettings(BaseModel):
     backend: Literal["embedded", "elasticsearch", "remote"] = "embedded"
     data_dir: Path | None = None  # embedded store; None: default_data_dir()/index
     # auto: exact (full ranking) up to AUTO_EXACT_MAX codes, two_stage (MIH) above.
-    strategy: Literal["auto", "exact", "two_stage", "dense_bit"] = "auto"
+    strategy: Strategy = "auto"
     # elasticsearch backend
     es_url: str = "http://localhost:9200"
     es_index: str = "elastichash"
@@ -74,6 +80,13 @@ class IndexSettings(BaseModel):
     es_bulk_max_retries: int = 3  # per item, on 429/502/503/504, capped exponential backoff
     # remote backend: the search service's base URL (distributed mode)
     search_url: str = "http://localhost:8081"
+    # ingest: an image within this distance of an indexed one is marked (None: not screened);
+    # keep writes it with metadata.duplicate_of, skip records it as skipped instead
+    duplicate_distance: int | None = Field(default=None, ge=0, le=11)
+    duplicate_policy: Literal["keep", "skip"] = "keep"
+
+    def duplicate_screen(self) -> DuplicatePolicy:
+        return DuplicatePolicy(self.duplicate_distance, self.duplicate_policy == "skip")
 
 
 class RemoteIndexSettings(IndexSettings):

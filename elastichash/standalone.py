@@ -32,12 +32,13 @@ from typing import Any
 
 from elastichash.errors import ImageError, InsufficientStorage, Unavailable
 from elastichash.index.base import Document, Failure, Index
+from elastichash.index.incoming import DuplicatePolicy, screen
 from elastichash.model.encoder import Encoder
+from elastichash.model.preprocess import THUMBNAIL_SIZE
 from elastichash.pipeline import IngestItem, QueryCode, ingest_record
+from elastichash.settings import MAX_PIXELS
 
 log = logging.getLogger(__name__)
-
-THUMBNAIL_SIZE = 256
 
 
 # A batch that fails to index as a whole (the store is locked by another process, the disk
@@ -84,11 +85,13 @@ class LocalPipeline:
         batch_size: int = 32,
         batch_ms: float = 20.0,
         queue_size: int = 4096,
-        max_pixels: int = 64_000_000,
+        max_pixels: int = MAX_PIXELS,
         spool_max_bytes: int = 4 * 1024**3,
         spool_min_free_bytes: int = 256 * 1024**2,
+        duplicates: DuplicatePolicy | None = None,
     ) -> None:
         self._encoder = encoder
+        self._duplicates = duplicates or DuplicatePolicy()
         self._index = index
         self._spool = spool_dir
         self._batch_size = batch_size
@@ -100,7 +103,8 @@ class LocalPipeline:
         self._max_pixels = max_pixels
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self.counts = {"indexed": 0, "failed": 0, "retried": 0, "superseded": 0}
+        self.counts = {"indexed": 0, "failed": 0, "retried": 0, "superseded": 0,
+                       "skipped_duplicates": 0}
         self._idle = asyncio.Event()
         self._idle.set()
         self._inflight = 0
@@ -378,6 +382,7 @@ class LocalPipeline:
         doc_sps: list[_Spooled] = []
         retry: list[_Spooled] = []
         failures: list[Failure] = []
+        skipped: list[Failure] = []
         now = time.time()
         for sp, res in zip(batch, results, strict=True):
             record = ingest_record(sp.item, res, now)
@@ -387,6 +392,11 @@ class LocalPipeline:
             else:
                 docs.append(record)
                 doc_sps.append(sp)
+        if docs and self._duplicates.active:
+            docs, skipped = await screen(self._index, docs, self._duplicates)
+            keep = {d.id for d in docs}
+            done += [sp for sp in doc_sps if sp.item.id not in keep]
+            doc_sps = [sp for sp in doc_sps if sp.item.id in keep]
         if docs:
             written = await self._index.upsert(docs)
             for sp, wr in zip(doc_sps, written, strict=True):
@@ -399,9 +409,10 @@ class LocalPipeline:
                     failures.append(Failure(wr.id, "index_error", wr.error or "write failed",
                                             sp.item.source, now))
                     done.append(sp)
-        if failures:
-            await self._index.record_failures(failures)
+        if failures or skipped:
+            await self._index.record_failures(failures + skipped)
             self.counts["failed"] += len(failures)
+            self.counts["skipped_duplicates"] += len(skipped)
         await asyncio.to_thread(self._unspool, done)
         self.spool_bytes -= sum(sp.size for sp in done)
         for sp in done:

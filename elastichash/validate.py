@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from elastichash.errors import ImageError, UnsupportedMediaType
 from elastichash.ids import content_id
-from elastichash.model.preprocess import sniff_format
+from elastichash.model.preprocess import declared_size, decoder_message, sniff_format
 
 ORIENTATION_TAG = 0x0112
 
@@ -42,7 +42,11 @@ def check_image_bytes(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     except Image.DecompressionBombError:
         raise ImageError("too_many_pixels", "image has too many pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError("corrupt", f"image header cannot be read: {exc}") from None
+        size = declared_size(data, fmt)
+        if size is not None and 0 in size:
+            raise ImageError("empty", f"image has zero size {size[0]}x{size[1]}") from None
+        raise ImageError("corrupt",
+                         f"image header cannot be read: {decoder_message(exc)}") from None
     if width <= 0 or height <= 0:
         raise ImageError("empty", "image has zero width or height")
     if width * height > max_pixels:

@@ -11,13 +11,13 @@ from typing import Any
 from elastichash.errors import ImageError
 from elastichash.index.base import Failure
 from elastichash.messages import EncodeReply, IndexDoc, IndexFailure
+from elastichash.model.preprocess import THUMBNAIL_SIZE, decoder_message
 from elastichash.pipeline import IngestItem, ingest_record
 
 log = logging.getLogger(__name__)
 
 
-# Thumbnails come from the decode the encoder does anyway (see Encoder.encode_bytes).
-THUMBNAIL_SIZE = 256
+# Thumbnails (THUMBNAIL_SIZE) come from the decode the encoder does anyway (Encoder.encode_bytes).
 
 
 def _encode_many(encoder: Any, datas: list[bytes], thumbnails: int = 0) -> list[Any]:
@@ -35,7 +35,8 @@ def _encode_many(encoder: Any, datas: list[bytes], thumbnails: int = 0) -> list[
         except ImageError as exc:
             out.append(exc)
         except Exception as exc:
-            out.append(ImageError("corrupt", f"encoder failed on this image: {exc}"))
+            out.append(ImageError("corrupt",
+                                  f"encoder failed on this image: {decoder_message(exc)}"))
     return out
 
 

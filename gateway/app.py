@@ -20,7 +20,8 @@ from gateway import ingest, search
 from gateway.backpressure import BacklogGate
 from gateway.config import GatewaySettings
 from gateway.fetch import Fetcher
-from gateway.http import Metrics, make_middlewares
+from gateway.http import make_middlewares
+from gateway.metrics import Metrics
 from gateway.openapi import build_openapi
 from gateway.pending import PendingSet
 from gateway.state import (
@@ -140,6 +141,7 @@ def create_app(
     app.router.add_get("/v1/images/{id}/thumbnail", ingest.get_thumbnail)
     app.router.add_get("/v1/failures", ingest.get_failures)
     app.router.add_post("/v1/search", search.post_search)
+    app.router.add_get("/v1/duplicates", search.get_duplicates)
     app.router.add_get("/v1/stats", search.get_stats)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static", STATIC_DIR, follow_symlinks=False)
@@ -166,8 +168,13 @@ ROLE = Role(
 
 
 def _serve(settings: GatewaySettings) -> None:
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                shutdown_timeout=settings.shutdown_timeout_s, access_log=None, print=None)
+    from gateway.server import run
+
+    def announce(url: str) -> None:
+        log.info("gateway serving %s", url)
+
+    run(create_app(settings), settings.host, settings.port, settings.server,
+        shutdown_timeout=settings.shutdown_timeout_s, announce=announce)
 
 
 def main(argv: list[str] | None = None) -> int:

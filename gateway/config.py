@@ -29,6 +29,25 @@ class FetchSettings(BaseModel):
     user_agent: str = "elastichash/0.1 (+image similarity search)"
 
 
+class BodySettings(BaseModel):
+    """How slowly a client may send a request body before it is cut off (408)."""
+
+    # No body bytes for this long: the request ends.
+    idle_timeout_s: float = 15.0
+    # After this much waiting on the client, it must have sent at least min_rate per second.
+    rate_grace_s: float = 10.0
+    min_rate_bytes_s: int = 4096
+
+
+class ServerSettings(BaseModel):
+    """Connection-level limits of the HTTP server."""
+
+    # An idle keep-alive connection (or one that never sends a request) is closed after this.
+    keepalive_timeout_s: float = 15.0
+    # Connections one client address may hold at once; more are closed on arrival.
+    max_connections_per_client: int = 64
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EH_GATEWAY_", env_nested_delimiter="__", extra="ignore"
@@ -39,8 +58,10 @@ class GatewaySettings(BaseSettings):
     mode: Literal["standalone", "distributed"] = "distributed"
     # Empty: write endpoints are open. Otherwise X-API-Key must be one of these.
     api_keys: list[str] = Field(default_factory=list)
-    # Whole multipart request cap, checked against Content-Length before reading.
+    # Whole multipart ingest request cap, counted as the bytes arrive.
     max_request_bytes: int = 512 * 1024 * 1024
+    # JSON bodies: a URL list for ingest, a query for search.
+    max_json_bytes: int = 4 * 1024 * 1024
     max_files_per_request: int = 1000
     max_urls_per_request: int = 1000
     # Back-pressure: with more than this many images waiting to be indexed, uploads answer
@@ -58,5 +79,7 @@ class GatewaySettings(BaseSettings):
     index: RemoteIndexSettings = Field(default_factory=RemoteIndexSettings)
     amqp: AmqpSettings = Field(default_factory=AmqpSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    body: BodySettings = Field(default_factory=BodySettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     # Standalone mode only (distributed mode's backlog lives in the broker).
     spool: SpoolSettings = Field(default_factory=SpoolSettings)

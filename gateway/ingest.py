@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from elastichash.errors import (
     Conflict,
@@ -15,19 +16,17 @@ from elastichash.errors import (
     NotFound,
     PartlyAccepted,
     PayloadTooLarge,
+    RequestTimeout,
     http_status,
 )
-from elastichash.ids import check_id
+from elastichash.ids import check_id, content_id
+from elastichash.index.filters import INGEST_FIELDS, ingest_metadata
+from elastichash.index.incoming import skipped_duplicate_of
 from elastichash.pipeline import IngestItem
 from elastichash.validate import inspect_image
-from gateway.http import (
-    error_response,
-    json_model,
-    multipart_guard,
-    read_field,
-    read_json,
-    read_part_capped,
-)
+from elastichash.web_errors import close_after, error_response
+from gateway.body import Body
+from gateway.http import json_model
 from gateway.schemas import (
     AcceptedImage,
     FailureOut,
@@ -45,6 +44,7 @@ log = logging.getLogger(__name__)
 SUBMIT_GROUP_FILES = 32
 SUBMIT_GROUP_BYTES = 64 * 1024 * 1024
 FETCH_CONCURRENCY = 8
+MAX_FIELD_PARTS = 16  # album, taken_at and tags fields in one upload request
 
 
 def thumbnail_url(image_id: str, external: str | None) -> str:
@@ -60,7 +60,8 @@ class _Batch:
 
     def __init__(self, request: web.Request) -> None:
         self.app = request.app
-        self.items: list[tuple[IngestItem, AcceptedImage]] = []
+        # None in place of the item: already indexed, answered but not queued.
+        self.items: list[tuple[IngestItem | None, AcceptedImage]] = []
         self.nbytes = 0
         self.accepted: list[AcceptedImage] = []
         self.errors: list[ItemError] = []
@@ -73,7 +74,8 @@ class _Batch:
                                      message=exc.message))
 
     async def add(self, data: bytes, *, given_id: str | None, source: str | None,
-                  filename: str | None = None, url: str | None = None) -> None:
+                  filename: str | None = None, url: str | None = None,
+                  fields: dict[str, Any] | None = None) -> None:
         settings = self.app[SETTINGS]
         try:
             # Header parse and hashing of up to max_bytes: off the event loop.
@@ -82,12 +84,21 @@ class _Batch:
         except ElasticHashError as exc:
             self.error(exc, filename=filename, url=url)
             return
-        metadata: dict[str, Any] = {"width": info.width, "height": info.height}
+        accepted = AcceptedImage(id=image_id, filename=filename, url=url,
+                                 status_url=f"/v1/images/{image_id}")
+        if given_id is None and await self._indexed(image_id):
+            # The same bytes are indexed already (a content id): answer so, and keep the
+            # document (its source) as it is instead of queueing a copy that replaces it.
+            self.items.append((None, accepted.model_copy(update={"status": "indexed"})))
+            return
+        # Derived fields next to the client's collection fields: all filterable.
+        metadata: dict[str, Any] = {
+            **(fields or {}), "width": info.width, "height": info.height,
+            "format": info.content_type.removeprefix("image/"), "ingested_at": time.time()}
         if filename:
             metadata["filename"] = filename
         self.items.append((IngestItem(image_id, data, source, metadata, info.content_type),
-                           AcceptedImage(id=image_id, filename=filename, url=url,
-                                         status_url=f"/v1/images/{image_id}")))
+                           accepted))
         self.nbytes += len(data)
         if len(self.items) >= SUBMIT_GROUP_FILES or self.nbytes >= SUBMIT_GROUP_BYTES:
             await self.flush()
@@ -96,13 +107,14 @@ class _Batch:
         if not self.items:
             return
         group, self.items, self.nbytes = self.items, [], 0
-        if self.failure is None:
+        to_queue = [it for it, _ in group if it is not None]
+        if self.failure is None and to_queue:
             try:
-                await self.app[COMPONENTS].pipeline.submit([it for it, _ in group])
+                await self.app[COMPONENTS].pipeline.submit(to_queue)
             except PartlyAccepted as exc:
                 took = set(exc.accepted)
-                self._accepted([g for g in group if g[0].id in took])
-                group = [g for g in group if g[0].id not in took]
+                self._accepted([g for g in group if g[0] is None or g[0].id in took])
+                group = [g for g in group if g[0] is not None and g[0].id not in took]
                 self.failure = exc
             except ElasticHashError as exc:
                 self.failure = exc
@@ -114,12 +126,19 @@ class _Batch:
             return
         self._accepted(group)
 
-    def _accepted(self, group: list[tuple[IngestItem, AcceptedImage]]) -> None:
+    def _accepted(self, group: list[tuple[IngestItem | None, AcceptedImage]]) -> None:
         self.accepted.extend(acc for _, acc in group)
+        queued = [it for it, _ in group if it is not None]
         pending = self.app[PENDING]
-        for it, _ in group:
+        for it in queued:
             pending.add(it.id, it.source)
-        self.app[METRICS].ingested.inc(len(group))
+        self.app[METRICS].ingested.inc(len(queued))
+
+    async def _indexed(self, image_id: str) -> bool:
+        comp = self.app[COMPONENTS]
+        if comp.pipeline.is_queued(image_id):
+            return False
+        return await comp.index.get(image_id) is not None
 
     @property
     def flushed(self) -> bool:
@@ -128,7 +147,9 @@ class _Batch:
     def response(self) -> web.Response:
         body = IngestResponse(images=self.accepted, errors=self.errors)
         if self.accepted or not self.errors:
-            return json_model(body, status=202)
+            # 202 when something was queued; 200 when every image was indexed already.
+            queued = any(a.status == "queued" for a in self.accepted) or not self.accepted
+            return json_model(body, status=202 if queued else 200)
         if self.failure is not None:
             retry_after = getattr(self.failure, "retry_after", None)
             return error_response(http_status(self.failure), self.failure.code,
@@ -152,23 +173,28 @@ async def post_images(request: web.Request) -> web.Response:
     await request.app[BACKLOG].check(request.app[COMPONENTS].pipeline)
     batch = _Batch(request)
     if request.content_type == "multipart/form-data":
-        declared = request.content_length
-        if declared is not None and declared > settings.max_request_bytes:
-            raise PayloadTooLarge(
-                f"request is {declared} bytes; the limit is {settings.max_request_bytes}")
+        # Each file may come with an 'id' field; one 'source' field; the collection fields
+        # (a few, 'tags' perhaps repeated).
+        body = Body(request, settings.max_request_bytes, settings.body,
+                    max_parts=2 * settings.max_files_per_request + 2 + MAX_FIELD_PARTS)
         try:
-            await multipart_guard(_multipart_ingest(request, batch))
-        except InvalidInput as exc:
+            await _multipart_ingest(request, body, batch)
+        except (InvalidInput, RequestTimeout) as exc:
             if not batch.flushed:
                 raise
             # Some images are already queued: say which, and what stopped the rest.
             batch.error(exc)
+            if isinstance(exc, RequestTimeout):
+                await batch.flush()
+                return await close_after(request, batch.response())
     elif request.content_type == "application/json":
-        if (request.content_length or 0) > 4 * 1024 * 1024:
-            raise PayloadTooLarge("JSON body over 4 MiB")
-        body = IngestUrlsRequest.model_validate(await read_json(request))
-        pairs: list[tuple[str, str | None]] = [(str(u), None) for u in body.urls or []]
-        pairs += [(str(i.url), i.id) for i in body.items or []]
+        body = Body(request, settings.max_json_bytes, settings.body)
+        urls = IngestUrlsRequest.model_validate(await body.json())
+        shared = ingest_metadata(urls.album, urls.tags, urls.taken_at)
+        pairs: list[tuple[str, str | None, dict[str, Any]]] = [
+            (str(u), None, shared) for u in urls.urls or []]
+        pairs += [(str(i.url), i.id, {**shared, **ingest_metadata(i.album, i.tags, i.taken_at)})
+                  for i in urls.items or []]
         if len(pairs) > settings.max_urls_per_request:
             raise InvalidInput(f"at most {settings.max_urls_per_request} URLs per request",
                                field="urls")
@@ -179,38 +205,42 @@ async def post_images(request: web.Request) -> web.Response:
     return batch.response()
 
 
-async def _multipart_ingest(request: web.Request, batch: _Batch) -> None:
+async def _multipart_ingest(request: web.Request, body: Body, batch: _Batch) -> None:
     """Files in order; an ``id`` field names the file part that follows it."""
     settings = request.app[SETTINGS]
-    reader = await request.multipart()
     given_id: str | None = None
     source: str | None = None
+    given: dict[str, Any] = {}
     files = 0
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            raise InvalidInput("nested multipart bodies are not accepted")
+    async for part in body.multipart():
         if part.name == "file":
             files += 1
             if files > settings.max_files_per_request:
                 raise InvalidInput(
                     f"at most {settings.max_files_per_request} files per request", field="file")
             filename = part.filename or f"file-{files}"
-            data = await read_part_capped(part, settings.limits.max_bytes)
+            data = await body.read_part(part, settings.limits.max_bytes)
             if data is None:
                 batch.error(PayloadTooLarge(
                     f"{filename} is over the {settings.limits.max_bytes}-byte limit"),
                     filename=filename)
             else:
                 await batch.add(data, given_id=given_id, source=source or filename,
-                                filename=filename)
+                                filename=filename, fields=ingest_metadata(**given))
             given_id = None
         elif part.name == "id":
             if given_id is not None:
                 raise InvalidInput("two 'id' fields in a row: each 'id' names the file part "
                                    "that follows it", field="id")
-            given_id = check_id(await read_field(part))
+            given_id = check_id(await body.field(part))
         elif part.name == "source":
-            source = await read_field(part) or None
+            source = await body.field(part) or None
+        elif part.name in INGEST_FIELDS:  # for the files that follow; tags may repeat
+            value = await body.field(part)
+            if part.name == "tags" and given.get("tags"):
+                value = f"{given['tags']},{value}"
+            given[part.name] = value or None
+            ingest_metadata(**given)  # a bad value is refused before any file is read
         else:
             raise InvalidInput(f"unknown form field {part.name!r}", field=part.name)
     if given_id is not None:
@@ -220,14 +250,14 @@ async def _multipart_ingest(request: web.Request, batch: _Batch) -> None:
 
 
 async def _url_ingest(request: web.Request, batch: _Batch,
-                      pairs: list[tuple[str, str | None]]) -> None:
+                      pairs: list[tuple[str, str | None, dict[str, Any]]]) -> None:
     """Fetch with bounded concurrency and hand each image on as it arrives, so at most
     FETCH_CONCURRENCY bodies (plus one submit group) are in memory at once."""
     fetcher = request.app[FETCHER]
     sem = asyncio.Semaphore(FETCH_CONCURRENCY)
     order = asyncio.Lock()
 
-    async def one(url: str, given: str | None) -> None:
+    async def one(url: str, given: str | None, fields: dict[str, Any]) -> None:
         async with sem:
             try:
                 data = await fetcher.fetch(url)
@@ -241,33 +271,43 @@ async def _url_ingest(request: web.Request, batch: _Batch,
                                          field="url"), url=url)
                 return
             async with order:
-                await batch.add(data, given_id=given, source=url, url=url)
+                await batch.add(data, given_id=given, source=url, url=url, fields=fields)
 
-    await asyncio.gather(*(one(u, g) for u, g in pairs))
+    await asyncio.gather(*(one(u, g, f) for u, g, f in pairs))
 
 
 async def get_image(request: web.Request) -> web.Response:
+    """The state of the latest upload of an id: queued (a newer upload waits, even while an
+    older one is indexed), failed (also when an older upload stays indexed: a successful
+    write clears an id's failure record, so a record beside a document is newer than it),
+    or indexed."""
     image_id = check_id(request.match_info["id"])
     comp = request.app[COMPONENTS]
     pending = request.app[PENDING]
     doc = await comp.index.get(image_id)
-    if doc is not None:
-        pending.discard(image_id)
-        return json_model(ImageStatus(
-            id=image_id, status="indexed", source=doc.source,
-            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata))
-    queued = comp.pipeline.is_queued(image_id)
     failure = await comp.index.get_failure(image_id)
+    queued = comp.pipeline.is_queued(image_id)
     if queued is None:  # distributed: the gateway's own memory of what it accepted
         submitted = pending.submitted_at(image_id)
-        queued = submitted is not None and (failure is None or failure.at < submitted)
+        queued = (doc is None and submitted is not None
+                  and (failure is None or failure.at < submitted))
     if queued:
         return json_model(ImageStatus(id=image_id, status="queued",
                                       source=pending.source(image_id)))
     pending.discard(image_id)
     if failure is not None:
-        return json_model(ImageStatus(id=image_id, status="failed", reason=failure.reason,
-                                      message=failure.message, source=failure.source))
+        kept = " (the image indexed earlier under this id is kept)" if doc is not None else ""
+        of = skipped_duplicate_of(failure)
+        return json_model(ImageStatus(
+            id=image_id, status="failed" if of is None else "skipped", reason=failure.reason,
+            message=failure.message + kept, source=failure.source, duplicate_of=of,
+            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url) if doc else None))
+    if doc is not None:
+        of = doc.metadata.get("duplicate_of")
+        return json_model(ImageStatus(
+            id=image_id, status="indexed", source=doc.source,
+            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata,
+            duplicate_of=of if isinstance(of, str) else None))
     raise NotFound(f"no image with id {image_id}")
 
 
@@ -290,8 +330,13 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
     if doc is None:
         raise NotFound(f"no image with id {image_id}")
     if doc.thumbnail:
-        return web.Response(body=doc.thumbnail, content_type="image/jpeg",
-                            headers={"Cache-Control": "public, max-age=86400, immutable"})
+        # Ids can be uploaded again with other bytes: caches revalidate (a 304 when the
+        # thumbnail is unchanged) instead of keeping an old picture for a day.
+        etag = f'"{content_id(doc.thumbnail)}"'
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=doc.thumbnail, content_type="image/jpeg", headers=headers)
     if doc.thumbnail_url:
         raise web.HTTPFound(doc.thumbnail_url)
     raise NotFound(f"image {image_id} has no thumbnail")

@@ -8,11 +8,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from elastichash import __version__
+from elastichash.ids import ID_PATTERN
 from gateway import schemas as s
 
 MODELS: list[type[BaseModel]] = [
     s.ErrorResponse, s.IngestUrlsRequest, s.IngestResponse, s.ImageStatus,
     s.FailuresResponse, s.SearchRequest, s.SearchResponse, s.StatsResponse,
+    s.DuplicatesResponse,
 ]
 
 
@@ -30,7 +32,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 ID_PARAM = {"name": "id", "in": "path", "required": True,
-            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"}}
+            "schema": {"type": "string", "pattern": ID_PATTERN.pattern}}
 
 
 def _search_form() -> dict[str, Any]:
@@ -93,6 +95,16 @@ def build_openapi() -> dict[str, Any]:
             "responses": {"200": {"description": "ranked results",
                                   "content": _json(s.SearchResponse)},
                           **_errors(400, 404, 413, 415, 422, 503)}}},
+        "/v1/duplicates": {"get": {
+            "summary": "Groups of near-duplicate images (single linkage), biggest first",
+            "operationId": "getDuplicates",
+            "parameters": [
+                {"name": name, "in": "query", "required": False,
+                 "schema": s.DuplicatesParams.model_json_schema()["properties"][name]}
+                for name in ("max_distance", "offset", "limit")],
+            "responses": {"200": {"description": "a page of groups",
+                                  "content": _json(s.DuplicatesResponse)},
+                          **_errors(400, 422, 503)}}},
         "/v1/stats": {"get": {"summary": "Index statistics", "operationId": "getStats",
                               "responses": {"200": {"description": "stats",
                                                     "content": _json(s.StatsResponse)}}}},

@@ -24,7 +24,13 @@ from elastichash.errors import (
     PartlyAccepted,
     Unavailable,
 )
-from elastichash.messages import BadMessage, decode_reply, encode_ingest
+from elastichash.messages import (
+    H_VERSION,
+    SCHEMA_VERSION,
+    BadMessage,
+    decode_reply,
+    encode_ingest,
+)
 from elastichash.model.contract import ModelSpec
 from elastichash.pipeline import IngestItem, QueryCode
 from elastichash.settings import AmqpSettings, ModelSettings
@@ -175,7 +181,7 @@ class AmqpPipeline:
                 reply_to=self._reply_queue,
                 # A request nobody waits for any more is dropped by the broker, not encoded.
                 expiration=timeout,
-                headers={"x-eh-v": 1},
+                headers={H_VERSION: SCHEMA_VERSION},
             )
             remaining = max(0.0, timeout - (loop.time() - started))
             return await asyncio.wait_for(fut, remaining)

@@ -6,6 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
+from elastichash.index.duplicates import (
+    DEFAULT_DISTANCE,
+    DEFAULT_LIMIT,
+    MAX_JOIN_DISTANCE,
+    MAX_LIMIT,
+)
 from elastichash.index.query import K, QueryParams
 
 
@@ -31,12 +37,21 @@ class ItemError(Strict):
     message: str
 
 
-class UrlItem(Strict):
+class CollectionFields(Strict):
+    """Given at ingest, filterable at search (see docs/API.md, Search within a subset)."""
+
+    album: str | None = Field(default=None, max_length=200)
+    tags: list[str] | str | None = Field(default=None, description="list or comma-separated")
+    taken_at: str | float | None = Field(default=None,
+                                         description="ISO 8601 date or date-time, or unix s")
+
+
+class UrlItem(CollectionFields):
     url: HttpUrl
     id: str | None = Field(default=None, description="client id; default: content hash")
 
 
-class IngestUrlsRequest(Strict):
+class IngestUrlsRequest(CollectionFields):
     urls: list[HttpUrl] | None = Field(default=None, max_length=1000)
     items: list[UrlItem] | None = Field(default=None, max_length=1000)
 
@@ -51,7 +66,9 @@ class AcceptedImage(Strict):
     id: str
     filename: str | None = None
     url: str | None = None
-    status: Literal["queued"] = "queued"
+    status: Literal["queued", "indexed"] = Field(
+        default="queued", description="indexed: these bytes were indexed already under this "
+        "id (a content id); nothing was queued and the stored document is unchanged")
     status_url: str
 
 
@@ -62,12 +79,14 @@ class IngestResponse(Strict):
 
 class ImageStatus(Strict):
     id: str
-    status: Literal["queued", "indexed", "failed"]
+    status: Literal["queued", "indexed", "failed", "skipped"]
     reason: str | None = None
     message: str | None = None
     source: str | None = None
     thumbnail_url: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    duplicate_of: str | None = Field(
+        default=None, description="the indexed image this one nearly duplicates (ingest option)")
 
 
 class FailureOut(Strict):
@@ -132,6 +151,32 @@ class SearchResponse(Strict):
     query: QueryInfo
     # set when some words of a search by words name no ImageNet class (WordNet lemma)
     hint: str | None = None
+
+
+class DuplicatesParams(Strict):
+    max_distance: int = Field(default=DEFAULT_DISTANCE, ge=0, le=MAX_JOIN_DISTANCE,
+                              description="256-bit Hamming distance that links two images")
+    offset: int = Field(default=0, ge=0, description="groups to skip")
+    limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="groups per page")
+
+
+class DuplicateGroupOut(Strict):
+    keeper: str = Field(description="suggested image to keep: the largest, then the oldest")
+    members: list[ResultItem] = Field(description="keeper first; distance is to the keeper")
+    distances: list[list[int]] | None = Field(
+        description="pairwise distances in members order (null over 64 members)")
+
+
+class DuplicatesResponse(Strict):
+    groups: list[DuplicateGroupOut]
+    total: int = Field(description="groups in all")
+    images: int = Field(description="images in all groups")
+    pairs: int = Field(description="pairs of images within max_distance")
+    max_distance: int
+    offset: int
+    limit: int
+    next_offset: int | None
+    took_ms: float
 
 
 class StatsResponse(Strict):

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from elastichash import codes
 from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
+from elastichash.index.base import Hit
 from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
-from gateway.http import json_model, multipart_guard, read_field, read_json, read_part_capped
+from gateway.body import Body
+from gateway.http import json_model
 from gateway.schemas import (
+    DuplicateGroupOut,
+    DuplicatesParams,
+    DuplicatesResponse,
     QueryInfo,
     ResultItem,
     SearchParams,
@@ -29,22 +35,33 @@ from gateway.state import COMPONENTS, FETCHER, SETTINGS
 
 log = logging.getLogger(__name__)
 
+# A search query in JSON is a URL, an id or a code and a few numbers.
+SEARCH_JSON_MAX = 64 * 1024
+
 
 async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
-    limits = request.app[SETTINGS].limits
-    reader = await request.multipart()
+    settings = request.app[SETTINGS]
+    limits = settings.limits
+    # One file and a few short fields: the request cap is the file cap plus room for those.
+    body = Body(request, limits.max_bytes + 64 * 1024, settings.body,
+                max_parts=1 + len(SearchParams.model_fields))
     data: bytes | None = None
-    fields: dict[str, str] = {}
-    async for part in reader:
-        if not isinstance(part, BodyPartReader):
-            raise InvalidInput("nested multipart bodies are not accepted")
+    fields: dict[str, Any] = {}
+    async for part in body.multipart():
         if part.name == "file":
-            data = await read_part_capped(part, limits.max_bytes)
+            if data is not None:
+                raise InvalidInput("search takes one 'file' part", field="file")
+            data = await body.read_part(part, limits.max_bytes)
             if data is None:
                 raise PayloadTooLarge(f"query image is over the {limits.max_bytes}-byte limit")
         elif part.name in SearchParams.model_fields:
-            value = await read_field(part)
-            if value:
+            value = await body.field(part)
+            if value and part.name == "filter":  # a JSON object in a form field
+                try:
+                    fields["filter"] = json.loads(value)
+                except ValueError:
+                    raise InvalidInput("filter must be a JSON object", field="filter") from None
+            elif value:
                 fields[part.name] = value
         else:
             raise InvalidInput(f"unknown form field {part.name!r}", field=part.name)
@@ -66,10 +83,11 @@ async def post_search(request: web.Request) -> web.Response:
     params: SearchParams
     query: QueryCode | None = None
     if request.content_type == "multipart/form-data":
-        data, params = await multipart_guard(_multipart_query(request))
+        data, params = await _multipart_query(request)
         query = await _encode(request, data)
     elif request.content_type == "application/json":
-        body = params = SearchRequest.model_validate(await read_json(request))
+        body = params = SearchRequest.model_validate(
+            await Body(request, SEARCH_JSON_MAX, settings.body).json())
         if body.id is not None:
             query_id = check_id(body.id)
             doc = await comp.index.get(query_id)
@@ -114,9 +132,7 @@ async def post_search(request: web.Request) -> web.Response:
         code=query.code if query else None, short=query.short if query else None))
     end = params.offset + len(result.hits)
     return json_model(SearchResponse(
-        results=[ResultItem(id=h.id, distance=h.distance, source=h.source,
-                            thumbnail_url=h.thumbnail_url or f"/v1/images/{h.id}/thumbnail",
-                            metadata=h.metadata) for h in result.hits],
+        results=[_item(h) for h in result.hits],
         total=result.total, candidates=result.candidates,
         took_ms=round((time.perf_counter() - start) * 1000, 3), strategy=result.strategy,
         k=params.k, offset=params.offset,
@@ -125,6 +141,26 @@ async def post_search(request: web.Request) -> web.Response:
                      and end + params.k <= MAX_WINDOW else None), hint=hint,
         query=QueryInfo(id=query_id, code=codes.to_hex(query.code) if query else None,
                         short=codes.to_hex(query.short) if query else None)))
+
+
+def _item(h: Hit) -> ResultItem:
+    return ResultItem(id=h.id, distance=h.distance, source=h.source,
+                      thumbnail_url=h.thumbnail_url or f"/v1/images/{h.id}/thumbnail",
+                      metadata=h.metadata)
+
+
+async def get_duplicates(request: web.Request) -> web.Response:
+    params = DuplicatesParams.model_validate(dict(request.query))
+    res = await request.app[COMPONENTS].index.duplicates(
+        max_distance=params.max_distance, offset=params.offset, limit=params.limit)
+    end = params.offset + len(res.groups)
+    return json_model(DuplicatesResponse(
+        groups=[DuplicateGroupOut(keeper=g.keeper, members=[_item(h) for h in g.members],
+                                  distances=g.distances) for g in res.groups],
+        total=res.total, images=res.images, pairs=res.pairs, max_distance=res.max_distance,
+        offset=params.offset, limit=params.limit,
+        next_offset=end if res.groups and end < res.total else None,
+        took_ms=round(res.took_ms, 3)))
 
 
 # /v1/stats answers within about this long whatever its dependencies do: a figure that is not

@@ -13,7 +13,7 @@ from elastichash.pipeline import Pipeline
 from gateway.backpressure import BacklogGate
 from gateway.config import GatewaySettings
 from gateway.fetch import Fetcher
-from gateway.http import Metrics
+from gateway.metrics import Metrics
 from gateway.pending import PendingSet
 
 

@@ -28,7 +28,8 @@ from elastichash import amqp
 from elastichash.amqp.runtime import Batched, Runtime, Slot
 from elastichash.errors import InvalidInput, Unavailable
 from elastichash.health import total
-from elastichash.index.base import Index, WriteResult
+from elastichash.index.base import Document, Failure, Index, WriteResult
+from elastichash.index.incoming import screen
 from elastichash.messages import BadMessage, IndexDoc, IndexFailure, decode_index
 from elastichash.roles import Role, run_role
 from indexer_worker.config import IndexerWorkerSettings
@@ -42,6 +43,7 @@ class IndexerWorker:
     def __init__(self, settings: IndexerWorkerSettings, index: Index) -> None:
         self.settings = settings
         self.index = index
+        self.duplicates = settings.index.duplicate_screen()
         self.metrics = Metrics()
         self.runtime = Runtime(
             "indexer worker",
@@ -88,8 +90,37 @@ class IndexerWorker:
                 fails.append((message, parsed))
         if fails:
             await self._record_failures(fails)
+        if docs and self.duplicates.active:
+            docs = await self._screen(docs)
         if docs:
             await self._write(docs)
+
+    async def _screen(self, docs: list[tuple[Msg, IndexDoc]]) -> list[tuple[Msg, IndexDoc]]:
+        """Mark or skip near-duplicates (ingest option). Skipped ones are recorded and acked;
+        the rest come back, marked under policy keep. Empty when stopping (nothing acked)."""
+        documents = [d.document() for _, d in docs]
+        screened: list[tuple[list[Document], list[Failure]]] = []
+
+        async def run() -> None:
+            screened[:] = [await screen(self.index, documents, self.duplicates)]
+
+        if not await self._retrying("screen duplicates", run):
+            return []
+        kept, skipped = screened[0]
+        if skipped:
+            if not await self._retrying(
+                    "record skipped duplicates", lambda: self.index.record_failures(skipped)):
+                return []
+            self.metrics.failures.inc(len(skipped))
+        by_id = {d.id: d for d in kept}
+        out = []
+        for message, parsed in docs:
+            doc = by_id.get(parsed.id)
+            if doc is None:
+                await self._settle(message, None)
+            else:
+                out.append((message, parsed.model_copy(update={"metadata": doc.metadata})))
+        return out
 
     async def _settle(self, message: Msg, exc: BaseException | None) -> None:
         await self.runtime.settle(message, amqp.outcome_for(exc), self.queue)

@@ -4,16 +4,8 @@
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-SUDO=""
-[[ $(id -u) -eq 0 ]] || SUDO="sudo"
-apt_updated=0
-apt_install() {
-  if [[ $apt_updated -eq 0 ]]; then
-    $SUDO apt-get update -qq
-    apt_updated=1
-  fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
-}
+# shellcheck source=scripts/apt.sh
+source "$(dirname "$0")/apt.sh"
 
 if ! port_open 5672; then
   if ! command -v rabbitmq-server >/dev/null; then

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
-from elastichash.errors import ElasticHashError, Unavailable, http_status
 from elastichash.index.base import Index
 from elastichash.index.factory import make_index
 from elastichash.roles import Role, run_role
+from elastichash.web_errors import error_middleware
 from search_service import routes
 from search_service.config import SearchServiceSettings
 from search_service.keys import INDEX_KEY, METRICS_KEY, SETTINGS_KEY
@@ -21,50 +21,15 @@ from search_service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message, "field": field}}, status=status
-    )
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app[METRICS_KEY]
-    route = (
-        request.match_info.route.resource.canonical
-        if request.match_info.route.resource
-        else "unmatched"
-    )
-    try:
-        resp = await handler(request)
-    except ElasticHashError as exc:
-        resp = error_response(http_status(exc), exc.code, exc.message, exc.field)
-        if isinstance(exc, Unavailable) and exc.retry_after:
-            resp.headers["Retry-After"] = str(int(exc.retry_after))
-    except web.HTTPRequestEntityTooLarge as exc:
-        resp = error_response(413, "payload_too_large", exc.text or "request body too large")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        resp = error_response(
-            exc.status, "not_found" if exc.status == 404 else "http_error", exc.reason
-        )
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        resp = error_response(500, "internal_error", "internal error")
-    metrics.requests.labels(route, str(resp.status)).inc()
-    return resp
-
 
 def create_app(settings: SearchServiceSettings, *, index: Index | None = None) -> web.Application:
     """The app over ``index`` (default: the one ``settings.index`` describes), opened and
     closed with the app."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
+    metrics = Metrics()
+    app = web.Application(client_max_size=settings.max_body_bytes,
+                          middlewares=[error_middleware(metrics.observe)])
     app[SETTINGS_KEY] = settings
-    app[METRICS_KEY] = Metrics()
+    app[METRICS_KEY] = metrics
     idx = index if index is not None else make_index(settings.index)
     app[INDEX_KEY] = idx
 

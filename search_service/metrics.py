@@ -41,3 +41,7 @@ class Metrics:
         self.documents = Gauge(
             "eh_search_documents", "Documents in the index", registry=self.registry
         )
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """One finished request (the error middleware's observer)."""
+        self.requests.labels(route, str(status)).inc()

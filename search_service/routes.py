@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from elastichash.errors import InvalidInput, NotFound, Unavailable
+from elastichash.index import duplicates as dup
 from elastichash.index import wire
 from elastichash.index.base import SCAN_BATCH
 from search_service.keys import INDEX_KEY, METRICS_KEY, SETTINGS_KEY
@@ -36,6 +37,17 @@ async def search(request: web.Request) -> web.Response:
     metrics.search_seconds.labels(result.strategy).observe(result.took_ms / 1000.0)
     metrics.candidates.labels(result.strategy).observe(result.candidates)
     return web.json_response(wire.result_to_json(result))
+
+
+async def duplicates(request: web.Request) -> web.Response:
+    result = await request.app[INDEX_KEY].duplicates(
+        max_distance=_query_int(
+            request, "max_distance", dup.DEFAULT_DISTANCE, dup.MAX_JOIN_DISTANCE, lo=0
+        ),
+        offset=_query_int(request, "offset", 0, 1 << 31, lo=0),
+        limit=_query_int(request, "limit", dup.DEFAULT_LIMIT, dup.MAX_LIMIT),
+    )
+    return web.json_response(wire.duplicates_to_json(result))
 
 
 async def capabilities(request: web.Request) -> web.Response:
@@ -127,14 +139,14 @@ async def record_failures(request: web.Request) -> web.Response:
     return web.json_response({"recorded": len(failures)})
 
 
-def _query_int(request: web.Request, name: str, default: int, hi: int) -> int:
+def _query_int(request: web.Request, name: str, default: int, hi: int, *, lo: int = 1) -> int:
     raw = request.query.get(name, str(default))
     try:
         value = int(raw)
     except ValueError:
         raise InvalidInput(f"{name} must be an integer", field=name) from None
-    if not 1 <= value <= hi:
-        raise InvalidInput(f"{name} must be between 1 and {hi}", field=name)
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{name} must be between {lo} and {hi}", field=name)
     return value
 
 
@@ -180,6 +192,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/search", search)
+    app.router.add_get("/v1/duplicates", duplicates)
     app.router.add_get("/v1/capabilities", capabilities)
     app.router.add_get("/v1/codes", codes)
     app.router.add_post("/v1/documents/_bulk", bulk)

@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from elastichash.cli.standalone import open_local
 from elastichash.settings import ModelSettings, RemoteIndexSettings
-from elastichash.standalone_commands import open_local
 from gateway.app import create_app
 from gateway.config import GatewaySettings
 from gateway.state import Components
@@ -71,11 +71,11 @@ async def wait_indexed(client: TestClient, ids: list[str],
 
     async def all_done() -> bool:
         for i in ids:
-            if statuses.get(i, {}).get("status") in ("indexed", "failed"):
+            if statuses.get(i, {}).get("status") in ("indexed", "failed", "skipped"):
                 continue
             resp = await client.get(f"/v1/images/{i}")
             statuses[i] = await resp.json()
-        return all(s.get("status") in ("indexed", "failed") for s in statuses.values())
+        return all(s.get("status") in ("indexed", "failed", "skipped") for s in statuses.values())
 
     await wait_for(all_done, within_s, f"{len(ids)} images to be indexed")
     return statuses

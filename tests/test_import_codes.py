@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from elastichash.cli import import_codes as commands
 from elastichash.codes import select_bits, subcodes, to_hex, to_words
-from elastichash.index import commands
 from elastichash.index.embedded import EmbeddedIndex
 
 SHORT_BITS = list(range(0, 256, 4))

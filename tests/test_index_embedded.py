@@ -180,7 +180,6 @@ async def test_queries_it_cannot_serve_are_refused_naming_the_field(
     cases = [
         ({"strategy": "dense_bit"}, "strategy"),
         ({"text": "a cat"}, "text"),
-        ({"filter": {"source": "x"}}, "filter"),
     ]
     for kwargs, field_name in cases:
         with pytest.raises(UnsupportedQuery) as exc:

@@ -15,7 +15,8 @@ from elastichash.settings import ModelSettings
 
 
 def test_an_unknown_name_is_refused_with_the_known_ones(tmp_path: Path) -> None:
-    with pytest.raises(ModelContractError, match=r"efficientnet-lite0, efficientnet-lite0-int8, visual"):
+    with pytest.raises(ModelContractError,
+                       match=r"efficientnet-lite0, efficientnet-lite0-int8, visual"):
         registry.resolve("resnet-9000", tmp_path)
 
 

@@ -15,14 +15,15 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
+from elastichash.cli.standalone import open_local
 from elastichash.errors import ElasticHashError, InvalidInput, http_status
+from elastichash.index import filters
 from elastichash.index.base import CodeRecord, Document, Index, SearchQuery
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.es import ElasticsearchIndex
 from elastichash.index.query import MAX_WINDOW, STRATEGIES, Capabilities, QueryParams
 from elastichash.index.remote import RemoteIndex
 from elastichash.settings import IndexSettings
-from elastichash.standalone_commands import open_local
 from gateway.app import create_app as gateway_app
 from gateway.config import GatewaySettings
 from gateway.openapi import build_openapi
@@ -66,6 +67,7 @@ CASES: list[dict[str, Any]] = [
     {"k": 5, "strategy": "dense_bit"},
     {"k": 5, "text": "a red bicycle"},
     {"k": 5, "filter": {"source": "x"}},
+    {"k": 5, "filter": {"colour": "x"}},
     {"k": 5, "colour": "red"},
 ]
 
@@ -78,8 +80,13 @@ def expected(case: dict[str, Any], caps: Capabilities) -> Answer:
         return 400, "invalid_input"
     if case.get("strategy", caps.default_strategy) not in caps.strategies:
         return 400, "unsupported_query"
-    if "text" in case or "filter" in case:
+    if "text" in case or ("filter" in case and not caps.filter):
         return 400, "unsupported_query"
+    if "filter" in case:
+        try:
+            filters.parse(case["filter"])
+        except InvalidInput:
+            return 400, "invalid_input"
     return 200, None
 
 

@@ -117,10 +117,12 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait()
 
 
-def _upload(base: str, name: str, data: bytes) -> str:
+def _upload(base: str, name: str, data: bytes, image_id: str | None = None) -> str:
     """POST one image through the API (test set-up), return its id."""
     boundary = uuid.uuid4().hex
-    head = (f"--{boundary}\r\n"
+    given = ("" if image_id is None else
+             f'--{boundary}\r\nContent-Disposition: form-data; name="id"\r\n\r\n{image_id}\r\n')
+    head = given + (f"--{boundary}\r\n"
             f'Content-Disposition: form-data; name="file"; filename="{name}"\r\n'
             "Content-Type: image/jpeg\r\n\r\n")
     body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
@@ -482,3 +484,58 @@ def test_a_refused_url_shows_the_error_code(page: Page) -> None:
     expect(err).to_be_visible()
     expect(err).to_contain_text("forbidden_url")
     expect(page.locator("#search-error")).to_have_attribute("role", "alert")
+
+
+def test_duplicates_are_shown_side_by_side_and_deleted_with_the_key(
+        browser: Browser, base_url: str, seeded: dict[str, Any]) -> None:
+    photo = make_image(4711, size=(240, 180))
+    first = _upload(base_url, "dup.jpg", photo)
+    _wait_indexed(base_url, [first])
+    twin = _upload(base_url, "dup-twin.jpg", photo, image_id="dup-twin")
+    _wait_indexed(base_url, [twin])
+    keeper, other = first, twin  # same size, same code: the one ingested first is kept
+
+    # Without a key the delete is refused and the page says how to fix it.
+    page = _open(browser, base_url, DESKTOP, key=None)
+    try:
+        page.locator("#dup-find").click()
+        group = page.locator(f'.dup-group[data-keeper="{keeper}"]')
+        expect(group).to_be_visible()
+        page.locator(f'.dup-member[data-id="{other}"] .dup-delete').click()
+        expect(page.locator("#dup-error")).to_contain_text("API key")
+        expect(group.locator(".dup-member")).to_have_count(2)
+    finally:
+        page.context.close()
+
+    page = _open(browser, base_url, DESKTOP)
+    try:
+        page.fill("#dup-distance", "12")
+        page.locator("#dup-find").click()  # out of range: the form refuses, nothing is sent
+        expect(page.locator(".dup-group")).to_have_count(0)
+        page.fill("#dup-distance", "8")
+        page.locator("#dup-find").click()
+        expect(page.locator("#dup-status")).to_contain_text("within 8 bits")
+        group = page.locator(f'.dup-group[data-keeper="{keeper}"]')
+        members = group.locator(".dup-member")
+        expect(members).to_have_count(2)
+        assert members.evaluate_all("els => els.map(e => e.dataset.id)") == [keeper, other]
+        expect(members.first).to_contain_text("Keep")
+        expect(members.first).to_contain_text("240\u00d7180")
+        expect(members.nth(1)).to_contain_text("0 bits")
+        a, b = members.first.bounding_box(), members.nth(1).bounding_box()
+        assert a is not None
+        assert b is not None
+        assert a["y"] == b["y"], (a, b)  # side by side
+        assert b["x"] >= a["x"] + a["width"], (a, b)
+        _shot(page, "web-duplicates.png")
+
+        with page.expect_request(lambda r: r.method == "DELETE") as req:
+            members.nth(1).locator(".dup-delete").click()
+        assert req.value.headers.get("x-api-key") == API_KEY
+        expect(group).to_have_count(0)  # one image left: no longer a group
+        expect(page.locator("#dup-status")).to_contain_text(f"Deleted {other}")
+        status, _ = _get(f"{base_url}/v1/images/{other}")
+        assert status == 404
+        seeded["ids"] = [i for i in seeded["ids"] if i != other]
+    finally:
+        page.context.close()

@@ -69,6 +69,27 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class DuplicateGroup:
+    """Images whose codes chain together within the distance (single linkage). ``members``
+    start with the suggested keeper; each hit's ``distance`` is its distance to the keeper.
+    ``distances`` is the pairwise matrix in ``members`` order (None for very large groups)."""
+
+    members: list[Hit]
+    keeper: str
+    distances: list[list[int]] | None
+
+
+@dataclass(frozen=True)
+class DuplicatesResult:
+    groups: list[DuplicateGroup]  # this page
+    total: int  # groups in all
+    images: int  # images in all groups
+    pairs: int  # pairs of images within max_distance
+    max_distance: int
+    took_ms: float
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """Outcome of one item of a batch write. ``transient`` failures may be retried."""
 
@@ -124,6 +145,13 @@ class Index(Protocol):
         """Every document's codes in id order, ``batch`` at a time, starting after the id
         ``after`` (a cursor: the last id seen). Not a snapshot: a document written or deleted
         during the scan may or may not be seen; each id comes at most once."""
+        ...
+
+    async def duplicates(
+        self, *, max_distance: int = 8, offset: int = 0, limit: int = 20
+    ) -> DuplicatesResult:
+        """Groups of near-duplicate images (256-bit distance <= ``max_distance`` <= 11 to
+        another member), biggest first, then by smallest id; ``offset``/``limit`` page."""
         ...
 
     async def record_failures(self, failures: Sequence[Failure]) -> None:

@@ -16,21 +16,25 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from elastichash.codes import LONG_BYTES, SHORT_BYTES
 from elastichash.errors import InvalidInput, ModelMismatch, Unavailable
 from elastichash.ids import check_id
-from elastichash.index import kernels
+from elastichash.index import duplicates as dup
+from elastichash.index import filters, kernels
 from elastichash.index.base import (
     SCAN_BATCH,
     Capabilities,
     CodeRecord,
     Document,
+    DuplicatesResult,
     Failure,
     Hit,
     SearchQuery,
@@ -69,6 +73,14 @@ def _check_doc(d: Document) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Groups:
+    rows: list[npt.NDArray[np.int64]]  # SQLite rowids per group, in listing order
+    positions: list[npt.NDArray[np.int64]]  # the same groups as snapshot positions
+    images: int
+    pairs: int
+
+
 META_MODEL_FINGERPRINT = "model_fingerprint"
 # the descriptor model's contract name (registry name "visual"), which made older indexes
 LEGACY_SPEC_NAME = "elastichash-default"
@@ -90,7 +102,8 @@ class EmbeddedIndex:
                 f"the embedded index has strategies {sorted(EMBEDDED_STRATEGIES)}",
                 field="strategy",
             )
-        self._caps = Capabilities(EMBEDDED_STRATEGIES, strategy, text=True, why_not=_WHY_NOT)
+        self._caps = Capabilities(EMBEDDED_STRATEGIES, strategy, filter=True, text=True,
+                                  why_not=_WHY_NOT)
         self.path = Path(path)
         self.strategy = strategy
         self._read_threads = read_threads
@@ -100,6 +113,11 @@ class EmbeddedIndex:
         self._readers: ThreadPoolExecutor | None = None
         self.open_seconds = 0.0
         self._view_lock = threading.Lock()
+        # Filterable values of every row, extended on the first filtered search after writes.
+        self._columns = filters.Columns()
+        self._columns_lock = threading.Lock()
+        # The last self-join: (snapshot, max_distance, groups); pages of one listing reuse it.
+        self._dup_cache: tuple[Snapshot, int, _Groups] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -283,7 +301,6 @@ class EmbeddedIndex:
             "disk_bytes": disk,
             "failures": failures,
             "open_seconds": round(self.open_seconds, 3),
-            "path": str(self.path),
         }
 
     async def bind_model(self, name: str, spec: ModelSpec) -> None:
@@ -349,14 +366,17 @@ class EmbeddedIndex:
         t0 = time.perf_counter()
         q = np.frombuffer(code, np.uint8)
         need = offset + k
+        clauses = filters.parse(query.filter) if query.filter is not None else None
 
         def run() -> SearchResult:
             snap = self._begin_view()
             try:
+                mask = None if clauses is None else self._filter_mask(snap, clauses)
                 if strategy == "exact":
-                    cands = CodeTable.exact(snap, q, need, max_distance)
+                    cands = (CodeTable.exact(snap, q, need, max_distance) if mask is None else
+                             CodeTable.exact_filtered(snap, q, need, max_distance, mask))
                 else:
-                    cands = CodeTable.two_stage(snap, q, short, need, max_distance)
+                    cands = CodeTable.two_stage(snap, q, short, need, max_distance, mask)
                 hits = self._page(snap, cands, offset, k)
             finally:
                 self._store.end_read()
@@ -402,6 +422,54 @@ class EmbeddedIndex:
 
         return await self._run(self._readers, run)
 
+    def _filter_mask(self, snap: Snapshot, clauses: list[filters.Clause]) -> npt.NDArray[np.bool_]:
+        """Per position of ``snap``: does the document pass the filter? Call inside a view."""
+        rows = snap.rows[: snap.n]
+        with self._columns_lock:
+            if rows.size and int(rows[-1]) > self._columns.last_row:
+                self._columns.extend(self._store.filter_fields_after(self._columns.last_row))
+            return self._columns.mask_for(rows, clauses)
+
+    async def duplicates(
+        self, *, max_distance: int = dup.DEFAULT_DISTANCE, offset: int = 0,
+        limit: int = dup.DEFAULT_LIMIT,
+    ) -> DuplicatesResult:
+        dup.check_page(max_distance, offset, limit)
+        t0 = time.perf_counter()
+
+        def run() -> DuplicatesResult:
+            snap = self._begin_view()
+            try:
+                cached = self._dup_cache
+                if cached is not None and cached[0] is snap and cached[1] == max_distance:
+                    found = cached[2]
+                else:
+                    found = self._groups(snap, max_distance)
+                    self._dup_cache = (snap, max_distance, found)
+                page = found.rows[offset : offset + limit]
+                fields = self._store.fields_for([r for g in page for r in g.tolist()])
+                groups = []
+                for rows, pos in zip(page, found.positions[offset : offset + limit], strict=True):
+                    hits = [Hit(f.id, 0, **f.fields) for f in (fields[r] for r in rows.tolist())]
+                    groups.append(dup.make_group(hits, snap.codes[pos]))
+            finally:
+                self._store.end_read()
+            return DuplicatesResult(
+                groups, len(found.rows), found.images, found.pairs, max_distance,
+                (time.perf_counter() - t0) * 1000.0)
+
+        return await self._run(self._readers, run)
+
+    def _groups(self, snap: Snapshot, max_distance: int) -> _Groups:
+        alive = np.flatnonzero(snap.alive[: snap.n])
+        join = dup.self_join(snap.codes[alive], max_distance)
+        positions = [alive[g] for g in dup.groups(join)]
+        rows = [snap.rows[p] for p in positions]
+        ids = self._store.ids_for([r for g in rows for r in g.tolist()])
+        order = dup.group_order([[ids[r] for r in g.tolist()] for g in rows])
+        return _Groups([rows[i] for i in order], [positions[i] for i in order],
+                       sum(p.size for p in positions), join.pair_count())
+
     def _page(self, snap: Snapshot, cands: Candidates, offset: int, k: int) -> list[Hit]:
         rows = snap.rows[cands.positions].tolist()
         dists = cands.dists.tolist()
@@ -417,7 +485,7 @@ class EmbeddedIndex:
         if missing:
             fields.update(self._store.fields_for(missing))
         return [
-            Hit(f.id, d, f.source, f.thumbnail_url, f.metadata)
+            Hit(f.id, d, **f.fields)
             for d, _, r in page
             if (f := fields.get(r)) is not None
         ]

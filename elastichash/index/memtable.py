@@ -28,6 +28,8 @@ U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 HEADROOM = 4096
 TIE_MARGIN = 64  # extra heap entries so the boundary's ties rarely need a second scan
+# A filter keeping at most 1/SELECTIVE of the codes gathers just those; a broader one scans all.
+SELECTIVE = 8
 A = TypeVar("A", bound=npt.NDArray[Any])
 
 
@@ -176,8 +178,15 @@ class CodeTable:
 
     @staticmethod
     def two_stage(
-        s: Snapshot, code: U8, short: bytes, need: int, max_distance: int | None
+        s: Snapshot,
+        code: U8,
+        short: bytes,
+        need: int,
+        max_distance: int | None,
+        mask: npt.NDArray[np.bool_] | None = None,
     ) -> Candidates:
+        """MIH candidates re-ranked on 256 bits; with ``mask`` (per position), only the
+        candidates that pass it."""
         values = mih.query_values(subcodes(short))
         found = mih.lookup(s.tables, values)
         d_n = s.n - s.base_n
@@ -189,6 +198,8 @@ class CodeTable:
         pos = mih.unique(found)
         if s.dead.size:
             pos = pos[s.alive[pos]]
+        if mask is not None:
+            pos = pos[mask[pos]]
         d = kernels.distances_at(code, s.codes, pos)
         scanned = int(pos.size)
         if max_distance is not None:
@@ -243,3 +254,34 @@ class CodeTable:
             live = s.alive[pos]
             pos, d = pos[live], d[live]
         return Candidates(pos, d, total, n)
+
+    @staticmethod
+    def exact_filtered(
+        s: Snapshot,
+        code: U8,
+        need: int,
+        max_distance: int | None,
+        mask: npt.NDArray[np.bool_],
+    ) -> Candidates:
+        """Exact ranking of the alive codes that pass ``mask`` (per position, length >= n).
+
+        A selective filter gathers and scores only its rows; a broad one (over 1/SELECTIVE of
+        the table) scores every code in one SIMD scan and drops the rest while ranking, which
+        is cheaper than gathering most rows one by one. Both return the ``need`` nearest plus
+        their boundary ties, as :meth:`exact` does."""
+        n = s.n
+        keep = mask[:n] & s.alive[:n]
+        sel = np.flatnonzero(keep)
+        if sel.size * SELECTIVE <= n:
+            d = kernels.distances_at(code, s.codes, sel)
+            scanned = int(sel.size)
+        else:
+            d_all = kernels.distances(code, s.codes[:n])
+            d = d_all[sel]
+            scanned = n
+        if max_distance is not None:
+            within = d <= max_distance
+            sel, d = sel[within], d[within]
+        total = int(sel.size)
+        pos, d = kernels.cut(sel, d, need)
+        return Candidates(pos.astype(np.int64), d, total, scanned)

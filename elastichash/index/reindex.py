@@ -10,16 +10,14 @@ Documents with neither are reported and left out of the new index.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from elastichash.settings import ImageLimits, ModelSettings, default_data_dir
+from elastichash.index.base import Document
+from elastichash.settings import ImageLimits, ModelSettings
 
 BATCH = 64
 THUMBNAIL_SIZE = 256
@@ -40,18 +38,7 @@ class ReindexReport:
                                     if self.backup else ""))
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "reindex", help="re-encode the local index with another model (after a model change)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="data directory; default $ELASTICHASH_DATA or ~/.local/share/elastichash")
-    p.add_argument("--model", default="efficientnet-lite0",
-                   help="built-in model name or ONNX file to re-encode with")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
-
-
-def _source_bytes(doc: Any) -> tuple[bytes | None, str]:
+def _source_bytes(doc: Document) -> tuple[bytes | None, str]:
     src = doc.source
     if src and not src.startswith(("http://", "https://")):
         try:
@@ -122,17 +109,3 @@ async def reindex(root: Path, model: str, progress: bool = True) -> ReindexRepor
     new_dir.rename(old_dir)
     report.backup = backup
     return report
-
-
-def run(args: argparse.Namespace) -> int:
-    root: Path = args.data or default_data_dir()
-    if not (root / "index").is_dir():
-        print(f"reindex: no index in {root}", file=sys.stderr)
-        return 2
-    report = asyncio.run(reindex(root, args.model, progress=not args.no_progress))
-    for doc_id, why in report.failed[:50]:
-        print(f"not re-encoded: {doc_id}: {why}", file=sys.stderr)
-    if len(report.failed) > 50:
-        print(f"... and {len(report.failed) - 50} more", file=sys.stderr)
-    print(report.summary())
-    return 1 if report.failed else 0

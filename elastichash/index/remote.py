@@ -22,6 +22,7 @@ from elastichash.index.base import (
     Capabilities,
     CodeRecord,
     Document,
+    DuplicatesResult,
     Failure,
     SearchQuery,
     SearchResult,
@@ -142,6 +143,13 @@ class RemoteIndex:
                 return
             yield records
             after = records[-1].id
+
+    async def duplicates(
+        self, *, max_distance: int = 8, offset: int = 0, limit: int = 20
+    ) -> DuplicatesResult:
+        params = {"max_distance": str(max_distance), "offset": str(offset), "limit": str(limit)}
+        body = await self._call("GET", "/v1/duplicates", params=params)
+        return wire.duplicates_from_json(body)
 
     async def record_failures(self, failures: Sequence[Failure]) -> None:
         await self._call(

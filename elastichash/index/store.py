@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,14 @@ import numpy.typing as npt
 
 from elastichash.codes import LONG_BYTES, SHORT_BYTES
 from elastichash.index.base import Document, Failure
+from elastichash.index.schema import FIELDS, FieldSpec
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
-_SCHEMA = """
+# The layout of release 1 (schema 1), kept verbatim: a new database replays it and then every
+# migration, so new and migrated databases cannot differ. Document field columns past these
+# are generated from the field table (index/schema.py) by _sync_fields.
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS docs (
     row INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -55,19 +58,120 @@ CREATE TABLE IF NOT EXISTS labels (row INTEGER NOT NULL, label TEXT NOT NULL, sc
 CREATE INDEX IF NOT EXISTS labels_label ON labels(label, score);
 CREATE INDEX IF NOT EXISTS labels_row ON labels(row);
 """
+
+
+def _v2_migration_log(conn: sqlite3.Connection) -> None:
+    # Schema 1 kept only a version string in meta; from 2 on every applied migration is a row.
+    conn.execute(
+        "CREATE TABLE schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    conn.execute(
+        "INSERT INTO schema_migrations VALUES (1, 'initial layout', strftime('%s', 'now'))"
+    )
+
+
+# Ordered: MIGRATIONS[i] takes a database from schema i + 1 to i + 2. Append, never edit.
+MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
+    ("migration log", _v2_migration_log),
+)
+SCHEMA_VERSION = 1 + len(MIGRATIONS)
+
+_SQL_TYPE = {"keyword": "TEXT", "text": "TEXT", "json": "TEXT", "number": "REAL", "date": "REAL"}
+# Binary fields need their own translator here; the one there is lives in the thumbs table.
+_BINARY = {"thumbnail"}
+if {f.name for f in FIELDS if f.kind == "binary"} != _BINARY:
+    raise RuntimeError("store.py keeps binary document fields in tables of their own: add one")
+COLUMNS = tuple(f for f in FIELDS if f.kind != "binary")
+_COLUMN_LIST = ", ".join(f.name for f in COLUMNS)
+
+
+def _to_column(spec: FieldSpec, value: Any) -> Any:
+    if spec.kind == "json":
+        return json.dumps(value) if value else None
+    return value
+
+
+def _from_column(spec: FieldSpec, value: Any) -> Any:
+    if spec.kind == "json":
+        return json.loads(value) if value else {}
+    return value
+
+
 # A JSON array parameter instead of N placeholders: one statement for any number of keys.
 _IN_JSON = "(SELECT value FROM json_each(?))"
+_UPSERT = (
+    f"INSERT OR REPLACE INTO docs(id, code, short, has_thumb, {_COLUMN_LIST})"
+    f" VALUES (?, ?, ?, ?{', ?' * len(COLUMNS)})"
+)
+_HIT_COLUMNS = tuple(f for f in COLUMNS if f.in_hits)
+_HIT_LIST = ", ".join(f.name for f in _HIT_COLUMNS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """0 for an empty database; otherwise the schema it was last migrated to."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "schema_migrations" in tables:
+        return int(conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0])
+    if "meta" in tables:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        return int(row[0]) if row else 0
+    return 0
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION`, one migration per transaction, then add
+    the columns of document fields new to the field table. A database from a newer release
+    is refused: this code would not know what its later migrations changed."""
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"index store {path} has schema {version}, newer than this release's "
+            f"{SCHEMA_VERSION}: open it with the release that wrote it, or a later one"
+        )
+    if version == 0:
+        # IF NOT EXISTS throughout: a creation cut short is finished by the next open.
+        conn.executescript(_SCHEMA_V1)
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', '1')")
+        version = 1
+    for target, (name, step) in enumerate(MIGRATIONS[version - 1 :], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            step(conn)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, strftime('%s', 'now'))",
+                (target, name),
+            )
+            # Releases before schema 2 read this key and refuse anything but their own.
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)", (str(target),)
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("index store %s migrated to schema %d (%s)", path, target, name)
+    _sync_fields(conn)
+
+
+def _sync_fields(conn: sqlite3.Connection) -> None:
+    """Add a column (and, for a filterable field, an index) per field-table row missing."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(docs)")}
+    for spec in COLUMNS:
+        if spec.name not in have:
+            conn.execute(f"ALTER TABLE docs ADD COLUMN {spec.name} {_SQL_TYPE[spec.kind]}")
+            log.info("index store: added document field %s (%s)", spec.name, spec.kind)
+        if spec.filterable:
+            conn.execute(f"CREATE INDEX IF NOT EXISTS docs_{spec.name} ON docs({spec.name})")
 
 
 @dataclass(frozen=True)
 class Row:
-    """Display fields of one document, as a hit needs them."""
+    """The fields of one document that a hit carries (``HIT_FIELDS``)."""
 
     row: int
     id: str
-    source: str | None
-    thumbnail_url: str | None
-    metadata: dict[str, Any]
+    fields: dict[str, Any]
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -108,15 +212,11 @@ class Store:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
-        conn.executescript(_SCHEMA)
-        conn.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
-        )
-        version = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0]
-        if version != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"index store {self.path} has schema {version}, expected {SCHEMA_VERSION}"
-            )
+        try:
+            migrate(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
         self._writer = conn
 
     def close(self) -> None:
@@ -184,17 +284,13 @@ class Store:
             cur = conn.cursor()
             for d in docs:
                 cur.execute(
-                    "INSERT OR REPLACE INTO docs"
-                    "(id, code, short, source, thumbnail_url, metadata, has_thumb)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    _UPSERT,
                     (
                         d.id,
                         d.code,
                         d.short,
-                        d.source,
-                        d.thumbnail_url,
-                        json.dumps(d.metadata) if d.metadata else None,
                         d.thumbnail is not None,
+                        *(_to_column(f, getattr(d, f.name)) for f in COLUMNS),
                     ),
                 )
                 assert cur.lastrowid is not None
@@ -283,25 +379,17 @@ class Store:
     def get(self, doc_id: str) -> Document | None:
         conn = self.reader()
         r = conn.execute(
-            "SELECT id, code, short, source, thumbnail_url, metadata, has_thumb"
-            " FROM docs WHERE id = ?",
+            f"SELECT id, code, short, has_thumb, {_COLUMN_LIST} FROM docs WHERE id = ?",
             (doc_id,),
         ).fetchone()
         if r is None:
             return None
         thumb = None
-        if r[6]:
+        if r[3]:
             t = conn.execute("SELECT data FROM thumbs WHERE id = ?", (doc_id,)).fetchone()
             thumb = bytes(t[0]) if t else None
-        return Document(
-            id=r[0],
-            code=bytes(r[1]),
-            short=bytes(r[2]),
-            source=r[3],
-            thumbnail_url=r[4],
-            metadata=json.loads(r[5]) if r[5] else {},
-            thumbnail=thumb,
-        )
+        fields = {f.name: _from_column(f, v) for f, v in zip(COLUMNS, r[4:], strict=True)}
+        return Document(id=r[0], code=bytes(r[1]), short=bytes(r[2]), thumbnail=thumb, **fields)
 
     def ids_for(self, rows: Sequence[int]) -> dict[int, str]:
         cur = self.reader().execute(
@@ -311,11 +399,12 @@ class Store:
 
     def fields_for(self, rows: Sequence[int]) -> dict[int, Row]:
         cur = self.reader().execute(
-            f"SELECT row, id, source, thumbnail_url, metadata FROM docs WHERE row IN {_IN_JSON}",
+            f"SELECT row, id, {_HIT_LIST} FROM docs WHERE row IN {_IN_JSON}",
             (json.dumps(list(rows)),),
         )
         return {
-            r[0]: Row(r[0], r[1], r[2], r[3], json.loads(r[4]) if r[4] else {})
+            r[0]: Row(r[0], r[1], {f.name: _from_column(f, v)
+                                   for f, v in zip(_HIT_COLUMNS, r[2:], strict=True)})
             for r in cur.fetchall()
         }
 
@@ -346,6 +435,15 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         self.writer.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def filter_fields_after(self, row: int) -> Iterator[tuple[int, str | None, dict[str, Any]]]:
+        """(row, source, metadata) of every document with a row above ``row``, in row order:
+        what the in-memory filter columns need (``filters.Columns``)."""
+        cur = self.reader().execute(
+            "SELECT row, source, metadata FROM docs WHERE row > ? ORDER BY row", (row,)
+        )
+        for r, source, metadata in cur:
+            yield r, source, json.loads(metadata) if metadata else {}
 
     def get_failure(self, doc_id: str) -> Failure | None:
         r = (

@@ -6,83 +6,32 @@ server and its client cannot drift apart.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from typing import Any
 
-from elastichash.codes import (
-    LONG_BITS,
-    SHORT_BITS,
-    CodeError,
-    from_hex,
-    from_subcodes,
-    from_words,
-    to_hex,
-    to_words,
-)
-from elastichash.errors import InvalidInput
+from pydantic import ValidationError
+
+from elastichash.codes import LONG_BITS, SHORT_BITS, from_hex, to_hex, to_words
+from elastichash.errors import InvalidInput, invalid_input
 from elastichash.index.base import (
     CodeRecord,
     Document,
+    DuplicateGroup,
+    DuplicatesResult,
     Failure,
     Hit,
     SearchQuery,
     SearchResult,
     WriteResult,
 )
-
-
-def parse_code(body: dict[str, Any]) -> bytes:
-    """The long code from ``code`` (64 hex digits) or ``words`` ([r0, r1, r2, r3])."""
-    if body.get("code") is not None:
-        if not isinstance(body["code"], str):
-            raise InvalidInput("code must be a string of 64 hex digits", field="code")
-        try:
-            return from_hex(body["code"], LONG_BITS)
-        except CodeError as exc:
-            raise InvalidInput(f"code: {exc}", field="code") from None
-    if body.get("words") is not None:
-        words = body["words"]
-        if not isinstance(words, list) or not all(
-            isinstance(w, int) and not isinstance(w, bool) for w in words
-        ):
-            raise InvalidInput(
-                "words must be a list of four 64-bit integers [r0, r1, r2, r3]", field="words"
-            )
-        try:
-            return from_words(words)
-        except CodeError as exc:
-            raise InvalidInput(f"words: {exc}", field="words") from None
-    raise InvalidInput(
-        "give the long code as 'code' (64 hex digits) or 'words' ([r0..r3])", field="code"
-    )
-
-
-def parse_short(body: dict[str, Any]) -> bytes:
-    """The short code from ``short`` (16 hex digits) or ``subcodes`` ([f0, f1, f2, f3])."""
-    if body.get("short") is not None:
-        if not isinstance(body["short"], str):
-            raise InvalidInput("short must be a string of 16 hex digits", field="short")
-        try:
-            return from_hex(body["short"], SHORT_BITS)
-        except CodeError as exc:
-            raise InvalidInput(f"short: {exc}", field="short") from None
-    if body.get("subcodes") is not None:
-        subs = body["subcodes"]
-        if not isinstance(subs, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in subs
-        ):
-            raise InvalidInput("subcodes must be a list of four 16-bit integers", field="subcodes")
-        try:
-            return from_subcodes(subs)
-        except CodeError as exc:
-            raise InvalidInput(f"subcodes: {exc}", field="subcodes") from None
-    raise InvalidInput(
-        "the short code is required: 'short' (16 hex digits) or 'subcodes' ([f0..f3])",
-        field="short",
-    )
-
+from elastichash.index.schema import (
+    FIELDS,
+    HIT_FIELDS,
+    DocumentBody,
+    empty,
+    parse_code,
+    parse_short,
+)
 
 # Alternative spellings of the codes a search body may use instead of hex code/short.
 _CODE_KEYS = ("code", "words", "short", "subcodes")
@@ -109,59 +58,33 @@ def record_from_json(item: dict[str, Any]) -> CodeRecord:
 
 
 def document_to_json(doc: Document, *, thumbnail: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": doc.id,
-        "code": to_hex(doc.code),
-        "words": to_words(doc.code),
-        "short": to_hex(doc.short),
-        "source": doc.source,
-        "thumbnail_url": doc.thumbnail_url,
-        "metadata": doc.metadata,
-        "has_thumbnail": doc.thumbnail is not None,
-    }
-    if thumbnail and doc.thumbnail is not None:
-        out["thumbnail"] = base64.b64encode(doc.thumbnail).decode("ascii")
+    out = DocumentBody.of(doc, binary=thumbnail).model_dump()
+    for spec in FIELDS:  # binary fields only when asked for and present
+        if spec.kind == "binary" and out[spec.name] is None:
+            del out[spec.name]
+    out["words"] = to_words(doc.code)  # ElasticHash's r0..r3, for clients that store those
+    out["has_thumbnail"] = doc.thumbnail is not None
     return out
+
+
+# Written by document_to_json for readers; not part of the body a writer sends.
+_OUTPUT_ONLY = ("has_thumbnail",)
 
 
 def document_from_json(item: Any) -> Document:
     if not isinstance(item, dict):
         raise InvalidInput("a document must be a JSON object", field="documents")
-    doc_id = item.get("id")
-    if not isinstance(doc_id, str):
-        raise InvalidInput("a document needs a string 'id'", field="id")
-    metadata = item.get("metadata") or {}
-    if not isinstance(metadata, dict):
-        raise InvalidInput("metadata must be an object", field="metadata")
-    thumb = item.get("thumbnail")
-    thumbnail = None
-    if thumb is not None:
-        try:
-            thumbnail = base64.b64decode(thumb, validate=True)
-        except (binascii.Error, TypeError, ValueError):
-            raise InvalidInput("thumbnail must be base64", field="thumbnail") from None
-    for key in ("source", "thumbnail_url"):
-        if item.get(key) is not None and not isinstance(item[key], str):
-            raise InvalidInput(f"{key} must be a string", field=key)
-    return Document(
-        id=doc_id,
-        code=parse_code(item),
-        short=parse_short(item),
-        source=item.get("source"),
-        thumbnail_url=item.get("thumbnail_url"),
-        metadata=metadata,
-        thumbnail=thumbnail,
-    )
+    try:
+        body = DocumentBody.model_validate(
+            {k: v for k, v in item.items() if k not in _OUTPUT_ONLY}
+        )
+    except ValidationError as exc:
+        raise invalid_input(exc) from None
+    return body.document()
 
 
 def hit_to_json(hit: Hit) -> dict[str, Any]:
-    return {
-        "id": hit.id,
-        "distance": hit.distance,
-        "source": hit.source,
-        "thumbnail_url": hit.thumbnail_url,
-        "metadata": hit.metadata,
-    }
+    return {"id": hit.id, "distance": hit.distance, **{f: getattr(hit, f) for f in HIT_FIELDS}}
 
 
 def result_to_json(res: SearchResult) -> dict[str, Any]:
@@ -174,23 +97,57 @@ def result_to_json(res: SearchResult) -> dict[str, Any]:
     }
 
 
+def hit_from_json(h: dict[str, Any]) -> Hit:
+    return Hit(
+        str(h["id"]),
+        int(h["distance"]),
+        **{s.name: h.get(s.name) or empty(s) for s in FIELDS if s.in_hits},
+    )
+
+
 def result_from_json(body: dict[str, Any]) -> SearchResult:
-    hits = [
-        Hit(
-            h["id"],
-            int(h["distance"]),
-            h.get("source"),
-            h.get("thumbnail_url"),
-            h.get("metadata") or {},
-        )
-        for h in body["results"]
-    ]
+    hits = [hit_from_json(h) for h in body["results"]]
     return SearchResult(
         hits,
         int(body["candidates"]),
         int(body["total"]),
         float(body["took_ms"]),
         str(body["strategy"]),
+    )
+
+
+def duplicates_to_json(res: DuplicatesResult) -> dict[str, Any]:
+    return {
+        "groups": [
+            {
+                "keeper": g.keeper,
+                "members": [hit_to_json(h) for h in g.members],
+                "distances": g.distances,
+            }
+            for g in res.groups
+        ],
+        "total": res.total,
+        "images": res.images,
+        "pairs": res.pairs,
+        "max_distance": res.max_distance,
+        "took_ms": round(res.took_ms, 3),
+    }
+
+
+def duplicates_from_json(body: dict[str, Any]) -> DuplicatesResult:
+    groups = [
+        DuplicateGroup(
+            [hit_from_json(h) for h in g["members"]], str(g["keeper"]), g.get("distances")
+        )
+        for g in body["groups"]
+    ]
+    return DuplicatesResult(
+        groups,
+        int(body["total"]),
+        int(body["images"]),
+        int(body["pairs"]),
+        int(body["max_distance"]),
+        float(body["took_ms"]),
     )
 
 

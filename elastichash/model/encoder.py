@@ -23,7 +23,7 @@ from elastichash.model.batcher import run_batched
 from elastichash.model.contract import ModelSpec
 from elastichash.model.head import Inference, hash_outputs
 from elastichash.model.labels import ClassNames, Label, class_names
-from elastichash.model.preprocess import load_image, load_image_and_thumbnail
+from elastichash.model.preprocess import decoder_message, load_image, load_image_and_thumbnail
 from elastichash.model.session import ModelSession
 from elastichash.settings import ImageLimits, ModelSettings
 
@@ -120,7 +120,8 @@ class Encoder:
             raise
         except Exception as exc:  # a decoder bug must still cost only this image
             log.warning("unexpected decode failure: %r", exc)
-            raise ImageError("corrupt", f"image cannot be decoded: {exc}") from None
+            raise ImageError("corrupt",
+                             f"image cannot be decoded: {decoder_message(exc)}") from None
 
     def _infer(self, batch: npt.NDArray[np.float32], thumbs: list[bytes | None]) -> list[Encoded]:
         out = self.encode_arrays(batch)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import struct
 import warnings
 from collections.abc import Callable
@@ -22,11 +23,12 @@ from PIL import Image, ImageOps
 
 from elastichash.errors import ImageError
 from elastichash.model.contract import ModelSpec
+from elastichash.settings import MAX_PIXELS as DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
-# 64 MP covers any camera sold today; above that it is a decompression bomb, not a photo.
-DEFAULT_MAX_PIXELS = 64_000_000
+# The long side of the JPEG thumbnail made beside the codes (gallery tiles, status pages).
+THUMBNAIL_SIZE = 256
 _PIL_FORMATS = {
     "jpeg": "JPEG",
     "png": "PNG",
@@ -72,8 +74,18 @@ def declared_size(data: bytes, fmt: str | None) -> tuple[int, int] | None:
     return None
 
 
+# Pillow names the file object it read from, e.g. "<_io.BytesIO object at 0x7f...>": a heap
+# address is no business of a client, and changes with every request.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def decoder_message(exc: BaseException) -> str:
+    """The decoder's message about ``exc``, without object reprs."""
+    return _OBJECT_REPR.sub("", str(exc)).strip() or type(exc).__name__
+
+
 def _failure(exc: Exception) -> ImageError:
-    text = str(exc) or type(exc).__name__
+    text = decoder_message(exc)
     if "truncat" in text.lower() or isinstance(exc, EOFError):
         return ImageError("truncated", f"image data is truncated: {text}")
     return ImageError("corrupt", f"image cannot be decoded: {text}")
@@ -215,7 +227,9 @@ def _encode_thumbnail(im: Image.Image, size: int) -> bytes:
     return buf.getvalue()
 
 
-def make_thumbnail(data: bytes, size: int = 256, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def make_thumbnail(
+    data: bytes, size: int = THUMBNAIL_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> bytes:
     """A JPEG no larger than ``size`` on its longer side (aspect kept)."""
     im = open_image(data, max_pixels, want=lambda w, h: (min(w, size), min(h, size)))
     return _encode_thumbnail(im, size)

@@ -107,6 +107,8 @@ def create_app(cluster: Cluster, faults: Faults, log: list[tuple[str, str]]) -> 
         ("POST", "/_scripts/{id}", h.put_script, {"timeout", "master_timeout", "context"}),
         ("DELETE", "/_scripts/{id}", h.delete_script, {"timeout", "master_timeout"}),
         ("POST", "/_bulk", h.bulk_any, h.BULK_PARAMS),
+        ("POST", "/_reindex", h.reindex, h.REINDEX_PARAMS),
+        ("POST", "/_aliases", h.update_aliases, {"timeout", "master_timeout"}),
         ("PUT", "/_bulk", h.bulk_any, h.BULK_PARAMS),
         ("HEAD", "/_alias/{name}", h.get_alias, h.ALIAS_PARAMS),
         ("GET", "/_alias/{name}", h.get_alias, h.ALIAS_PARAMS),

@@ -10,11 +10,13 @@ from aiohttp import web
 from tests.esserver import search as search_mod
 from tests.esserver.bulk import bulk
 from tests.esserver.errors import EsError, illegal, index_not_found, parsing
+from tests.esserver.mapping import parse_document
 from tests.esserver.scripts import check_source
 from tests.esserver.state import (
     KNOWN_SETTINGS,
     STATIC_SETTINGS,
     Cluster,
+    StoredDoc,
     check_settings,
     flatten_settings,
     parse_interval,
@@ -282,6 +284,78 @@ async def delete_index(request: web.Request) -> Result:
             if not (ignore and err.type == "index_not_found_exception"):
                 raise
     return 200, {"acknowledged": True}
+
+
+REINDEX_PARAMS = {"refresh", "wait_for_completion", "timeout", "slices", "requests_per_second",
+                  "wait_for_active_shards", "scroll", "max_docs", "require_alias"}
+
+
+async def reindex(request: web.Request) -> Result:
+    """Copy every document of ``source.index`` into the existing ``dest.index`` (no
+    auto-create, as this server runs with ``action.auto_create_index`` false)."""
+    import time
+
+    started = time.perf_counter()
+    c = _cluster(request)
+    body = await _json(request)
+    try:
+        sources = c.resolve(body["source"]["index"])
+        dest = c.write_index(body["dest"]["index"])
+    except (KeyError, TypeError):
+        raise parsing("[reindex] needs [source.index] and [dest.index]") from None
+    dest.check_writable()
+    created = updated = 0
+    failures: list[dict[str, Any]] = []
+    for src in sources:
+        for doc_id, doc in list(src.docs.items()):
+            try:
+                fields = parse_document(dest.mappings, doc.source_dict(), doc_id)
+            except EsError as err:
+                failures.append({"index": dest.name, "id": doc_id, "status": err.status,
+                                 "cause": err.cause()})
+                continue
+            existing = dest.docs.get(doc_id)
+            dest.seq_no += 1
+            dest.docs[doc_id] = StoredDoc(doc.source, fields,
+                                          existing.version + 1 if existing else 1, dest.seq_no)
+            created, updated = (created, updated + 1) if existing else (created + 1, updated)
+    if request.query.get("refresh") in ("", "true"):
+        dest.refresh()
+    return 200, {"took": int((time.perf_counter() - started) * 1000), "timed_out": False,
+                 "total": created + updated + len(failures), "created": created,
+                 "updated": updated, "deleted": 0, "batches": 1, "version_conflicts": 0,
+                 "noops": 0, "failures": failures}
+
+
+async def update_aliases(request: web.Request) -> Result:
+    """``POST /_aliases``: every action is checked before any applies (atomic swap)."""
+    c = _cluster(request)
+    actions = (await _json(request)).get("actions")
+    if not isinstance(actions, list) or not actions:
+        raise illegal("No action specified")
+    steps: list[tuple[str, str, str, dict[str, Any]]] = []
+    for action in actions:
+        if not isinstance(action, dict) or len(action) != 1:
+            raise parsing("[aliases] malformed action")
+        (op, spec), = action.items()
+        if op not in ("add", "remove") or not isinstance(spec, dict):
+            raise parsing(f"[aliases] unknown action [{op}]")
+        index, alias = spec.get("index"), spec.get("alias")
+        if index not in c.indices:
+            raise index_not_found(str(index))
+        if op == "remove" and index not in c.aliases.get(str(alias), {}):
+            raise EsError(404, "aliases_not_found_exception", f"aliases [{alias}] missing",
+                          **{"resource.type": "aliases", "resource.id": str(alias)})
+        extra = {k: v for k, v in spec.items() if k not in ("index", "alias")}
+        steps.append((op, str(index), str(alias), extra))
+    for op, index, alias, extra in steps:
+        if op == "add":
+            c.aliases.setdefault(alias, {})[index] = extra
+        else:
+            del c.aliases[alias][index]
+            if not c.aliases[alias]:
+                del c.aliases[alias]
+    return 200, {"acknowledged": True, "errors": False}
 
 
 __all__ = ["index_not_found"]

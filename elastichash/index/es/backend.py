@@ -18,11 +18,13 @@ from elastichash.index.base import (
     Capabilities,
     CodeRecord,
     Document,
+    DuplicatesResult,
     Failure,
     SearchQuery,
     SearchResult,
     WriteResult,
 )
+from elastichash.index.duplicates import groups_from_scan
 from elastichash.index.es import query as q
 from elastichash.index.es.bootstrap import (
     Layout,
@@ -70,6 +72,7 @@ class ElasticsearchIndex:
         self._failures: FailureStore | None = None
         self.version: tuple[int, int] = (0, 0)
         self.dense_bit = False  # the retrieval index maps the bit vector field
+        self.concrete = self.names.concrete  # the index behind the alias, once open
 
     @classmethod
     def from_settings(cls, settings: IndexSettings) -> ElasticsearchIndex:
@@ -116,11 +119,13 @@ class ElasticsearchIndex:
         await ensure_script(self.client)
         await ensure_nbs(self.client, self.names.nbs, self.bulk)
         want_bits = supports_dense_bit(self.version)
-        self.dense_bit = await ensure_retrieval(self.client, self.names, self.layout, want_bits)
+        self.concrete, self.dense_bit = await ensure_retrieval(
+            self.client, self.names, self.layout, want_bits
+        )
         await ensure_failures(self.client, self.names, self.layout)
         log.info(
             "elasticsearch %s ready: alias %s -> %s, dense_bit=%s",
-            info["version"]["number"], self.names.alias, self.names.concrete, self.dense_bit,
+            info["version"]["number"], self.names.alias, self.concrete, self.dense_bit,
         )
 
     async def close(self) -> None:
@@ -195,6 +200,11 @@ class ElasticsearchIndex:
             yield records
             after = records[-1].id
 
+    async def duplicates(
+        self, *, max_distance: int = 8, offset: int = 0, limit: int = 20
+    ) -> DuplicatesResult:
+        return await groups_from_scan(self, max_distance, offset, limit)
+
     async def search(self, query: SearchQuery) -> SearchResult:
         strategy = (await self.capabilities()).check(query)
         code, short = query.codes()
@@ -250,7 +260,7 @@ class ElasticsearchIndex:
         return {
             "backend": "elasticsearch",
             "alias": self.names.alias,
-            "index": self.names.concrete,
+            "index": self.concrete,
             "count": await self.count(),
             "documents": prim["docs"]["count"],
             "deleted": prim["docs"]["deleted"],

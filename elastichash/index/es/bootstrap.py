@@ -12,13 +12,15 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
 
-from elastichash.errors import ElasticHashError
+from elastichash.errors import ElasticHashError, Unavailable
 from elastichash.index.es.bulk import BulkPolicy, run_bulk
 from elastichash.index.es.mapping import (
     FAILURES_MAPPING,
     Names,
     failures_settings,
     has_dense_bit,
+    mapping_changes,
+    next_concrete,
     retrieval_mapping,
     retrieval_settings,
 )
@@ -99,23 +101,75 @@ async def ensure_nbs(client: AsyncElasticsearch, index: str, policy: BulkPolicy)
 
 async def ensure_retrieval(
     client: AsyncElasticsearch, names: Names, layout: Layout, dense_bit: bool
-) -> bool:
-    """Create the retrieval index behind its alias; return whether it maps the bit vector."""
-    if not await client.indices.exists_alias(name=names.alias):
-        if await client.indices.exists(index=names.alias):
-            raise ElasticHashError(
-                f"{names.alias} is a concrete index, not an alias; reindex it into "
-                f"{names.concrete} and put the alias {names.alias} in front of it"
-            )
-        await _create(
-            client,
-            names.concrete,
-            mappings=retrieval_mapping(dense_bit),
-            settings=retrieval_settings(layout.shards, layout.replicas, layout.refresh_interval),
-            aliases={names.alias: {"is_write_index": True}},
+) -> tuple[str, bool]:
+    """Create the retrieval index behind its alias, or move its documents to a new versioned
+    index when the mapping generated from the field table changed; return (the index behind
+    the alias, whether it maps the bit vector)."""
+    if await client.indices.exists_alias(name=names.alias):
+        behind = list((await client.indices.get_alias(name=names.alias)).keys())
+        if len(behind) != 1:
+            raise ElasticHashError(f"alias {names.alias} points at {behind}, expected one index")
+        current = behind[0]
+        mapping = (await client.indices.get_mapping(index=current))[current]["mappings"]
+        bits = has_dense_bit({current: {"mappings": mapping}})
+        wanted = retrieval_mapping(bits)
+        changed = mapping_changes(mapping, wanted)
+        if not changed:
+            return current, bits
+        target = next_concrete(names.alias, current)
+        log.warning("mapping of %s changed (%s): reindexing into %s",
+                    current, ", ".join(changed), target)
+        await reindex_behind_alias(client, names.alias, current, target, wanted, layout)
+        return target, bits
+    if await client.indices.exists(index=names.alias):
+        raise ElasticHashError(
+            f"{names.alias} is a concrete index, not an alias; reindex it into "
+            f"{names.concrete} and put the alias {names.alias} in front of it"
         )
+    await _create(
+        client,
+        names.concrete,
+        mappings=retrieval_mapping(dense_bit),
+        settings=retrieval_settings(layout.shards, layout.replicas, layout.refresh_interval),
+        aliases={names.alias: {"is_write_index": True}},
+    )
     mapping = await client.indices.get_mapping(index=names.alias)
-    return has_dense_bit(dict(mapping))
+    return names.concrete, has_dense_bit(dict(mapping))
+
+
+async def reindex_behind_alias(
+    client: AsyncElasticsearch,
+    alias: str,
+    current: str,
+    target: str,
+    mappings: dict[str, Any],
+    layout: Layout,
+) -> None:
+    """Copy ``current`` into a new ``target`` with ``mappings`` and swap the alias in one
+    atomic action. ``current`` is write-blocked meanwhile (writes fail and are retried, none
+    is lost) and kept afterwards for rollback; delete it once the new index serves."""
+    await client.indices.put_settings(index=current, settings={"index.blocks.write": True})
+    settings = retrieval_settings(layout.shards, layout.replicas, layout.refresh_interval)
+    if not await _create(client, target, mappings=mappings, settings=settings):
+        # Left write-blocked: the process that created the target swaps the alias when done.
+        raise Unavailable(f"{target} exists: another process is reindexing {current} into it "
+                          f"(or a reindex was cut short: delete {target} and start again)")
+    try:
+        resp = await client.reindex(source={"index": current}, dest={"index": target},
+                                    wait_for_completion=True, refresh=True)
+        if resp.get("failures"):
+            raise ElasticHashError(f"reindex {current} -> {target} failed: "
+                                   f"{resp['failures'][:3]}")
+        await client.indices.update_aliases(actions=[
+            {"remove": {"index": current, "alias": alias}},
+            {"add": {"index": target, "alias": alias, "is_write_index": True}},
+        ])
+    except BaseException:
+        await client.indices.delete(index=target, ignore_unavailable=True)
+        await client.indices.put_settings(index=current, settings={"index.blocks.write": False})
+        raise
+    log.info("alias %s now on %s (%d documents); %s kept, write-blocked",
+             alias, target, int(resp.get("total", 0)), current)
 
 
 async def ensure_failures(client: AsyncElasticsearch, names: Names, layout: Layout) -> None:

@@ -45,7 +45,10 @@ def item_result(doc_id: str, ok: bool, info: dict[str, Any]) -> WriteResult:
     status = info.get("status")
     if status == 404 and info.get("result") == "not_found":
         return WriteResult(id=doc_id, ok=False, error="not_found")
-    transient = status in TRANSIENT_STATUSES
+    err = info.get("error")
+    # A write block lifts (a reindex behind the alias, disk flood stage): requeue, not drop.
+    blocked = isinstance(err, dict) and err.get("type") == "cluster_block_exception"
+    transient = status in TRANSIENT_STATUSES or blocked
     return WriteResult(id=doc_id, ok=False, error=_error_text(info), transient=transient)
 
 

@@ -11,16 +11,54 @@ from typing import Any
 
 from elastichash.codes import LONG_BITS, NUM_SUBCODES, NUM_WORDS
 from elastichash.index.es.script import DENSE_BIT_FIELD
+from elastichash.index.schema import FIELDS, HIT_FIELDS, FieldSpec
 
 RETRIEVAL_VERSION = 1
 ID_FIELD = "id"
 SUBCODE_FIELDS = tuple(f"f{i}" for i in range(NUM_SUBCODES))
 WORD_FIELDS = tuple(f"r{i}" for i in range(NUM_WORDS))
 # Returned with hits; codes and thumbnails stay out of search responses.
-HIT_SOURCE_FIELDS = ["source", "thumbnail_url", "metadata"]
+HIT_SOURCE_FIELDS = list(HIT_FIELDS)
 DENSE_BIT_MIN_VERSION = (8, 15)
 
 _STORED_ONLY: dict[str, Any] = {"type": "keyword", "index": False, "doc_values": False}
+_ES_TYPE = {"keyword": "keyword", "number": "double", "date": "date", "text": "text"}
+
+
+def field_mapping(spec: FieldSpec) -> dict[str, Any]:
+    """The mapping of one row of the document field table."""
+    if spec.kind == "json":
+        return {"type": "object", "enabled": False}  # kept in _source, never parsed
+    if spec.kind == "binary":
+        return {"type": "binary"}  # base64 in _source, no doc values
+    if spec.kind == "date":
+        return {"type": "date", "format": "epoch_second"}  # unix seconds, as stored
+    if spec.filterable:
+        return {"type": _ES_TYPE[spec.kind]}
+    if spec.kind == "text":
+        return {"type": "text", "index": False}
+    # Returned with the document only: neither inverted index nor doc values.
+    return {"type": _ES_TYPE[spec.kind], "index": False, "doc_values": False}
+
+
+def mapping_changes(current: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Fields whose mapping in ``current`` is missing or differs from ``wanted``: a non-empty
+    answer means the documents move to a new index (a mapping type cannot change in place).
+    The bit vector field is left out: reindexing cannot compute it, so an index keeps or
+    lacks it for life."""
+    have = current.get("properties") or {}
+    return sorted(
+        name
+        for name, spec in (wanted.get("properties") or {}).items()
+        if name != DENSE_BIT_FIELD and have.get(name) != spec
+    )
+
+
+def next_concrete(alias: str, current: str) -> str:
+    """The versioned index after ``current``: ``<alias>-v<n + 1>``."""
+    tail = current.removeprefix(f"{alias}-v")
+    n = int(tail) if tail.isdigit() else RETRIEVAL_VERSION
+    return f"{alias}-v{n + 1}"
 
 
 @dataclass(frozen=True)
@@ -48,10 +86,7 @@ def retrieval_mapping(dense_bit: bool) -> dict[str, Any]:
         **{f: {"type": "keyword", "doc_values": False} for f in SUBCODE_FIELDS},
         # Read by the script through doc values only: no inverted index needed.
         **{r: {"type": "long", "index": False} for r in WORD_FIELDS},
-        "source": _STORED_ONLY,
-        "thumbnail_url": _STORED_ONLY,
-        "metadata": {"type": "object", "enabled": False},
-        "thumbnail": {"type": "binary"},
+        **{spec.name: field_mapping(spec) for spec in FIELDS},
     }
     if dense_bit:
         # Scored by script_score's hamming(); no HNSW graph to build (index: false).

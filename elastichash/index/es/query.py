@@ -28,6 +28,7 @@ from elastichash.index.es.script import (
     DENSE_BIT_SCRIPT_SOURCE,
     HAMMING_SCRIPT_ID,
 )
+from elastichash.index.schema import FIELDS, FieldSpec, empty
 
 SORT: list[dict[str, Any]] = [{"_score": {"order": "desc"}}, {ID_FIELD: {"order": "asc"}}]
 
@@ -138,43 +139,38 @@ def hits_from_response(resp: dict[str, Any]) -> tuple[list[Hit], int]:
     out: list[Hit] = []
     for h in resp["hits"]["hits"]:
         src = h.get("_source") or {}
-        out.append(
-            Hit(
-                id=h["_id"],
-                distance=LONG_BITS - round(h["sort"][0]),
-                source=src.get("source"),
-                thumbnail_url=src.get("thumbnail_url"),
-                metadata=src.get("metadata") or {},
-            )
-        )
+        fields = {s.name: _from_source(s, src.get(s.name)) for s in FIELDS if s.in_hits}
+        out.append(Hit(id=h["_id"], distance=LONG_BITS - round(h["sort"][0]), **fields))
     return out, int(resp["hits"]["total"]["value"])
+
+
+def _to_source(spec: FieldSpec, value: Any) -> Any:
+    return base64.b64encode(value).decode("ascii") if spec.kind == "binary" else value
+
+
+def _from_source(spec: FieldSpec, value: Any) -> Any:
+    if value is None or value == "":
+        return empty(spec)
+    return base64.b64decode(value) if spec.kind == "binary" else value
 
 
 def document_source(doc: Document, *, dense_bit: bool) -> dict[str, Any]:
     body: dict[str, Any] = {ID_FIELD: doc.id}
     body.update(zip(SUBCODE_FIELDS, map(subcode_term, subcodes(doc.short)), strict=True))
     body.update(word_params(doc.code))
-    if doc.source is not None:
-        body["source"] = doc.source
-    if doc.thumbnail_url is not None:
-        body["thumbnail_url"] = doc.thumbnail_url
-    if doc.metadata:
-        body["metadata"] = doc.metadata
-    if doc.thumbnail is not None:
-        body["thumbnail"] = base64.b64encode(doc.thumbnail).decode("ascii")
+    for spec in FIELDS:  # unset fields stay out of _source
+        value = getattr(doc, spec.name)
+        if value is not None and value != {}:
+            body[spec.name] = _to_source(spec, value)
     if dense_bit:
         body[DENSE_BIT_FIELD] = doc.code.hex()
     return body
 
 
 def document_from_source(doc_id: str, src: dict[str, Any]) -> Document:
-    thumb = src.get("thumbnail")
     return Document(
         id=doc_id,
         code=from_words([int(src[r]) for r in WORD_FIELDS]),
         short=from_subcodes([int(src[f]) for f in SUBCODE_FIELDS]),
-        source=src.get("source"),
-        thumbnail_url=src.get("thumbnail_url"),
-        metadata=src.get("metadata") or {},
-        thumbnail=base64.b64decode(thumb) if thumb else None,
+        **{s.name: _from_source(s, src.get(s.name)) for s in FIELDS},
     )

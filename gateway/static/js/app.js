@@ -2,6 +2,7 @@
 // the ingest panel, statistics and settings together.
 
 import { getApiKey, setApiKey } from "./api.js";
+import { DuplicatesView } from "./duplicates.js";
 import { Gallery } from "./gallery.js";
 import { IngestPanel } from "./ingest.js";
 import { SearchController } from "./search.js";
@@ -179,6 +180,19 @@ $("ingest-files").addEventListener("change", (ev) => {
   ingest.add(ev.target.files);
   ev.target.value = "";
 });
+
+// --- duplicates ------------------------------------------------------------------------------
+new DuplicatesView(
+  {
+    form: $("dup-form"),
+    distance: $("dup-distance"),
+    status: $("dup-status"),
+    error: $("dup-error"),
+    list: $("dup-list"),
+    moreButton: $("dup-more"),
+  },
+  { onDeleted: () => stats.refresh() },
+);
 
 // --- settings ------------------------------------------------------------------------------
 $("api-key").value = getApiKey();

@@ -16,7 +16,9 @@ const STATUS_TEXT = {
   indexed: "Indexed",
   failed: "Failed",
   refused: "Refused",
+  skipped: "Skipped (duplicate)",
 };
+const SETTLED = ["indexed", "failed", "refused", "skipped"];
 
 export class IngestPanel {
   constructor(els, { onSimilar, onFailure, onSettled }) {
@@ -55,7 +57,7 @@ export class IngestPanel {
 
   clearFinished() {
     this.entries = this.entries.filter((e) => {
-      const done = ["indexed", "failed", "refused"].includes(e.status);
+      const done = SETTLED.includes(e.status);
       if (done) {
         if (e.preview) URL.revokeObjectURL(e.preview);
         this.polling.delete(e);
@@ -143,6 +145,11 @@ export class IngestPanel {
     try {
       const img = await getImage(entry.id);
       if (img.status === "indexed") return this.#indexed(entry, img);
+      if (img.status === "skipped") {
+        this.#set(entry, "skipped", "", `near-duplicate of ${img.duplicate_of}`);
+        entry.li.dataset.duplicateOf = img.duplicate_of || "";
+        return this.#done();
+      }
       if (img.status === "failed") {
         this.#set(entry, "failed", "", `${img.reason || "failed"}${img.message ? `: ${img.message}` : ""}`);
         entry.li.dataset.reason = img.reason || "";
@@ -166,7 +173,8 @@ export class IngestPanel {
 
   #indexed(entry, img) {
     entry.thumbnailUrl = img.thumbnail_url || `/v1/images/${encodeURIComponent(entry.id)}/thumbnail`;
-    this.#set(entry, "indexed");
+    this.#set(entry, "indexed", "", img.duplicate_of ? `near-duplicate of ${img.duplicate_of}` : null);
+    if (img.duplicate_of) entry.li.dataset.duplicateOf = img.duplicate_of;
     const btn = entry.li.querySelector(".upload-similar");
     btn.hidden = false;
     this.#done();
@@ -181,7 +189,7 @@ export class IngestPanel {
 
   #done() {
     this.#summary();
-    if (this.entries.every((e) => ["indexed", "failed", "refused"].includes(e.status))) this.onSettled();
+    if (this.entries.every((e) => SETTLED.includes(e.status))) this.onSettled();
   }
 
   #set(entry, status, extra = "", detail = null) {
@@ -235,12 +243,13 @@ export class IngestPanel {
   }
 
   #summary() {
-    const c = { waiting: 0, uploading: 0, queued: 0, indexed: 0, failed: 0, refused: 0 };
+    const c = { waiting: 0, uploading: 0, queued: 0, indexed: 0, failed: 0, refused: 0, skipped: 0 };
     for (const e of this.entries) c[e.status] += 1;
     const busy = c.waiting + c.uploading + c.queued;
     const parts = [];
     if (c.indexed) parts.push(`${c.indexed} indexed`);
     if (c.failed + c.refused) parts.push(`${c.failed + c.refused} failed`);
+    if (c.skipped) parts.push(`${c.skipped} skipped as duplicates`);
     if (c.uploading + c.waiting) parts.push(`${c.uploading + c.waiting} uploading`);
     if (c.queued) parts.push(`${c.queued} being indexed`);
     this.els.summary.textContent = parts.length ? `${parts.join(", ")}.` : "";

@@ -1,14 +1,17 @@
 """The ``elastichash`` command: the one composition root.
 
-Library command groups register themselves through ``register(subparsers)`` functions in
-their own modules. Services are imported lazily, inside the subcommand that runs them, so
-that ``elastichash model inspect`` never imports aiohttp or aio-pika.
+One module per verb group registers its commands through ``register(subparsers)``:
+``cli/model.py`` (model ..., encode), ``cli/import_codes.py`` (import-codes),
+``cli/standalone.py`` (serve, index, search); the roles (gateway, workers, search service)
+are listed in ``ROLES`` here. Services are imported lazily, inside the subcommand that runs
+them, so that ``elastichash model inspect`` never imports aiohttp or aio-pika.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -35,17 +38,18 @@ def _serve(args: argparse.Namespace) -> int:
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
-    from aiohttp import web
-
-    from elastichash.folder import ingest_folder
-    from elastichash.standalone_commands import (
+    from elastichash.cli.standalone import (
         data_dir,
         index_settings,
         model_settings,
         open_local,
     )
+    from elastichash.folder import ingest_folder
+    from elastichash.roles import EXIT_UNAVAILABLE
     from gateway.app import create_app
     from gateway.config import GatewaySettings
+    from gateway.server import PortInUse
+    from gateway.server import run as run_server
     from gateway.state import Components
 
     if args.images is not None and not args.images.is_dir():
@@ -87,11 +91,29 @@ def _serve(args: argparse.Namespace) -> int:
                         await task
 
     app = create_app(settings, components)
-    print(f"elastichash: serving http://{args.host}:{args.port}/ "
-          f"(data in {data_dir(args)})", file=sys.stderr, flush=True)
-    web.run_app(app, host=args.host, port=args.port, print=None,
-                shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
+
+    def announce(url: str) -> None:
+        print(f"elastichash: serving {url} (data in {data_dir(args)})", file=sys.stderr,
+              flush=True)
+
+    try:
+        run_server(app, args.host, args.port, settings.server,
+                   shutdown_timeout=settings.shutdown_timeout_s, announce=announce)
+    except PortInUse as exc:
+        print(f"error: {exc}{port_hint(args.port)}", file=sys.stderr, flush=True)
+        return EXIT_UNAVAILABLE
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+              file=sys.stderr, flush=True)
+        return EXIT_UNAVAILABLE
     return 0
+
+
+def port_hint(port: int) -> str:
+    other = 9000 if port != 9000 else 9001
+    if os.environ.get("MAKELEVEL"):  # started by `make run`
+        return f"; try `make run PORT={other}`"
+    return f"; try `--port {other}`"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,19 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from elastichash.model import commands as model_commands
+    from elastichash.cli import model as model_commands
 
     model_commands.register(sub)
 
-    from elastichash.index import commands as index_commands
+    from elastichash.cli import import_codes as index_commands
 
     index_commands.register(sub)
 
-    from elastichash.index import reindex
+    from elastichash.cli import reindex
 
     reindex.register(sub)
 
-    from elastichash import standalone_commands
+    from elastichash.cli import standalone as standalone_commands
 
     standalone_commands.register(sub, serve=_serve)
 
@@ -161,7 +183,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a refusal the user acts on (another model, reindex): the message, not a traceback
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

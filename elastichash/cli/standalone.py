@@ -1,4 +1,5 @@
-"""Standalone subcommands: ``serve`` (wired in cli.py), ``index DIR`` and ``search IMAGE``."""
+"""Standalone subcommands: ``serve`` (its runner is in ``cli/__init__.py``, the composition
+root), ``index DIR`` and ``search IMAGE``."""
 
 from __future__ import annotations
 
@@ -63,6 +64,16 @@ def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_search)
 
+    p = sub.add_parser("duplicates", help="list groups of near-duplicate images in the local index")
+    p.add_argument("--data", type=Path, default=None,
+                   help="data directory, as for `elastichash serve`")
+    p.add_argument("--max-distance", type=int, default=8,
+                   help="256-bit Hamming distance that links two images (0..11, default 8)")
+    p.add_argument("--limit", type=int, default=20, help="groups to print (at most 200)")
+    p.add_argument("--offset", type=int, default=0, help="groups to skip")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_duplicates)
+
 
 def data_dir(args: argparse.Namespace) -> Path:
     path: Path = args.data or default_data_dir()
@@ -89,6 +100,9 @@ def index_settings(args: argparse.Namespace, base: IndexSettings | None = None) 
     settings.data_dir = settings.data_dir or data_dir(args) / "index"
     if args.strategy:
         settings.strategy = args.strategy
+    if getattr(args, "mark_duplicates", None) is not None:
+        settings.duplicate_distance = args.mark_duplicates
+        settings.duplicate_policy = args.duplicate_policy
     return settings
 
 
@@ -122,6 +136,7 @@ async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: Index
         await bind(index, model, encoder)
         spool_cfg = spool_cfg or SpoolSettings()
         pipeline = LocalPipeline(encoder, index, spool, batch_size=model.batch_size,
+                                 duplicates=index_cfg.duplicate_screen(),
                                  max_pixels=limits.max_pixels,
                                  spool_max_bytes=spool_cfg.max_bytes,
                                  spool_min_free_bytes=spool_cfg.min_free_bytes)
@@ -217,3 +232,38 @@ def run_search(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(go())
+
+
+def run_duplicates(args: argparse.Namespace) -> int:
+    from elastichash.errors import InvalidInput
+    from elastichash.index import wire
+    from elastichash.index.factory import make_index
+
+    async def go() -> int:
+        cfg = IndexSettings(backend="embedded", data_dir=data_dir(args) / "index")
+        index = make_index(cfg)
+        await index.open()
+        try:
+            res = await index.duplicates(max_distance=args.max_distance, offset=args.offset,
+                                         limit=args.limit)
+        finally:
+            await index.close()
+        if args.json:
+            print(json.dumps(wire.duplicates_to_json(res)))
+            return 0
+        print(f"{res.total} groups, {res.images} images, {res.pairs} pairs within distance "
+              f"{res.max_distance} ({res.took_ms:.0f} ms)")
+        for n, g in enumerate(res.groups, args.offset + 1):
+            print(f"group {n}: {len(g.members)} images, keep {g.keeper}")
+            for h in g.members:
+                size = (f"{h.metadata.get('width')}x{h.metadata.get('height')}"
+                        if "width" in h.metadata else "")
+                mark = "keep" if h.id == g.keeper else f"{h.distance:4d}"
+                print(f"  {mark:>4s}  {h.id}  {size}  {h.source or ''}")
+        return 0
+
+    try:
+        return asyncio.run(go())
+    except InvalidInput as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,5 @@
+import sys
+
+from elastichash.cli import main
+
+sys.exit(main())

@@ -1,0 +1,224 @@
+"""One document schema: the table of document fields, and the one pydantic document body.
+
+:data:`FIELDS` lists every field a document carries besides its id and codes. The
+Elasticsearch mapping (``index/es/mapping.py``), the SQLite columns (``index/store.py``), the
+engine ``_source`` and the fields returned with hits are generated from it. Adding a field is
+one row here plus the typed attribute on :class:`~elastichash.index.base.Document` (and on
+``Hit`` when ``in_hits``) and on :class:`DocumentBody`; a test keeps them in step. A backend
+needs its own translator only for a kind it stores specially (``binary``: the thumbnail).
+
+:class:`DocumentBody` is how a document looks in JSON wherever it travels: the search
+service's bulk and get bodies and the AMQP index messages (``messages.IndexDoc`` extends it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from elastichash.codes import LONG_BITS, SHORT_BITS, CodeError, from_hex, from_subcodes, from_words
+from elastichash.errors import InvalidInput
+from elastichash.ids import check_id
+from elastichash.index.base import Document
+
+FieldKind = Literal["keyword", "number", "date", "text", "json", "binary"]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One document field. ``keyword``: exact strings; ``number``: floats; ``date``: unix
+    seconds; ``text``: analysed words; ``json``: an opaque object; ``binary``: bytes kept
+    apart from the searchable row (base64 in JSON)."""
+
+    name: str
+    kind: FieldKind
+    filterable: bool = False  # indexed, so a SearchQuery filter may name it
+    in_hits: bool = False  # returned with every search hit (keep hits small)
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("source", "keyword", in_hits=True),  # URL, path or upload name
+    FieldSpec("thumbnail_url", "keyword", in_hits=True),  # an imported external thumbnail
+    FieldSpec("metadata", "json", in_hits=True),  # client metadata, width/height, filename
+    FieldSpec("thumbnail", "binary"),  # small JPEG made at encode time
+)
+FIELD_NAMES = tuple(f.name for f in FIELDS)
+HIT_FIELDS = tuple(f.name for f in FIELDS if f.in_hits)
+FILTERABLE = tuple(f.name for f in FIELDS if f.filterable)
+
+# The same limits wherever a document travels (AMQP messages, the search service's JSON): a
+# document from something other than our gateway or encoder gets no more trust.
+# Metadata travels in an AMQP header; RabbitMQ's frame_max (128 KiB) bounds all headers.
+MAX_METADATA_BYTES = 16 * 1024
+# Facts about a photo (size, file name, EXIF groups) nest two or three levels; deeper is an
+# attack on recursive parsers and serialisers, not a caption.
+MAX_METADATA_DEPTH = 5
+MAX_SOURCE_CHARS = 2048
+# A thumbnail is a JPEG of at most 256 px on its long side (tens of KB); 512 KiB leaves room
+# for a noisy one and refuses a full image smuggled in its place.
+MAX_THUMBNAIL_BYTES = 512 * 1024
+HEX64 = r"^[0-9a-f]{64}$"
+HEX16 = r"^[0-9a-f]{16}$"
+
+
+def depth(value: Any, limit: int = 64) -> int:
+    """Nesting depth of a JSON value, counting no further than ``limit`` + 1."""
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    items = value.values() if isinstance(value, dict) else value
+    return 1 + max((depth(v, limit - 1) for v in items), default=0)
+
+
+def check_metadata(metadata: Any) -> dict[str, Any]:
+    """The same metadata limits on every path: a JSON object, at most MAX_METADATA_BYTES
+    serialised, nested at most MAX_METADATA_DEPTH deep."""
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata must be a JSON object")
+    if depth(metadata, MAX_METADATA_DEPTH) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata nested deeper than {MAX_METADATA_DEPTH}")
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata over {MAX_METADATA_BYTES} bytes")
+    return metadata
+
+
+def checked_id(value: str) -> str:
+    """``check_id`` for pydantic validators (which report ValueErrors only)."""
+    try:
+        return check_id(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
+def empty(spec: FieldSpec) -> Any:
+    """The value of an unset field: ``{}`` for json, ``None`` otherwise."""
+    return {} if spec.kind == "json" else None
+
+
+def _parse(
+    body: dict[str, Any], key: str, ints_key: str, bits: int, from_ints: Callable[..., bytes]
+) -> bytes | None:
+    if body.get(key) is not None:
+        if not isinstance(body[key], str):
+            raise InvalidInput(f"{key} must be a string of {bits // 4} hex digits", field=key)
+        try:
+            return from_hex(body[key], bits)
+        except CodeError as exc:
+            raise InvalidInput(f"{key}: {exc}", field=key) from None
+    if body.get(ints_key) is not None:
+        try:
+            return from_ints(_ints(body[ints_key], ints_key))
+        except CodeError as exc:
+            raise InvalidInput(f"{ints_key}: {exc}", field=ints_key) from None
+    return None
+
+
+def parse_code(body: dict[str, Any]) -> bytes:
+    """The long code from ``code`` (64 hex digits) or ``words`` ([r0, r1, r2, r3])."""
+    code = _parse(body, "code", "words", LONG_BITS, from_words)
+    if code is None:
+        raise InvalidInput(
+            "give the long code as 'code' (64 hex digits) or 'words' ([r0..r3])", field="code"
+        )
+    return code
+
+
+def parse_short(body: dict[str, Any]) -> bytes:
+    """The short code from ``short`` (16 hex digits) or ``subcodes`` ([f0, f1, f2, f3])."""
+    short = _parse(body, "short", "subcodes", SHORT_BITS, from_subcodes)
+    if short is None:
+        raise InvalidInput(
+            "the short code is required: 'short' (16 hex digits) or 'subcodes' ([f0..f3])",
+            field="short",
+        )
+    return short
+
+
+def _ints(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise InvalidInput(f"{name} must be a list of integers", field=name)
+    return value
+
+
+class DocumentBody(BaseModel):
+    """A document in JSON: codes as hex (or ``words``/``subcodes`` integers on input), the
+    binary fields as base64."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    code: str = Field(pattern=HEX64, description="256-bit long code, 64 hex digits")
+    short: str = Field(pattern=HEX16, description="64-bit short code, 16 hex digits")
+    source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
+    thumbnail_url: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    # base64 JPEG; a consumer checks the decoded size against MAX_THUMBNAIL_BYTES
+    thumbnail: str | None = Field(default=None, max_length=MAX_THUMBNAIL_BYTES * 4 // 3 + 4)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        return checked_id(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _codes(cls, data: Any) -> Any:
+        """Accept the codes as hex in any case, or as ElasticHash's integers."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        try:
+            data["code"] = parse_code(data).hex()
+            data["short"] = parse_short(data).hex()
+        except InvalidInput as exc:  # pydantic reports ValueErrors only
+            raise ValueError(exc.message) from None
+        data.pop("words", None)
+        data.pop("subcodes", None)
+        return data
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_metadata(v)
+
+    @field_validator("thumbnail")
+    @classmethod
+    def _base64(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                base64.b64decode(v, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError(f"thumbnail is not base64: {exc}") from None
+        return v
+
+    @classmethod
+    def of(cls, doc: Document, *, binary: bool = True) -> DocumentBody:
+        """The body of ``doc``; ``binary=False`` leaves the binary fields (thumbnail) out."""
+        fields: dict[str, Any] = {}
+        for spec in FIELDS:
+            value = getattr(doc, spec.name)
+            if spec.kind == "binary":
+                value = base64.b64encode(value).decode("ascii") if binary and value else None
+            fields[spec.name] = value
+        return cls(id=doc.id, code=doc.code.hex(), short=doc.short.hex(), **fields)
+
+    def document(self) -> Document:
+        fields: dict[str, Any] = {}
+        for spec in FIELDS:
+            value = getattr(self, spec.name)
+            if spec.kind == "binary" and value is not None:
+                value = base64.b64decode(value)
+            elif spec.kind == "json":
+                value = dict(value)
+            fields[spec.name] = value
+        return Document(
+            id=self.id, code=bytes.fromhex(self.code), short=bytes.fromhex(self.short), **fields
+        )
