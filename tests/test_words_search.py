@@ -150,3 +150,27 @@ async def test_the_gateway_returns_labels_and_searches_by_words(
         assert resp.status == 200
         assert body["results"] == []
         assert "xyzzy" in body["hint"]
+
+
+async def test_a_store_from_before_the_label_table_gets_it_filled_on_open(tmp_path: Path) -> None:
+    import sqlite3
+
+    from elastichash.index.embedded import DB_NAME
+
+    idx = EmbeddedIndex(tmp_path / "index")
+    await idx.open()
+    await idx.upsert([_doc(1, [(ELEPHANT, 0.9)], 0x00), _doc(2, [], 0x01)])
+    await idx.close()
+    conn = sqlite3.connect(tmp_path / "index" / DB_NAME)  # back to schema 2: no label table
+    conn.execute("DROP TABLE labels")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 3")
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    conn.commit()
+    conn.close()
+    idx = EmbeddedIndex(tmp_path / "index")
+    await idx.open()
+    try:
+        res = await idx.search(SearchQuery(text="elephant"))
+        assert [h.id for h in res.hits] == ["img1"]
+    finally:
+        await idx.close()

@@ -400,7 +400,7 @@ class EmbeddedIndex:
             if code is None:
                 page = matched[query.offset : query.offset + query.k]
                 fields = self._store.fields_for([r for r, _ in page])
-                hits = [Hit(f.id, 0, f.source, f.thumbnail_url, f.metadata)
+                hits = [Hit(f.id, 0, **f.fields)
                         for r, _ in page if (f := fields.get(r)) is not None]
                 return SearchResult(hits, len(matched), len(matched),
                                     (time.perf_counter() - t0) * 1000.0, "words")

@@ -52,11 +52,6 @@ CREATE TABLE IF NOT EXISTS failures (
 );
 CREATE INDEX IF NOT EXISTS failures_at ON failures(at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- the model's top classes per document (from metadata "labels"), for search by words;
--- rows of replaced or deleted documents are removed with them
-CREATE TABLE IF NOT EXISTS labels (row INTEGER NOT NULL, label TEXT NOT NULL, score REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS labels_label ON labels(label, score);
-CREATE INDEX IF NOT EXISTS labels_row ON labels(row);
 """
 
 
@@ -71,9 +66,25 @@ def _v2_migration_log(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v3_labels(conn: sqlite3.Connection) -> None:
+    # The model's top classes per document (metadata "labels"), for search by words; rows of
+    # replaced or deleted documents are removed with them. Filled from what is stored.
+    conn.execute("CREATE TABLE labels (row INTEGER NOT NULL, label TEXT NOT NULL,"
+                 " score REAL NOT NULL)")
+    conn.execute("CREATE INDEX labels_label ON labels(label, score)")
+    conn.execute("CREATE INDEX labels_row ON labels(row)")
+    for row, metadata in conn.execute(
+        "SELECT row, metadata FROM docs WHERE metadata LIKE '%\"labels\"%'"
+    ).fetchall():
+        meta = json.loads(metadata)
+        conn.executemany("INSERT INTO labels(row, label, score) VALUES (?, ?, ?)",
+                         [(row, lab, sc) for lab, sc in _labels_of(meta)])
+
+
 # Ordered: MIGRATIONS[i] takes a database from schema i + 1 to i + 2. Append, never edit.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("migration log", _v2_migration_log),
+    ("labels table", _v3_labels),
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -188,8 +199,12 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 def doc_labels(doc: Document) -> list[tuple[str, float]]:
     """(class id, score) of a document's labels (metadata "labels"); malformed entries skipped."""
+    return _labels_of(doc.metadata)
+
+
+def _labels_of(metadata: Any) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
-    raw = doc.metadata.get("labels") if isinstance(doc.metadata, dict) else None
+    raw = metadata.get("labels") if isinstance(metadata, dict) else None
     for item in raw if isinstance(raw, list) else []:
         if isinstance(item, dict) and isinstance(item.get("id"), str):
             score = item.get("score")
