@@ -305,3 +305,23 @@ def set_metadata(model: Any, meta: Mapping[str, str]) -> None:
     for key, value in [*keep, *meta.items()]:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def model_bytes(graph: Any, meta: Mapping[str, str], *, version: str, opset: int = 17,
+                ir_version: int = 8) -> bytes:
+    """A built-in model's file: the graph with contract metadata, checked, serialised
+    deterministically (the same bytes on every run)."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="elastichash",
+        producer_version=version,
+        ir_version=ir_version,
+    )
+    set_metadata(model, meta)
+    onnx.checker.check_model(model, full_check=True)
+    data: bytes = model.SerializeToString(deterministic=True)
+    return data

