@@ -13,6 +13,18 @@
 3. Latency: images posted one at a time at about half the measured rate; time from the 202
    to searchable, p50 and p99.
 Target: one encoder in the pipeline reaches >= 80% of the encoder alone.
+
+    python bench/ingest.py --flood 3000 [--queries 40] [--repeat 2]
+                           [--out bench/results/ingest_flood.json]
+
+Search under an ingest flood (issue 18.7): one encoder worker; search by upload timed while
+nothing is queued, then while ``--flood`` images (posted four requests at a time) are being
+encoded. Two setups in the same run, alternated ``--repeat`` times, samples pooled per setup:
+the reference shares one inference session and gives queries no priority
+(``EH_ENCODER_RPC_THREADS=0``, ``EH_ENCODER_RPC_PRIORITY_S=0``, ``EH_ENCODER_INGEST_NICE=0``:
+the code before the change); the default gives queries their own session and thread, runs the
+ingest threads at a lower CPU priority and holds new ingest batches while a query is encoded.
+Target: search latency under the flood at most 2x the idle latency.
 """
 
 from __future__ import annotations
@@ -75,7 +87,16 @@ def encoder_alone(images: list[bytes], model: Path, batch: int) -> float:
 
 
 class Stack:
-    def __init__(self, amqp: str, model: Path, tmp: Path, encoders: int, batch: int) -> None:
+    def __init__(
+        self,
+        amqp: str,
+        model: Path,
+        tmp: Path,
+        encoders: int,
+        batch: int,
+        encoder_env: dict[str, str] | None = None,
+    ) -> None:
+        self.encoder_env = encoder_env or {}
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
         self.amqp, self.model, self.tmp = amqp, model, tmp
         self.encoders, self.batch = encoders, batch
@@ -133,6 +154,7 @@ class Stack:
                     "EH_ENCODER_MODEL__PATH": str(self.model),
                     "EH_ENCODER_BATCH_MAX": str(self.batch),
                     "EH_ENCODER_HEALTH_PORT": str(port),
+                    **self.encoder_env,
                 },
             )
         self.spawn(
@@ -146,9 +168,16 @@ class Stack:
                 "EH_GATEWAY_INDEX__SEARCH_URL": search,
             },
         )
-        for p in health:
-            await wait_http(f"http://127.0.0.1:{p}/readyz")
-        await wait_http(f"http://127.0.0.1:{self.gateway_port}/readyz")
+        self.health_ports = health  # indexer first, then the encoders
+        try:
+            for p in health:
+                await wait_http(f"http://127.0.0.1:{p}/readyz")
+            await wait_http(f"http://127.0.0.1:{self.gateway_port}/readyz")
+        except SystemExit:
+            for log in sorted(self.tmp.glob("*.log")):
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                print(f"--- {log.name}\n" + "\n".join(tail), file=sys.stderr)
+            raise
 
     def cpu_seconds(self) -> dict[str, float]:
         """User+system CPU each service process has used so far (Linux /proc)."""
@@ -307,6 +336,175 @@ async def run_stack(
     }
 
 
+async def mean_of(http: aiohttp.ClientSession, url: str, name: str) -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram, over its labels."""
+    async with http.get(url) as r:
+        text = await r.text()
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{name}_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{name}_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+TOOK: list[float] = []  # the gateway's own took_ms of each search (encode + index search)
+
+
+async def search_once(http: aiohttp.ClientSession, base: str, data: bytes) -> float:
+    form = aiohttp.FormData()
+    form.add_field("file", data, filename="q.jpg", content_type="image/jpeg")
+    form.add_field("k", "10")
+    started = time.perf_counter()
+    async with http.post(f"{base}/v1/search", data=form) as r:
+        if r.status != 200:
+            raise SystemExit(f"search answered {r.status}: {await r.text()}")
+        TOOK.append(float((await r.json())["took_ms"]) / 1000)
+    return time.perf_counter() - started
+
+
+async def queued(http: aiohttp.ClientSession, base: str) -> int:
+    async with http.get(f"{base}/v1/stats") as r:
+        return int((await r.json())["queued"] or 0)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": float(np.percentile(values, 50)) * 1000,
+        "p99_ms": float(np.percentile(values, 99)) * 1000,
+        "n": len(values),
+    }
+
+
+async def run_flood(
+    args: argparse.Namespace, images: list[bytes], model: Path, tmp: Path, name: str,
+    encoder_env: dict[str, str],
+) -> dict[str, Any]:
+    """Search latency idle, then under a flood of ``args.flood`` images, one encoder."""
+    stack = Stack(args.amqp, model, tmp / name, 1, args.batch, encoder_env)
+    stack.tmp.mkdir()
+    await stack.start()
+    base = f"http://127.0.0.1:{stack.gateway_port}"
+    from tests.imagegen import make_image
+
+    probes = [make_image(100_000 + i, size=(320, 240)) for i in range(args.queries)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            for data in probes[:3]:  # warm-up: the first queries load and connect
+                await search_once(http, base, data)
+            idle = [await search_once(http, base, d) for d in probes]
+            # A client flooding with a few requests at a time (not 150 at once: on a loaded
+            # machine the broker's confirms would then time out before any encoding).
+            senders = asyncio.Semaphore(4)
+
+            async def send(chunk: list[bytes]) -> float:
+                async with senders:
+                    return await post(http, base, chunk)
+
+            posts = asyncio.gather(
+                *(send(images[i : i + 20]) for i in range(0, len(images), 20))
+            )
+            # Searches only while the backlog is real (not before the first posts land).
+            while await queued(http, base) < min(200, len(images) // 4):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            flood: list[float] = []
+            depths: list[int] = []
+            TOOK.clear()
+            enc = f"http://127.0.0.1:{stack.health_ports[1]}/metrics"
+            srch = f"http://127.0.0.1:{stack.search_port}/metrics"
+            rpc0 = await mean_of(http, enc, "eh_encoder_rpc_seconds")
+            search0 = await mean_of(http, srch, "eh_search_seconds")
+            for data in probes:
+                flood.append(await search_once(http, base, data))
+                depths.append(await queued(http, base))
+            rpc1 = await mean_of(http, enc, "eh_encoder_rpc_seconds")
+            search1 = await mean_of(http, srch, "eh_search_seconds")
+            parts = {
+                "encoder_rpc_mean_ms": 1000 * (rpc1[0] - rpc0[0]) / max(1.0, rpc1[1] - rpc0[1]),
+                "search_mean_ms": 1000 * (search1[0] - search0[0])
+                / max(1.0, search1[1] - search0[1]),
+            }
+            await posts
+    finally:
+        stack.stop()
+        from elastichash.amqp import delete_topology
+
+        await delete_topology(args.amqp, stack.prefix)
+    print(f"  {name}: idle {percentiles(idle)} flood {percentiles(flood)}"
+          f" (gateway took {percentiles(TOOK)}; {parts})", file=sys.stderr)
+    return {"idle_s": idle, "flood_s": flood, "queued": depths, "flood_took_s": list(TOOK)}
+
+
+def flood_main(args: argparse.Namespace) -> int:
+    from elastichash.model.default import ensure_default_model
+
+    images = load_images(args.dir, args.flood)
+    setups = {
+        "shared session, no priority (before)": {
+            "EH_ENCODER_RPC_THREADS": "0",
+            "EH_ENCODER_RPC_PRIORITY_S": "0",
+            "EH_ENCODER_INGEST_NICE": "0",
+        },
+        "own session + query first (default)": {},
+    }
+    samples: dict[str, dict[str, list[float]]] = {
+        label: {"idle_s": [], "flood_s": [], "queued": [], "flood_took_s": []} for label in setups
+    }
+    with tempfile.TemporaryDirectory(prefix="eh-bench-") as t:
+        tmp = Path(t)
+        model = ensure_default_model(tmp / "default.onnx")
+        for rep in range(args.repeat):
+            for i, (label, env) in enumerate(setups.items()):
+                got = asyncio.run(run_flood(args, images, model, tmp, f"r{rep}s{i}", env))
+                for key, values in got.items():
+                    samples[label][key].extend(values)
+    runs = []
+    for label, env in setups.items():
+        got = samples[label]
+        run = {
+            "label": label,
+            "encoder_env": env,
+            "idle": percentiles(got["idle_s"]),
+            "flood": percentiles(got["flood_s"]),
+            # inside the gateway's handler: query encoding (RPC) + index search
+            "flood_gateway_took": percentiles(got["flood_took_s"]),
+            "queued_during_searches": {"min": min(got["queued"]), "max": max(got["queued"])},
+        }
+        run["ratio_p50"] = run["flood"]["p50_ms"] / run["idle"]["p50_ms"]
+        run["ratio_p99"] = run["flood"]["p99_ms"] / run["idle"]["p99_ms"]
+        runs.append(run)
+    print(
+        f"search by upload, {args.queries} queries x {args.repeat} runs, under a flood of"
+        f" {len(images)} images into one encoder (batch {args.batch}), {os.cpu_count()} CPUs"
+    )
+    print(f"{'setup':<40}{'idle p50':>10}{'p99':>8}{'flood p50':>11}{'p99':>8}"
+          f"{'x p50':>7}{'x p99':>7}")
+    for r in runs:
+        label = r["label"]
+        print(
+            f"{label:<40}{r['idle']['p50_ms']:>8.0f}ms{r['idle']['p99_ms']:>6.0f}ms"
+            f"{r['flood']['p50_ms']:>9.0f}ms{r['flood']['p99_ms']:>6.0f}ms"
+            f"{r['ratio_p50']:>7.2f}{r['ratio_p99']:>7.2f}"
+        )
+    out = args.out if args.out != ROOT / "bench/results/ingest.json" else (
+        ROOT / "bench/results/ingest_flood.json")
+    result = {
+        "flood_images": len(images),
+        "queries": args.queries,
+        "repeat": args.repeat,
+        "batch": args.batch,
+        "cpus": os.cpu_count(),
+        "runs": runs,
+        "target_ratio": 2.0,
+        "default_meets_target": runs[-1]["ratio_p50"] <= 2.0 and runs[-1]["ratio_p99"] <= 2.0,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
@@ -316,7 +514,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--latency-images", type=int, default=40)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/ingest.json")
+    parser.add_argument("--flood", type=int, default=0,
+                        help="measure search under a flood of this many images instead")
+    parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    if args.flood:
+        return flood_main(args)
     from elastichash.model.default import ensure_default_model
 
     images = load_images(args.dir, args.images)

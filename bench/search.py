@@ -32,6 +32,7 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from elastichash.codes import hamming_many, select_bits
+from elastichash.index import filters
 from elastichash.index.base import Document, SearchQuery
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.memtable import CodeTable
@@ -101,6 +102,60 @@ async def write_bench(codes: U8, shorts: U8, n: int) -> dict[str, float]:
     }
 
 
+# (label, filter, share of the codes it keeps) over the synthetic fields of filtered_rows().
+FILTERED = (
+    ("1%", {"album": "a7"}, 0.01),
+    ("10%", {"album": [f"a{i}" for i in range(10, 20)]}, 0.10),
+    ("90%", {"width": {"gte": 100}}, 0.90),
+)
+
+
+def filtered_rows(snap: Any, codes: U8, queries: U8, qshorts: U8, nq: int) -> dict[str, Any]:
+    """Filtered search next to unfiltered, on the same table: synthetic collection fields
+    (``album`` = a<i % 100>, ``width`` = i % 1000) in the filter columns, then for each
+    filter the mask (per query, as a search computes it) and the ranking, ``exact`` and
+    ``two_stage``, timed round-robin with unfiltered ``exact``. Recall@100 of filtered exact
+    against a numpy ranking of the codes that pass (1.0 means exact)."""
+    n = codes.shape[0]
+    t = time.perf_counter()
+    columns = filters.Columns()
+    columns.extend((i, None, {"album": f"a{i % 100}", "width": i % 1000}) for i in range(n))
+    build_s = time.perf_counter() - t
+    rows_ = snap.rows[: snap.n]
+    assert np.array_equal(rows_, np.arange(n)), "the table's rows are 0..n-1"
+    out: dict[str, Any] = {"columns_build_s": build_s, "queries": nq, "rows": {}}
+    for label, spec, share in FILTERED:
+        clauses = filters.parse(spec)
+        lat: dict[str, list[float]] = {"mask": [], "exact": [], "two_stage": [], "unfiltered": []}
+        recalls = []
+        kept = 0
+        for j in range(nq):
+            q = queries[j]
+            t0 = time.perf_counter()
+            mask = columns.mask_for(rows_, clauses)
+            t1 = time.perf_counter()
+            c = CodeTable.exact_filtered(snap, q, 100, None, mask)
+            t2 = time.perf_counter()
+            CodeTable.two_stage(snap, q, qshorts[j].tobytes(), 100, None, mask)
+            t3 = time.perf_counter()
+            CodeTable.exact(snap, q, 100, None)
+            t4 = time.perf_counter()
+            lat["mask"].append((t1 - t0) * 1000)
+            lat["exact"].append((t2 - t0) * 1000)
+            lat["two_stage"].append((t3 - t2 + t1 - t0) * 1000)
+            lat["unfiltered"].append((t4 - t3) * 1000)
+            kept = int(mask.sum())
+            truth = np.sort(hamming_many(q, codes[mask]))[:100]
+            got = np.sort(c.dists)[:100]
+            recalls.append(float(np.mean(got <= truth[-1])) if truth.size else 1.0)
+        row = {name: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99)} for name, v in lat.items()}
+        row.update(share=kept / n, expected_share=share,
+                   recall_at_100_exact=float(np.mean(recalls)))
+        out["rows"][label] = row
+        print("filtered", label, row, flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,6 +169,8 @@ def main() -> int:
         "--write-n", type=int, default=None, help="codes written to SQLite (default min(n, 1M))"
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--filtered-queries", type=int, default=200,
+                    help="queries per filtered row (0: no filtered rows)")
     ap.add_argument(
         "--quick", action="store_true", help="200 queries, 200k codes written, 20 numpy queries"
     )
@@ -246,6 +303,9 @@ def main() -> int:
 
     run(("numpy scan (bitwise_count)", np_fn), count=min(nq, args.numpy_queries))
     out["results"] = rows
+    if args.filtered_queries:
+        out["filtered"] = filtered_rows(snap, codes, queries, qshorts,
+                                        min(nq, args.filtered_queries))
     flat_p50 = rows["faiss IndexBinaryFlat"]["p50_ms"]
     out["exact_vs_flat_p50"] = rows["embedded exact"]["p50_ms"] / flat_p50
     out["exact_vs_flat_p50_k10"] = (
@@ -284,6 +344,15 @@ def main() -> int:
             f" full path (SQLite fields, k=10) p50 exact {st['full_path_p50_ms_exact']:.2f} ms,"
             f" two_stage {st['full_path_p50_ms_two_stage']:.2f} ms"
         )
+    if "filtered" in out:
+        print(f"\nfiltered (p50 ms, {out['filtered']['queries']} queries; mask included;"
+              f" columns built in {out['filtered']['columns_build_s']:.1f}s)")
+        print(f"{'filter':8s} {'share':>6s} {'mask':>7s} {'exact':>7s} {'2-stage':>8s}"
+              f" {'unfilt.':>8s} {'R@100':>6s}")
+        for label, r in out["filtered"]["rows"].items():
+            print(f"{label:8s} {r['share']:6.3f} {r['mask']['p50_ms']:7.2f}"
+                  f" {r['exact']['p50_ms']:7.2f} {r['two_stage']['p50_ms']:8.2f}"
+                  f" {r['unfiltered']['p50_ms']:8.2f} {r['recall_at_100_exact']:6.3f}")
     res = Path(__file__).parent / "results"
     res.mkdir(exist_ok=True)
     suffix = "_quick" if args.quick else ""

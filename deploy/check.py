@@ -137,8 +137,11 @@ def settings_errors(var: str, role: str) -> list[str]:
             return [f"{var}: no settings group {top!r}"]
     elif top not in ASSUMED_TOP_LEVEL:
         return [f"{var}: unknown setting {top!r} ({package}.config not importable yet)"]
-    if nested and (not hasattr(group, "model_fields") or nested not in group.model_fields):
-        return [f"{var}: settings group {top!r} has no field {nested!r}"]
+    for part in nested.split("__") if nested else []:  # groups nest: INDEX__ENGINE__URL
+        fields = getattr(group, "model_fields", None)
+        if not fields or part not in fields:
+            return [f"{var}: settings group {top!r} has no field {nested!r}"]
+        group = fields[part].annotation
     return []
 
 

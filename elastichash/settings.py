@@ -1,16 +1,16 @@
 """pydantic-settings groups shared by the services.
 
 Each service composes the groups it needs under its own env prefix, with ``__`` as the
-nested delimiter: ``EH_GATEWAY_MODEL__PATH``, ``EH_ENCODER_AMQP__URL`` and so on.
+nested delimiter: ``EH_GATEWAY_MODEL__MODEL``, ``EH_ENCODER_AMQP__URL`` and so on.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from elastichash.index.incoming import DuplicatePolicy
@@ -52,6 +52,9 @@ class ImageLimits(BaseModel):
     # Uploads above this are refused before they are buffered whole (413).
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = MAX_PIXELS
+    # Decoded pixels all decodes of one process (ingest workers and query images) may hold at
+    # once; one decode holds one pixel buffer, at most 256 MB (64 MP at 4 bytes a pixel).
+    decode_memory_bytes: int = 1024 * 1024 * 1024
 
 
 class SpoolSettings(BaseModel):
@@ -63,21 +66,40 @@ class SpoolSettings(BaseModel):
     min_free_bytes: int = 256 * 1024**2
 
 
+Backend = Literal["embedded", "elasticsearch", "opensearch", "remote"]
+EngineKind = Literal["elasticsearch", "opensearch"]
+ENGINE_BACKENDS: tuple[str, ...] = ("elasticsearch", "opensearch")
+# The flat names of earlier releases, still read (EH_*_INDEX__ES_URL ...) and mapped here.
+_LEGACY_ENGINE_FIELDS = {
+    "es_url": "url", "es_index": "index", "es_shards": "shards", "es_replicas": "replicas",
+    "es_refresh_interval": "refresh_interval", "es_nbs_index": "nbs_index",
+    "es_request_timeout_s": "request_timeout_s", "es_bulk_max_retries": "bulk_max_retries",
+}
+
+
+class EngineSettings(BaseModel):
+    """The search engine behind the ``elasticsearch`` and ``opensearch`` backends
+    (env: ``EH_*_INDEX__ENGINE__URL`` and so on)."""
+
+    # Which engine the URL serves; set from the backend (elasticsearch | opensearch).
+    kind: EngineKind | None = None
+    url: str = "http://localhost:9200"
+    index: str = "elastichash"  # the alias; the concrete index is <index>-v1
+    shards: int = 1
+    replicas: int = 0
+    refresh_interval: str = "1s"
+    # neighbours index: identical content for every retrieval index, so shared by default
+    nbs_index: str = "elastichash-nbs"
+    request_timeout_s: float = 30.0
+    bulk_max_retries: int = 3  # per item, on 429/502/503/504, capped exponential backoff
+
+
 class IndexSettings(BaseModel):
-    backend: Literal["embedded", "elasticsearch", "remote"] = "embedded"
+    backend: Backend = "embedded"
     data_dir: Path | None = None  # embedded store; None: default_data_dir()/index
     # auto: exact (full ranking) up to AUTO_EXACT_MAX codes, two_stage (MIH) above.
     strategy: Strategy = "auto"
-    # elasticsearch backend
-    es_url: str = "http://localhost:9200"
-    es_index: str = "elastichash"
-    es_shards: int = 1
-    es_replicas: int = 0
-    es_refresh_interval: str = "1s"
-    # neighbours index: identical content for every retrieval index, so shared by default
-    es_nbs_index: str = "elastichash-nbs"
-    es_request_timeout_s: float = 30.0
-    es_bulk_max_retries: int = 3  # per item, on 429/502/503/504, capped exponential backoff
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     # remote backend: the search service's base URL (distributed mode)
     search_url: str = "http://localhost:8081"
     # ingest: an image within this distance of an indexed one is marked (None: not screened);
@@ -88,6 +110,31 @@ class IndexSettings(BaseModel):
     def duplicate_screen(self) -> DuplicatePolicy:
         return DuplicatePolicy(self.duplicate_distance, self.duplicate_policy == "skip")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_engine_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(k in data for k in _LEGACY_ENGINE_FIELDS):
+            return data
+        data = dict(data)
+        engine = data.get("engine")
+        engine = dict(engine) if isinstance(engine, dict) else {}
+        for old, new in _LEGACY_ENGINE_FIELDS.items():
+            if old in data:
+                engine.setdefault(new, data.pop(old))
+        data["engine"] = engine
+        return data
+
+    @model_validator(mode="after")
+    def _engine_kind(self) -> IndexSettings:
+        if self.backend in ENGINE_BACKENDS:
+            if self.engine.kind not in (None, self.backend):
+                raise ValueError(
+                    f"index.backend is {self.backend} but index.engine.kind is "
+                    f"{self.engine.kind}: set one of them"
+                )
+            self.engine.kind = self.backend  # type: ignore[assignment]
+        return self
+
 
 class RemoteIndexSettings(IndexSettings):
     """For services that reach the index through the search service by default (the
@@ -95,7 +142,7 @@ class RemoteIndexSettings(IndexSettings):
     a default_factory argument: pydantic-settings rebuilds the group from its class
     defaults as soon as any ``*_INDEX__*`` variable is set, and would fall back to embedded."""
 
-    backend: Literal["embedded", "elasticsearch", "remote"] = "remote"
+    backend: Backend = "remote"
 
 
 class WorkerSettings(BaseSettings):

@@ -1,5 +1,5 @@
 """Encoder worker settings: env prefix ``EH_ENCODER_``, nested groups with ``__``
-(``EH_ENCODER_AMQP__URL``, ``EH_ENCODER_MODEL__PATH``, ``EH_ENCODER_BATCH_MAX``)."""
+(``EH_ENCODER_AMQP__URL``, ``EH_ENCODER_MODEL__MODEL``, ``EH_ENCODER_BATCH_MAX``)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,6 @@ class EncoderWorkerSettings(WorkerSettings):
     # While a query is being encoded no new ingest batch starts, for at most this long
     # (so that a steady stream of queries cannot starve ingest).
     rpc_priority_s: float = Field(default=1.0, ge=0.0)
+    # Nice value of the ingest threads (decode, inference), Linux: on cores shared with other
+    # work they yield to query encodings and to the other services. 0: normal priority.
+    ingest_nice: int = Field(default=10, ge=0, le=19)

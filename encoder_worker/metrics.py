@@ -22,6 +22,12 @@ class Metrics:
             "eh_encoder_requeued", "Messages requeued after a transient failure", registry=r
         )
         self.rpc = Counter("eh_encoder_rpc", "Query encodings answered", ["outcome"], registry=r)
+        self.rpc_seconds = Histogram(
+            "eh_encoder_rpc_seconds",
+            "Query encoding time, from delivery to reply sent",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         self.batch_size = Histogram(
             "eh_encoder_batch_size",
             "Images per batch",

@@ -11,8 +11,9 @@ settles each message by ``outcome_for``. What is this worker's own, per ingest m
 * a publish that fails -> requeue (bounded by the queue's delivery limit).
 
 Query encodings never wait behind the ingest backlog: they come on their own queue and
-channel, run on their own inference session and thread (``rpc_threads``), and while one is
-waiting no new ingest batch starts encoding (for at most ``rpc_priority_s``).
+connection, run on their own inference session and thread (``rpc_threads``), the ingest threads
+run at a lower CPU priority (``ingest_nice``, Linux), and while a query is waiting no new
+ingest batch starts encoding (for at most ``rpc_priority_s``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ import concurrent.futures
 import logging
 import os
 import signal
+import sys
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -40,6 +44,7 @@ from encoder_worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 Msg = AbstractIncomingMessage
+T = TypeVar("T")
 
 
 class _QueryFirst:
@@ -92,9 +97,11 @@ class EncoderWorker:
         self.parallel = max(1, min(per_prefetch, os.cpu_count() or 1))
         # Room for the batches encoding, one confirming, and one filling.
         self.prefetch = max(settings.amqp.prefetch, settings.batch_max * (self.parallel + 2))
-        self._executor = concurrent.futures.ThreadPoolExecutor(self.parallel, "eh-encode")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.parallel, "eh-encode", initializer=lower_priority, initargs=(settings.ingest_nice,)
+        )
         self._rpc_executor = concurrent.futures.ThreadPoolExecutor(
-            settings.rpc_threads, "eh-encode-rpc"
+            max(1, settings.rpc_threads), "eh-encode-rpc"
         )
         self._queries = _QueryFirst(settings.rpc_priority_s)
 
@@ -103,7 +110,7 @@ class EncoderWorker:
         try:
             return await self.runtime.run(
                 [
-                    Direct(amqp.RK_RPC, self._on_rpc, s.rpc_prefetch),
+                    Direct(amqp.RK_RPC, self._on_rpc, s.rpc_prefetch, own_connection=True),
                     Batched(
                         amqp.RK_INGEST,
                         self._on_batch,
@@ -202,6 +209,7 @@ class EncoderWorker:
         """Encode and reply. Always acked (by the runtime): a request that fails is dropped
         (its caller times out and may retry) rather than held or redelivered."""
         s = self.settings
+        started = time.perf_counter()
         with self._queries:
             try:
                 loop = asyncio.get_running_loop()
@@ -220,7 +228,7 @@ class EncoderWorker:
         if not message.reply_to:
             return
         try:
-            await self.runtime.publisher.publish(
+            await self.runtime.publisher_for(amqp.RK_RPC).publish(
                 message.reply_to,
                 reply.model_dump_json().encode(),
                 timeout=s.amqp.rpc_timeout_s,
@@ -231,14 +239,54 @@ class EncoderWorker:
             )
         except Unavailable as exc:  # the caller went away (its reply queue is gone)
             log.info("encode reply not delivered: %s", exc)
+        self.metrics.rpc_seconds.observe(time.perf_counter() - started)
+
+
+def lower_priority(nice: int) -> None:
+    """Run the calling thread, and the threads it starts from now on, ``nice`` steps below
+    normal priority. Linux only: there the nice value is per thread (``setpriority`` on a
+    thread id) and a new thread inherits its creator's; elsewhere it would apply to the whole
+    process, queries included, so it is left alone."""
+    if nice <= 0 or sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:
+        log.warning("cannot lower the ingest threads' priority: %s", exc)
+
+
+def _in_new_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` in a thread of its own, so that what it sets on its thread (a lower priority)
+    does not stay on a pooled thread that runs other work later."""
+    box: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="eh-load")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return box[0]
 
 
 def _load_encoders(settings: EncoderWorkerSettings) -> tuple[Any, Any]:
     """The ingest encoder, and the query encoder: its own session and threads, so a query
-    never waits for the ingest batches' inference pool."""
+    never waits for the ingest batches' inference pool. The ingest session is created on a
+    thread of lower priority (``ingest_nice``), so its inference threads, which inherit that,
+    yield the cores to a query's."""
     from elastichash.model.encoder import Encoder
 
-    ingest = Encoder.load(settings.model, settings.limits)
+    def load_ingest() -> Any:
+        lower_priority(settings.ingest_nice)
+        return Encoder.load(settings.model, settings.limits)
+
+    ingest = _in_new_thread(load_ingest)
     if settings.rpc_threads <= 0:
         return ingest, ingest
     query_model = settings.model.model_copy(
@@ -269,8 +317,8 @@ ROLE = Role(
     settings=EncoderWorkerSettings,
     example_setting="AMQP__URL",
     data_note=(
-        "It decides where the default model is built and kept unless "
-        "EH_ENCODER_MODEL__PATH is set."
+        "It decides where built-in models are built and kept unless "
+        "EH_ENCODER_MODEL__MODELS_DIR is set (EH_ENCODER_MODEL__MODEL names one, or a path)."
     ),
     worker=True,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from gateway.state import (
     FETCHER,
     METRICS,
     PENDING,
+    QUERY_POOL,
     SETTINGS,
     Components,
     ComponentsFactory,
@@ -121,12 +123,16 @@ def create_app(
         fetcher = Fetcher(settings.fetch)
         await fetcher.open()
         app[FETCHER] = fetcher
+        # The query image's check runs on threads of its own, never queued behind the
+        # inspections of an ingest flood on the default executor.
+        app[QUERY_POOL] = ThreadPoolExecutor(2, "eh-query")
         try:
             async with factory(settings) as comp:
                 app[COMPONENTS] = comp
                 yield
         finally:
             await fetcher.close()
+            app[QUERY_POOL].shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(lifespan)
     app.on_response_prepare.append(security_headers)
@@ -160,8 +166,8 @@ ROLE = Role(
     settings=GatewaySettings,
     example_setting="AMQP__URL",
     data_note=(
-        "It decides where the default model is built and kept unless "
-        "EH_GATEWAY_MODEL__PATH is set (the gateway reads the model's metadata: bit "
+        "It decides where built-in models are built and kept unless "
+        "EH_GATEWAY_MODEL__MODELS_DIR is set (the gateway reads the model's metadata: bit "
         "selection, fingerprint)."
     ),
 )

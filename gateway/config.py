@@ -20,7 +20,12 @@ from elastichash.settings import (
 class FetchSettings(BaseModel):
     """Server-side URL fetching (ingest by URL, search by URL)."""
 
+    # The longest one fetch (redirects included) may hold one of the fetch slots.
     timeout_s: float = 10.0
+    # Fetches in flight at once, and of those at most per_client for one client (its API key,
+    # else its address), so slow URLs from one client cannot hold everyone's slots.
+    slots: int = 32
+    per_client: int = 8
     max_bytes: int = 32 * 1024 * 1024
     max_redirects: int = 5
     # Private, loopback and link-local targets are refused; networks listed here are let

@@ -9,10 +9,12 @@ target, and the connection goes to the address that was checked). Time and size 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -137,15 +139,41 @@ def check_url(url: str, settings: FetchSettings) -> str:
     return url
 
 
+class FairSlots:
+    """``total`` slots, of which one client holds at most ``per_client``: a client over its
+    share waits on its own queue and never delays the others."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self._total = asyncio.Semaphore(total)
+        self._per_client = max(1, per_client)
+        self._clients: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, client: str) -> AsyncIterator[None]:
+        sem, users = self._clients.get(client, (asyncio.Semaphore(self._per_client), 0))
+        self._clients[client] = (sem, users + 1)
+        try:
+            async with sem, self._total:
+                yield
+        finally:
+            sem, users = self._clients[client]
+            if users <= 1:
+                del self._clients[client]
+            else:
+                self._clients[client] = (sem, users - 1)
+
+
 class Fetcher:
     """One shared client session; constructed without I/O, opened in the app lifespan."""
 
     def __init__(self, settings: FetchSettings) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._slots = FairSlots(settings.slots, settings.per_client)
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._settings), limit=32)
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._settings),
+                                         limit=self._settings.slots)
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={"User-Agent": self._settings.user_agent},
@@ -156,8 +184,23 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
 
-    async def fetch(self, url: str) -> bytes:
+    async def fetch(self, url: str, client: str = "") -> bytes:
+        """The image at ``url``. ``client`` names who asked, for the fair share of slots; the
+        wait for a slot is bounded like the fetch itself (then 503)."""
         assert self._session is not None, "Fetcher.open() was not called"
+        check_url(url, self._settings)
+        wait = self._settings.timeout_s
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                async with asyncio.timeout(wait):
+                    await held.enter_async_context(self._slots.slot(client))
+            except TimeoutError:
+                raise Unavailable(f"all URL fetch slots were busy for {wait:g} s",
+                                  retry_after=wait) from None
+            return await self._fetch(url)
+
+    async def _fetch(self, url: str) -> bytes:
+        assert self._session is not None
         current = check_url(url, self._settings)
         try:
             async with asyncio.timeout(self._settings.timeout_s):

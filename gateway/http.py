@@ -32,6 +32,15 @@ def make_middlewares(metrics: Metrics, api_keys: list[str]) -> list[Any]:
     return [error_middleware(metrics.observe), api_keys_required]
 
 
+def client_key(request: web.Request, api_keys: list[str]) -> str:
+    """Who is asking, for fair shares: a valid API key, else the peer address (a made-up key
+    buys no extra share)."""
+    key = request.headers.get("X-API-Key")
+    if key and key in api_keys:
+        return f"key:{key}"
+    return f"addr:{request.remote}"
+
+
 def _is_write(request: web.Request) -> bool:
     # Search is a POST but reads only: it stays open like GETs.
     return not request.path.startswith("/v1/search")

@@ -26,7 +26,7 @@ from elastichash.pipeline import IngestItem
 from elastichash.validate import inspect_image
 from elastichash.web_errors import close_after, error_response
 from gateway.body import Body
-from gateway.http import json_model
+from gateway.http import client_key, json_model
 from gateway.schemas import (
     AcceptedImage,
     FailureOut,
@@ -254,13 +254,14 @@ async def _url_ingest(request: web.Request, batch: _Batch,
     """Fetch with bounded concurrency and hand each image on as it arrives, so at most
     FETCH_CONCURRENCY bodies (plus one submit group) are in memory at once."""
     fetcher = request.app[FETCHER]
+    client = client_key(request, request.app[SETTINGS].api_keys)
     sem = asyncio.Semaphore(FETCH_CONCURRENCY)
     order = asyncio.Lock()
 
     async def one(url: str, given: str | None, fields: dict[str, Any]) -> None:
         async with sem:
             try:
-                data = await fetcher.fetch(url)
+                data = await fetcher.fetch(url, client)
             except ElasticHashError as exc:
                 batch.error(exc, url=url)
                 return

@@ -47,6 +47,7 @@ class AmqpPipeline:
         self.model_settings = model
         self.topo = amqp.Topology.of(settings)
         self._connection: AbstractRobustConnection | None = None
+        self._rpc_connection: AbstractRobustConnection | None = None
         self._publisher: amqp.Publisher | None = None
         self._rpc: amqp.Publisher | None = None
         self._stats: AbstractChannel | None = None  # queue depths, apart from publishing
@@ -56,25 +57,28 @@ class AmqpPipeline:
 
     async def start(self) -> None:
         self._spec = await asyncio.to_thread(self._load_spec)
-        self._connection = await amqp.connect(self.settings, "gateway")
         try:
-            await self._open()
+            self._connection = await amqp.connect(self.settings, "gateway")
+            # Queries on a connection of their own: an ingest flood's frames (and the broker's
+            # flow control of a busy publishing connection) never hold up an encode RPC.
+            self._rpc_connection = await amqp.connect(self.settings, "gateway-rpc")
+            await self._open(self._connection, self._rpc_connection)
         except BaseException:
-            await amqp.close_connection(self._connection)  # or its tasks die noisily
-            self._connection = None
+            await self._close()  # or the connections' tasks die noisily
             raise
 
-    async def _open(self) -> None:
-        assert self._connection is not None
-        self._publisher = amqp.Publisher(self._connection, self.topo)
+    async def _open(
+        self, connection: AbstractRobustConnection, rpc_connection: AbstractRobustConnection
+    ) -> None:
+        self._publisher = amqp.Publisher(connection, self.topo)
         await self._publisher.open()
-        self._rpc = amqp.Publisher(self._connection, self.topo)
+        self._rpc = amqp.Publisher(rpc_connection, self.topo)
         await self._rpc.open()
         replies = await self._rpc.channel.declare_queue(
             self._reply_queue, exclusive=True, auto_delete=True, durable=False
         )
         await replies.consume(self._on_reply, no_ack=True)
-        self._stats = await self._connection.channel()
+        self._stats = await connection.channel()
         log.info(
             "AMQP pipeline on %s (prefix %s)", amqp.safe_url(self.settings.url),
             self.settings.prefix,
@@ -85,9 +89,13 @@ class AmqpPipeline:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(Unavailable("gateway shutting down"))
-        if self._connection is not None:
-            await self._connection.close()
-            self._connection = None
+        await self._close()
+
+    async def _close(self) -> None:
+        for conn in (self._rpc_connection, self._connection):
+            if conn is not None:
+                await amqp.close_connection(conn)
+        self._connection = self._rpc_connection = None
 
     def is_queued(self, image_id: str) -> bool | None:
         return None  # the backlog is in the broker; the gateway falls back on its own memory
@@ -120,15 +128,14 @@ class AmqpPipeline:
         """The connection is up now and both publishing channels are open: false within a
         moment of losing the broker (a reconnecting connection is not ready)."""
         pub, rpc = self._publisher, self._rpc
-        return amqp.is_up(
-            self._connection,
-            pub.channel if pub else None,
-            rpc.channel if rpc else None,
+        return amqp.is_up(self._connection, pub.channel if pub else None) and amqp.is_up(
+            self._rpc_connection, rpc.channel if rpc else None
         )
 
     def _publisher_or_fail(self, rpc: bool = False) -> amqp.Publisher:
         pub = self._rpc if rpc else self._publisher
-        if pub is None or not self._connection or self._connection.is_closed:
+        conn = self._rpc_connection if rpc else self._connection
+        if pub is None or conn is None or conn.is_closed:
             raise Unavailable("not connected to the broker", retry_after=1.0)
         return pub
 

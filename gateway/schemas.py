@@ -181,13 +181,23 @@ class DuplicatesResponse(Strict):
 
 class StatsResponse(Strict):
     # null when the figure could not be had within the stats budget (see ``unavailable``)
-    count: int | None
-    model: dict[str, Any]
-    backend: str
-    strategy: str
-    mode: str
-    queued: int | None
-    index: dict[str, Any] = Field(default_factory=dict)
+    count: int | None = Field(description="images indexed and searchable now")
+    model: dict[str, Any] = Field(description="the model whose codes the index holds")
+    backend: str = Field(description="where the index lives: embedded, remote (the search "
+                         "service) or engine")
+    strategy: str = Field(description="the default search strategy (auto: exact up to "
+                          "100,000 images, two_stage above)")
+    mode: str = Field(description="standalone (one process) or distributed")
+    queued: int | None = Field(description="images accepted and not yet indexed or failed")
+    index: dict[str, Any] = Field(
+        default_factory=dict,
+        description="backend figures; for the embedded index: memory_bytes (search "
+        "structures in RAM now), memory_fixed_bytes (what an empty index holds), "
+        "memory_bytes_per_image (what each further image adds: plan RAM with it), disk_bytes "
+        "(the SQLite store with thumbnails), failures (images that could not be indexed, "
+        "see /v1/failures), dead_slots (deleted or replaced images whose memory is reclaimed "
+        "at the next compaction), mih_delta (images not yet in the MIH tables' sorted part), "
+        "open_seconds (time to load the index at start)")
     # names of the figures above that are unavailable now (broker or search service away)
     unavailable: list[str] = Field(default_factory=list)
 

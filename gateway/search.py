@@ -19,7 +19,7 @@ from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.pipeline import QueryCode
 from elastichash.validate import check_image_bytes
 from gateway.body import Body
-from gateway.http import json_model
+from gateway.http import client_key, json_model
 from gateway.schemas import (
     DuplicateGroupOut,
     DuplicatesParams,
@@ -31,7 +31,7 @@ from gateway.schemas import (
     SearchResponse,
     StatsResponse,
 )
-from gateway.state import COMPONENTS, FETCHER, SETTINGS
+from gateway.state import COMPONENTS, FETCHER, QUERY_POOL, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
 
 
 async def _encode(request: web.Request, data: bytes) -> QueryCode:
-    await asyncio.to_thread(check_image_bytes, data, request.app[SETTINGS].limits.max_pixels)
+    await asyncio.get_running_loop().run_in_executor(
+        request.app[QUERY_POOL], check_image_bytes, data, request.app[SETTINGS].limits.max_pixels
+    )
     return await request.app[COMPONENTS].pipeline.encode_query(data)
 
 
@@ -108,7 +110,8 @@ async def post_search(request: web.Request) -> web.Response:
                 short = comp.pipeline.short_of(code)
             query = QueryCode(code, short)
         elif body.url is not None:
-            data = await request.app[FETCHER].fetch(str(body.url))
+            data = await request.app[FETCHER].fetch(
+                str(body.url), client_key(request, settings.api_keys))
             query = await _encode(request, data)
     else:
         raise InvalidInput("send JSON (url, id or code) or multipart/form-data with a 'file'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -32,3 +33,4 @@ FETCHER = web.AppKey("fetcher", Fetcher)
 METRICS = web.AppKey("metrics", Metrics)
 PENDING = web.AppKey("pending", PendingSet)
 BACKLOG = web.AppKey("backlog", BacklogGate)
+QUERY_POOL = web.AppKey("query_pool", ThreadPoolExecutor)

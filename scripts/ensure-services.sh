@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure what the tests talk to is there: a RabbitMQ answering on 127.0.0.1:5672 and
-# Debian's Chromium for the browser tests. Installs and starts them when missing.
+# Make sure what the tests talk to is there: a RabbitMQ answering on 127.0.0.1:5672, a search
+# engine for the backend tests, and Debian's Chromium for the browser tests. Installs and
+# starts them when missing.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -26,4 +27,16 @@ fi
 if [[ ! -x /usr/bin/chromium ]]; then
   echo "installing chromium" >&2
   apt_install chromium
+fi
+
+# The search engine: ES_URL or OPENSEARCH_URL when set (the tests read them); otherwise an
+# OpenSearch node on 127.0.0.1:9200 (scripts/engine.sh, left running like RabbitMQ; stop it
+# with `scripts/engine.sh stop`), whose URL goes to .services/engine.url for tests/engines.py.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+mkdir -p "$root/.services"
+if [[ -n ${ES_URL:-} || -n ${OPENSEARCH_URL:-} ]]; then
+  rm -f "$root/.services/engine.url"
+else
+  url=$("$root/scripts/engine.sh" start --http-port 9200 | tail -1)
+  echo "opensearch $url" >"$root/.services/engine.url"
 fi

@@ -139,7 +139,9 @@ class Cluster:
             f"{prefix}AMQP__PUBLISH_TIMEOUT_S": "60",
         }
 
-    def search_service(self) -> Service:
+    def search_service(self, index_env: dict[str, str] | None = None) -> Service:
+        """The search service over the embedded index, or over what ``index_env`` names
+        (``EH_SEARCH_INDEX__*``: the real engine in the end-to-end test)."""
         return self._spawn(
             "search",
             "search-service",
@@ -147,8 +149,10 @@ class Cluster:
             {
                 "EH_SEARCH_HOST": "127.0.0.1",
                 "EH_SEARCH_PORT": str(self.search_port),
-                "EH_SEARCH_INDEX__BACKEND": "embedded",
-                "EH_SEARCH_INDEX__DATA_DIR": str(self.tmp / "index"),
+                **(index_env or {
+                    "EH_SEARCH_INDEX__BACKEND": "embedded",
+                    "EH_SEARCH_INDEX__DATA_DIR": str(self.tmp / "index"),
+                }),
             },
         )
 

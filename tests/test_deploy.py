@@ -73,10 +73,15 @@ def test_every_compose_service_has_a_healthcheck_and_waits_for_healthy_dependenc
     for name, service in services.items():
         assert "test" in service.get("healthcheck", {}), f"{name} has no healthcheck"
         for dep, cond in service.get("depends_on", {}).items():
-            assert cond == {"condition": "service_healthy"}, f"{name} -> {dep}"
+            # required: false only for an engine of another profile (opensearch)
+            optional = cond.get("required") is False and "profiles" in services[dep]
+            assert cond == {"condition": "service_healthy", **({"required": False}
+                                                               if optional else {})}, (
+                f"{name} -> {dep}")
             assert dep in services
     assert set(services["gateway"]["depends_on"]) == {"rabbitmq", "search"}
-    assert set(services["indexer"]["depends_on"]) == {"rabbitmq", "elasticsearch"}
+    assert set(services["indexer"]["depends_on"]) == {"rabbitmq", "elasticsearch", "opensearch"}
+    assert services["opensearch"]["profiles"] == ["opensearch"]
 
 
 def test_our_compose_healthchecks_probe_the_service_port_with_python_not_curl(

@@ -1,14 +1,20 @@
 """The whole distributed system as subprocesses: gateway, two encoders, one indexer and the
-search service over a real RabbitMQ. 500 images in over HTTP; every one searchable, none twice."""
+search service over a real RabbitMQ, with the real search engine as the index (the embedded
+index where no engine is configured, outside CI). 500 images in over HTTP; every one
+searchable, none twice."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 
+from elastichash.index.es import EngineIndex
+from elastichash.index.remote import RemoteIndex
 from tests.distributed_fixtures import (
     Cluster,
     account,
@@ -16,7 +22,9 @@ from tests.distributed_fixtures import (
     dead_letters,
     images,
     model_file,
+    wait_for,
 )
+from tests.engines import NBS_INDEX, configured, drop, missing_engine
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 __all__ = ["cluster_factory", "model_file"]
@@ -25,11 +33,36 @@ N = 500
 PER_REQUEST = 50
 
 
+@pytest.fixture
+async def index_env() -> AsyncIterator[dict[str, str] | None]:
+    """The search service's index settings: a fresh index on the real engine, dropped after."""
+    found = configured()
+    if found is None:
+        if os.environ.get("CI"):
+            missing_engine("distributed end-to-end")
+        yield None
+        return
+    kind, url = found
+    alias = f"eh-test-e2e-{uuid.uuid4().hex[:8]}"
+    yield {
+        "EH_SEARCH_INDEX__BACKEND": kind,
+        "EH_SEARCH_INDEX__ENGINE__URL": url,
+        "EH_SEARCH_INDEX__ENGINE__INDEX": alias,
+        "EH_SEARCH_INDEX__ENGINE__NBS_INDEX": NBS_INDEX,
+        "EH_SEARCH_INDEX__ENGINE__REFRESH_INTERVAL": "200ms",
+    }
+    idx = EngineIndex(url, alias, kind=kind, nbs_index=NBS_INDEX)
+    await idx.open()
+    await drop(idx)
+    await idx.close()
+
+
 async def test_500_images_over_http_are_each_searchable_exactly_once(
-    rabbitmq_url: str, amqp_prefix: str, cluster_factory: Callable[[str, str], Cluster]
+    rabbitmq_url: str, amqp_prefix: str, cluster_factory: Callable[[str, str], Cluster],
+    index_env: dict[str, str] | None,
 ) -> None:
     c = cluster_factory(rabbitmq_url, amqp_prefix)
-    search = c.search_service()
+    search = c.search_service(index_env)
     await c.ready(search)
     workers = [c.indexer(), c.encoder(), c.encoder()]
     gateway = c.gateway()
@@ -54,6 +87,19 @@ async def test_500_images_over_http_are_each_searchable_exactly_once(
         indexed, failed = await account(c.search_url, items, timeout=180)
         assert len(indexed) == N
         assert not failed
+        # An engine makes writes searchable at its next refresh (get is realtime).
+        remote = RemoteIndex(c.search_url)
+        await remote.open()
+        try:
+            async def all_searchable() -> bool:
+                return await remote.count() == N
+
+            await wait_for(all_searchable, 30, "every document searchable")
+            stats = await remote.stats()
+            assert stats["backend"] == (index_env or {}).get("EH_SEARCH_INDEX__BACKEND",
+                                                              "embedded")
+        finally:
+            await remote.close()
 
         async def hits_of(ident: str) -> list[str]:
             async with http.post(gateway.url("/v1/search"), json={"id": ident, "k": 10}) as resp:

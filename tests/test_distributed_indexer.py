@@ -189,3 +189,49 @@ async def test_the_index_queue_holds_messages_to_the_ingest_queues_limits_and_ty
             assert await index.get(ident) is None
     finally:
         await index.close()
+
+
+@pytest.mark.parametrize("policy", ["keep", "skip"])
+async def test_the_indexer_marks_or_skips_near_duplicates_of_indexed_images(
+    rabbitmq_url: str, amqp_prefix: str, cluster_factory: Callable[[str, str], Cluster],
+    policy: str,
+) -> None:
+    c = cluster_factory(rabbitmq_url, amqp_prefix)
+    originals = _docs(3)
+    near = []
+    for d in originals:  # 2 bits away, in the long code and (bit 0 is a short bit) the short
+        code = bytearray(d.code)
+        code[0] ^= 0b11
+        near.append(Document(id=f"near-{d.id}", code=bytes(code), short=d.short))
+    await c.ready(c.search_service())
+    await c.ready(c.indexer(batch_max=4, EH_INDEXER_INDEX__DUPLICATE_DISTANCE="4",
+                            EH_INDEXER_INDEX__DUPLICATE_POLICY=policy))
+    await _send(rabbitmq_url, amqp_prefix, [IndexDoc.of(d).model_dump_json().encode()
+                                            for d in originals])
+    await wait_for(lambda: _count_is(c.search_url, 3), 60, "originals indexed")
+    await _send(rabbitmq_url, amqp_prefix, [IndexDoc.of(d).model_dump_json().encode()
+                                            for d in near])
+    index = RemoteIndex(c.search_url)
+    await index.open()
+    try:
+        async def settled() -> bool:
+            got = [await index.get(d.id) for d in near]
+            failed = [await index.get_failure(d.id) for d in near]
+            return all(g is not None or f is not None for g, f in zip(got, failed, strict=True))
+
+        await wait_for(settled, 60, "near-duplicates settled")
+        for orig, dup in zip(originals, near, strict=True):
+            got = await index.get(dup.id)
+            if policy == "keep":
+                assert got is not None
+                assert got.metadata["duplicate_of"] == orig.id
+                assert got.metadata["duplicate_distance"] == 2
+            else:
+                assert got is None
+                failure = await index.get_failure(dup.id)
+                assert failure is not None
+                assert failure.reason == "duplicate"
+                assert orig.id in failure.message
+        assert await dead_letters(rabbitmq_url, amqp_prefix) == []
+    finally:
+        await index.close()

@@ -14,14 +14,14 @@ import pytest
 from elastichash.index import store
 from elastichash.index.base import Document, Hit, SearchQuery
 from elastichash.index.embedded import DB_NAME, EmbeddedIndex
-from elastichash.index.es import ElasticsearchIndex
+from elastichash.index.es import EngineIndex
 from elastichash.index.es import mapping as es_mapping
 from elastichash.index.schema import FIELDS, DocumentBody, FieldSpec
 from elastichash.index.wire import document_from_json, document_to_json
 from elastichash.messages import IndexDoc, decode_index
-from tests.esserver.support import drop, make_index
+from tests.engines import Engine, drop, make_index
 
-pytest_plugins = ["tests.esserver.fixtures"]
+pytest_plugins = ["tests.engines"]
 
 # The layout release 1 wrote, copied here on purpose: this is the data directory a user has
 # today, and it must keep opening.
@@ -190,11 +190,19 @@ def test_the_search_service_json_and_the_index_message_are_one_body() -> None:
     assert document_from_json(ints) == doc
 
 
+@pytest.fixture(params=["stand-in", "real engine"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    found: Engine = request.getfixturevalue(
+        "stand_in" if request.param == "stand-in" else "real_engine"
+    )
+    return found
+
+
 async def test_an_engine_mapping_change_reindexes_behind_the_alias(
-    es_url: str, nbs_index: str, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs = make_docs(25)
-    first = make_index(es_url, nbs_index)
+    first = make_index(engine)
     await first.open()
     concrete = first.concrete
     try:
@@ -204,12 +212,12 @@ async def test_an_engine_mapping_change_reindexes_behind_the_alias(
         changed = tuple(dataclasses.replace(f, filterable=True) if f.name == "source" else f
                         for f in FIELDS)
         monkeypatch.setattr(es_mapping, "FIELDS", changed)
-        second = ElasticsearchIndex(es_url, first.names.alias, nbs_index=nbs_index,
-                                    layout=first.layout, bulk=first.bulk)
+        second = EngineIndex(engine.url, first.names.alias, kind=engine.kind,
+                             nbs_index=first.names.nbs, layout=first.layout, bulk=first.bulk)
         await second.open()
         try:
             assert second.concrete == f"{first.names.alias}-v2" != concrete
-            got = await second.client.indices.get_mapping(index=first.names.alias)
+            got = await second.client.get_mapping(first.names.alias)
             assert list(got) == [second.concrete]
             props = got[second.concrete]["mappings"]["properties"]
             assert props["source"] == {"type": "keyword"}
@@ -219,15 +227,15 @@ async def test_an_engine_mapping_change_reindexes_behind_the_alias(
             res = await second.search(SearchQuery(code=docs[3].code, short=docs[3].short, k=1))
             assert [h.id for h in res.hits] == ["doc003"]
             assert (await second.upsert(make_docs(26)[25:]))[0].ok  # writes go to the new one
-            old = await second.client.indices.get_settings(index=concrete)
+            old = await second.client.get_settings(concrete)
             assert old[concrete]["settings"]["index"]["blocks"]["write"] == "true"
         finally:
             await second.close()
-        third = ElasticsearchIndex(es_url, first.names.alias, nbs_index=nbs_index)
+        third = EngineIndex(engine.url, first.names.alias, kind=engine.kind,
+                            nbs_index=first.names.nbs)
         await third.open()  # same table: nothing to move
         assert third.concrete == f"{first.names.alias}-v2"
-        await third.client.indices.delete(index=[concrete, third.concrete],
-                                          ignore_unavailable=True)
+        await third.client.delete_index(concrete)
         await drop(third)
         await third.close()
     finally:

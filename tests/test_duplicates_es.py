@@ -1,20 +1,32 @@
-"""Near-duplicate groups on the Elasticsearch backend (protocol test server, or a live cluster
-with ES_URL): the same groups, keepers, matrices and counts as the embedded backend."""
+"""Near-duplicate groups on the engine backend (the protocol stand-in, and the real engine
+of the test command): the same groups, keepers, matrices and counts as the embedded backend."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from elastichash.index.embedded import EmbeddedIndex
-from elastichash.index.es import ElasticsearchIndex
+from elastichash.index.es import EngineIndex
+from tests.engines import Engine
 from tests.test_duplicates_api import planted_docs
 
-pytest_plugins = ["tests.esserver.fixtures"]
+pytest_plugins = ["tests.engines"]
+
+
+@pytest.fixture(params=["stand-in", "real engine"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    found: Engine = request.getfixturevalue(
+        "stand_in" if request.param == "stand-in" else "real_engine"
+    )
+    return found
 
 
 async def test_groups_equal_the_embedded_backends(
-    es_index: ElasticsearchIndex, tmp_path: Path
+    engine_index: EngineIndex, tmp_path: Path
 ) -> None:
+    es_index = engine_index
     docs, _ = planted_docs(300, 21)
     embedded = EmbeddedIndex(tmp_path / "idx")
     await embedded.open()

@@ -11,10 +11,11 @@ from elastichash.index.base import Document
 from elastichash.index.es import query as q
 from elastichash.index.es.bulk import in_order, item_result
 from elastichash.index.es.mapping import (
+    BIT_VECTORS,
     has_dense_bit,
     parse_version,
     retrieval_mapping,
-    supports_dense_bit,
+    server_features,
 )
 from elastichash.index.es.neighbours import nbs_actions
 from elastichash.index.es.script import HAMMING_SCRIPT_ID
@@ -47,27 +48,34 @@ def test_document_source_round_trips_and_words_are_signed() -> None:
 
 def test_neighbour_documents_hold_the_137_values_within_radius_2() -> None:
     first = list(itertools.islice(nbs_actions("nbs"), 3))
-    body = json.loads(first[2]["_source"])
-    assert first[2]["_id"] == "2"
+    assert isinstance(first[2].source, str)
+    body = json.loads(first[2].source)
+    assert first[2].id == "2"
+    head, line, end = first[2].lines().split("\n")
+    assert json.loads(head) == {"index": {"_index": "nbs", "_id": "2"}}
+    assert json.loads(line) == body
+    assert end == ""
     assert body["nbs"] == [str(v) for v in neighbours(2)]
     assert len(body["nbs"]) == 137
 
 
 def test_bulk_items_map_to_results_in_input_order() -> None:
-    r429 = item_result("a", False, {"status": 429, "error": {"type": "es_rejected", "reason": "x"}})
+    r429 = item_result("a", {"status": 429, "error": {"type": "es_rejected", "reason": "x"}})
     assert r429.transient
     assert not r429.ok
-    r404 = item_result("b", False, {"status": 404, "result": "not_found"})
+    r404 = item_result("b", {"status": 404, "result": "not_found"})
     assert r404.error == "not_found"
     assert not r404.transient
-    r400 = item_result("c", False, {"status": 400, "error": {"type": "mapper", "reason": "y"}})
+    r400 = item_result("c", {"status": 400, "error": {"type": "mapper", "reason": "y"}})
     assert not r400.transient
     assert [r.id for r in in_order(["c", "a", "c"], {"a": r429, "c": r400})] == ["c", "a", "c"]
 
 
-def test_dense_bit_needs_8_15_and_is_detected_from_the_mapping() -> None:
-    assert not supports_dense_bit(parse_version("8.14.3"))
-    assert supports_dense_bit(parse_version("8.15.0"))
-    assert supports_dense_bit((9, 0))
+def test_bit_vectors_need_elasticsearch_8_15_and_are_detected_from_the_mapping() -> None:
+    assert BIT_VECTORS not in server_features("elasticsearch", parse_version("8.14.3"))
+    assert BIT_VECTORS in server_features("elasticsearch", parse_version("8.15.0"))
+    assert BIT_VECTORS in server_features("elasticsearch", (9, 0))
+    assert BIT_VECTORS not in server_features("opensearch", parse_version("2.19.6"))
+    assert BIT_VECTORS not in server_features("opensearch", (3, 3))
     assert has_dense_bit({"x-v1": {"mappings": retrieval_mapping(True)}})
     assert not has_dense_bit({"x-v1": {"mappings": retrieval_mapping(False)}})

@@ -122,3 +122,21 @@ async def test_thumbnails_of_reusable_ids_are_revalidated_not_cached_as_immutabl
         return resp.status == 200
 
     await wait_for(replaced, 60, "the new thumbnail")
+
+
+async def test_stats_and_candidates_count_what_a_user_can_act_on(client: TestClient) -> None:
+    resp = await client.post("/v1/images", data=form_with_files(
+        [(f"s{i}.jpg", make_image(900 + i), "image/jpeg") for i in range(5)]))
+    ids = [i["id"] for i in (await resp.json())["images"]]
+    await wait_indexed(client, ids)
+    for image_id in ids[:2]:
+        assert (await client.delete(f"/v1/images/{image_id}")).status == 204
+    found = await (await client.post("/v1/search", json={"id": ids[2], "strategy": "exact"})
+                   ).json()
+    assert found["candidates"] == 3  # deleted slots are not candidates
+    stats = await (await client.get("/v1/stats")).json()
+    assert stats["count"] == 3
+    index = stats["index"]
+    assert index["memory_bytes_per_image"] == 57
+    assert 0 < index["memory_fixed_bytes"] < index["memory_bytes"]
+    assert "memory_bytes_per_code" not in index

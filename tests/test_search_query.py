@@ -20,7 +20,7 @@ from elastichash.errors import ElasticHashError, InvalidInput, http_status
 from elastichash.index import filters
 from elastichash.index.base import CodeRecord, Document, Index, SearchQuery
 from elastichash.index.embedded import EmbeddedIndex
-from elastichash.index.es import ElasticsearchIndex
+from elastichash.index.es import EngineIndex
 from elastichash.index.query import MAX_WINDOW, STRATEGIES, Capabilities, QueryParams
 from elastichash.index.remote import RemoteIndex
 from elastichash.settings import IndexSettings
@@ -31,11 +31,11 @@ from gateway.schemas import SearchRequest
 from gateway.state import Components
 from search_service.app import create_app as service_app
 from search_service.config import SearchServiceSettings
-from tests.esserver.support import drop
-from tests.esserver.support import make_index as make_es_index
+from tests.engines import Engine, drop
+from tests.engines import make_index as make_es_index
 from tests.gateway_fixtures import model_path, standalone_settings  # noqa: F401  (fixture)
 
-pytest_plugins = ["tests.esserver.fixtures"]
+pytest_plugins = ["tests.engines"]
 pytestmark = pytest.mark.timeout(180)
 
 Answer = tuple[int, str | None]  # HTTP status, error code
@@ -123,35 +123,36 @@ async def gateway_over(index: Index, data: Path, model: Path) -> AsyncIterator[T
         yield client
 
 
-def _engine(request: pytest.FixtureRequest) -> tuple[str, str] | None:
+def _engine(request: pytest.FixtureRequest) -> Engine | None:
     # Resolved here, outside the event loop, and only for the engine's parameters.
     if "elasticsearch" not in str(request.param):
         return None
-    return request.getfixturevalue("es_url"), request.getfixturevalue("nbs_index")
+    engine: Engine = request.getfixturevalue("stand_in")
+    return engine
 
 
 @pytest.fixture(params=["embedded", "elasticsearch"])
-def backend_kind(request: pytest.FixtureRequest) -> tuple[str, tuple[str, str] | None]:
+def backend_kind(request: pytest.FixtureRequest) -> tuple[str, Engine | None]:
     return request.param, _engine(request)
 
 
 @pytest.fixture(params=["embedded", "remote", "elasticsearch"])
-def scan_kind(request: pytest.FixtureRequest) -> tuple[str, tuple[str, str] | None]:
+def scan_kind(request: pytest.FixtureRequest) -> tuple[str, Engine | None]:
     return request.param, _engine(request)
 
 
 @pytest.fixture
 async def backend(
-    backend_kind: tuple[str, tuple[str, str] | None], tmp_path: Path
+    backend_kind: tuple[str, Engine | None], tmp_path: Path
 ) -> AsyncIterator[Index]:
     _, engine = backend_kind
-    idx: Index = EmbeddedIndex(tmp_path / "emb") if engine is None else make_es_index(*engine)
+    idx: Index = EmbeddedIndex(tmp_path / "emb") if engine is None else make_es_index(engine)
     await idx.open()
     await idx.upsert(make_docs(40))
-    if isinstance(idx, ElasticsearchIndex):
+    if isinstance(idx, EngineIndex):
         await idx.refresh()
     yield idx
-    if isinstance(idx, ElasticsearchIndex):
+    if isinstance(idx, EngineIndex):
         await idx.open()  # the search service under test closed it with its app
         await drop(idx)
     await idx.close()
@@ -194,11 +195,11 @@ async def test_the_same_request_gets_the_same_answer_through_every_door(
 
 
 async def test_a_page_is_identical_on_the_embedded_and_engine_backends(
-    tmp_path: Path, es_url: str, nbs_index: str,
+    tmp_path: Path, stand_in: Engine,
 ) -> None:
     docs = make_docs(60)
     emb = EmbeddedIndex(tmp_path / "emb")
-    es = make_es_index(es_url, nbs_index)
+    es = make_es_index(stand_in)
     await emb.open()
     await es.open()
     try:
@@ -218,7 +219,7 @@ async def test_a_page_is_identical_on_the_embedded_and_engine_backends(
 
 
 async def test_scan_yields_every_code_once_in_id_order_in_batches(
-    scan_kind: tuple[str, tuple[str, str] | None], tmp_path: Path,
+    scan_kind: tuple[str, Engine | None], tmp_path: Path,
 ) -> None:
     door, engine = scan_kind
     docs = make_docs(257, seed=11)
@@ -226,7 +227,7 @@ async def test_scan_yields_every_code_once_in_id_order_in_batches(
     service: TestServer | None = None
     index: Index
     if engine is not None:
-        index = make_es_index(*engine)
+        index = make_es_index(engine)
     elif door == "remote":
         settings = SearchServiceSettings(index=IndexSettings(data_dir=tmp_path / "unused"))
         service = TestServer(service_app(settings, index=emb))
@@ -239,7 +240,7 @@ async def test_scan_yields_every_code_once_in_id_order_in_batches(
         assert [b async for b in index.scan(batch=50)] == []  # empty index: no batch
         await index.upsert(docs)
         await index.delete(["d0003"])
-        if isinstance(index, ElasticsearchIndex):
+        if isinstance(index, EngineIndex):
             await index.refresh()
         batches = [b async for b in index.scan(batch=50)]
         assert [len(b) for b in batches] == [50, 50, 50, 50, 50, 6]
@@ -249,7 +250,7 @@ async def test_scan_yields_every_code_once_in_id_order_in_batches(
         resumed = [r async for b in index.scan(batch=100, after="d0199") for r in b]
         assert resumed == [r for r in want if r.id > "d0199"]
     finally:
-        if isinstance(index, ElasticsearchIndex):
+        if isinstance(index, EngineIndex):
             await drop(index)
         await index.close()
         if service is not None:

@@ -3,6 +3,8 @@ answers for each of its URLs whatever one of them does."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from ipaddress import ip_network
 from pathlib import Path
@@ -18,6 +20,7 @@ from tests.gateway_fixtures import (
     runner_port,
     serve_static,
     standalone_settings,
+    wait_for,
     wait_indexed,
 )
 from tests.imagegen import make_image
@@ -98,4 +101,45 @@ async def test_a_redirect_to_a_malformed_host_is_a_400_too(tmp_path: Path,
         assert resp.status == 400, body
         assert "malformed" in body["error"]["message"]
     finally:
+        await runner.cleanup()
+
+
+async def test_one_clients_slow_urls_do_not_delay_another_clients_search_by_url(
+        tmp_path: Path, model_path: Path, image_host: str) -> None:  # noqa: F811
+    release = asyncio.Event()
+    arrived = 0
+
+    async def slow(_: web.Request) -> web.Response:
+        nonlocal arrived
+        arrived += 1
+        await release.wait()
+        return web.Response(body=make_image(1), content_type="image/jpeg")
+
+    runner = await serve_static([web.get("/slow.jpg", slow)], host="127.0.0.2")
+    slow_url = f"http://127.0.0.2:{runner_port(runner)}/slow.jpg"
+    settings = standalone_settings(
+        tmp_path, model_path, api_keys=["key-a", "key-b"],
+        fetch=FetchSettings(allow_networks=[ip_network("127.0.0.2/32")], timeout_s=20))
+    try:
+        async with gateway_client(settings, tmp_path) as client:
+            # Client A holds more slow fetches than there are slots in all.
+            hogs = [asyncio.create_task(client.post(
+                "/v1/search", json={"url": slow_url}, headers={"X-API-Key": "key-a"}))
+                for _ in range(36)]
+
+            async def hogging() -> bool:
+                return arrived >= 8
+
+            await wait_for(hogging, 30, "client A's fetches to start")
+            started = time.monotonic()
+            resp = await client.post("/v1/search", json={"url": f"{image_host}/img/3.jpg"},
+                                     headers={"X-API-Key": "key-b"})
+            waited = time.monotonic() - started
+            assert resp.status == 200, await resp.text()
+            assert waited < 5, waited
+            release.set()
+            answers = await asyncio.gather(*hogs)
+            assert {a.status for a in answers} == {200}
+    finally:
+        release.set()
         await runner.cleanup()

@@ -117,11 +117,13 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait()
 
 
-def _upload(base: str, name: str, data: bytes, image_id: str | None = None) -> str:
+def _upload(base: str, name: str, data: bytes, image_id: str | None = None,
+            fields: dict[str, str] | None = None) -> str:
     """POST one image through the API (test set-up), return its id."""
     boundary = uuid.uuid4().hex
-    given = ("" if image_id is None else
-             f'--{boundary}\r\nContent-Disposition: form-data; name="id"\r\n\r\n{image_id}\r\n')
+    named = {**(fields or {}), **({"id": image_id} if image_id is not None else {})}
+    given = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+                    for k, v in named.items())
     head = given + (f"--{boundary}\r\n"
             f'Content-Disposition: form-data; name="file"; filename="{name}"\r\n'
             "Content-Type: image/jpeg\r\n\r\n")
@@ -539,3 +541,24 @@ def test_duplicates_are_shown_side_by_side_and_deleted_with_the_key(
         seeded["ids"] = [i for i in seeded["ids"] if i != other]
     finally:
         page.context.close()
+
+
+def test_filter_chips_search_within_an_album(
+        page: Page, base_url: str, seeded: dict[str, Any], tmp_path: Path) -> None:
+    album = [_upload(base_url, f"trip-{s}.jpg", make_image(s), fields={"album": "trip"})
+             for s in (5101, 5102)]
+    _wait_indexed(base_url, album)
+    page.select_option("#strategy", "exact")
+    _search_file(page, seeded["paths"][2])
+    tiles = page.locator("#gallery .tile")
+    expect(tiles.nth(2)).to_be_visible()
+    page.select_option("#filter-field", "album")
+    page.fill("#filter-value", "trip")
+    page.locator("#filter-form button[type=submit]").click()  # re-runs the search
+    expect(page.locator('#filter-chips .chip[data-key="album"]')).to_have_text(
+        re.compile("Album: trip"))
+    expect(tiles).to_have_count(2)
+    assert sorted(tiles.evaluate_all("els => els.map(e => e.dataset.id)")) == sorted(album)
+    page.locator("#filter-chips .chip-remove").click()
+    expect(page.locator("#filter-chips .chip")).to_have_count(0)
+    expect(tiles).not_to_have_count(2)

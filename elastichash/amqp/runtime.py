@@ -99,6 +99,10 @@ class Direct:
     routing_key: str
     handle: Callable[[Msg], Awaitable[None]]
     prefetch: int
+    # A connection of its own (with its own publisher, :meth:`Runtime.publisher_for`): its
+    # frames never queue behind bulk traffic on a shared socket, and the broker's flow
+    # control of a busy publishing connection does not hold it up. For the encode RPC.
+    own_connection: bool = False
 
 
 @dataclass
@@ -132,6 +136,8 @@ class Runtime:
         self._summary = summary
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
+        # Intakes with a connection of their own: routing key -> (connection, publisher)
+        self._own: dict[str, tuple[AbstractRobustConnection, Publisher]] = {}
         self._consumers: list[_Consumer] = []
         self._consuming = False
         self.stopping = False
@@ -141,13 +147,18 @@ class Runtime:
         assert self._publisher is not None, "Runtime.run() not started"
         return self._publisher
 
+    def publisher_for(self, routing_key: str) -> Publisher:
+        """The publisher on the connection an intake consumes on (its own, or the main one)."""
+        own = self._own.get(routing_key)
+        return own[1] if own is not None else self.publisher
+
     def ready(self) -> bool:
         """Consuming, connected now, every channel open, not draining."""
         if self.stopping or not self._consuming or self._publisher is None:
             return False
         return is_up(
             self._connection, self._publisher.channel, *(c.channel for c in self._consumers)
-        )
+        ) and all(is_up(conn, pub.channel) for conn, pub in self._own.values())
 
     # -- settling ------------------------------------------------------------------------
 
@@ -208,7 +219,14 @@ class Runtime:
             self._publisher = Publisher(self._connection, self.topo)
             await self._publisher.open()
             for intake in intakes:
-                channel = await self._connection.channel()
+                conn = self._connection
+                if isinstance(intake, Direct) and intake.own_connection:
+                    name = f"{self.name.replace(' ', '-')}-{intake.routing_key}"
+                    conn = await connect(self.amqp, name)
+                    own = Publisher(conn, self.topo)
+                    self._own[intake.routing_key] = (conn, own)
+                    await own.open()
+                channel = await conn.channel()
                 await channel.set_qos(prefetch_count=intake.prefetch)
                 queue = (await declare(channel, self.topo)).queues[intake.routing_key]
                 self._consumers.append(_Consumer(intake, channel, queue))
@@ -222,6 +240,8 @@ class Runtime:
             await self._drain()
             return 0
         finally:
+            for conn, _ in self._own.values():
+                await close_connection(conn)
             if self._connection is not None:
                 await close_connection(self._connection)
             await runner.cleanup()
@@ -329,6 +349,7 @@ class Runtime:
             await asyncio.gather(c.loop_task, *c.tasks, return_exceptions=True)
         # A little past the drain deadline: closing is bounded too (see close_gracefully).
         channels = [c.channel for c in self._consumers]
+        channels += [pub.channel for _, pub in self._own.values()]
         if self._publisher is not None:
             channels.append(self._publisher.channel)
         await close_gracefully(*channels, deadline=deadline + 5.0)
@@ -341,7 +362,8 @@ class Runtime:
             "dead_lettered": health.total(m.dead),
             "redelivered": health.total(m.redelivered),
             "requeued": health.total(m.requeued),
-            "resent": self._publisher.resent if self._publisher else 0,
+            "resent": (self._publisher.resent if self._publisher else 0)
+            + sum(pub.resent for _, pub in self._own.values()),
         }
         log.info("%s stopped: %s", self.name, " ".join(f"{k}={v:g}" for k, v in figures.items()))
 

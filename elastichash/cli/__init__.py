@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     from collections.abc import AsyncIterator
     from contextlib import asynccontextmanager
 
+    from elastichash import datalock
     from elastichash.cli.standalone import (
         data_dir,
         index_settings,
@@ -96,9 +97,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"elastichash: serving {url} (data in {data_dir(args)})", file=sys.stderr,
               flush=True)
 
+    shown = f"[{args.host}]" if ":" in args.host else args.host
     try:
-        run_server(app, args.host, args.port, settings.server,
-                   shutdown_timeout=settings.shutdown_timeout_s, announce=announce)
+        with datalock.hold(data_dir(args), "serve", f"http://{shown}:{args.port}/"):
+            run_server(app, args.host, args.port, settings.server,
+                       shutdown_timeout=settings.shutdown_timeout_s, announce=announce)
+    except datalock.DataDirBusy as exc:
+        print(f"error: {exc}; one server per data directory (choose another with --data)",
+              file=sys.stderr, flush=True)
+        return EXIT_UNAVAILABLE
     except PortInUse as exc:
         print(f"error: {exc}{port_hint(args.port)}", file=sys.stderr, flush=True)
         return EXIT_UNAVAILABLE
@@ -121,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="elastichash",
         description="Semantic image similarity search over binary hash codes.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging: -v progress (INFO), -vv debugging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from elastichash.cli import model as model_commands
@@ -158,6 +166,25 @@ ROLES = {
 }
 
 
+def configure_logging(verbose: int, *, service: bool) -> None:
+    """Commands a person runs are quiet by default: warnings and errors, plus the summary
+    lines written for them (logger ``elastichash.serve``); ``-v`` shows INFO, ``-vv`` DEBUG.
+    The roles are services and log INFO, as operators expect of them."""
+    if verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1 or service:
+        level = logging.INFO
+    else:
+        level = logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("elastichash.serve").setLevel(min(level, logging.INFO))
+    if verbose < 2:
+        # faiss's loader logs each instruction set it probes, failures included
+        # ("ModuleNotFoundError"), at INFO: lines that read like errors and are not.
+        logging.getLogger("faiss").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -168,12 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rest = argv[argv.index(args.command) + 1 :]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    level = logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.verbose, service=args.command in ROLES)
     func: Handler = args.func
     from elastichash.errors import ModelContractError, ModelMismatch
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elastichash import datalock
 from elastichash.errors import InvalidInput
 from elastichash.index.query import PORTABLE_STRATEGIES, QueryParams, SearchQuery
 from elastichash.settings import (
@@ -164,7 +165,16 @@ def run_index(args: argparse.Namespace) -> int:
             print(report.summary())
             return 0
 
-    return asyncio.run(go())
+    try:
+        with datalock.hold(data_dir(args), "index"):
+            return asyncio.run(go())
+    except datalock.DataDirBusy as exc:
+        url = exc.holder.get("url")
+        how = (f"add the folder through it instead (drop the images on {url}, or restart it "
+               f"with --images {args.folder}), or stop it first" if url else
+               "wait for it to finish")
+        print(f"error: {exc}; indexing beside it would not reach it: {how}", file=sys.stderr)
+        return 2
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -225,10 +235,12 @@ def run_search(args: argparse.Namespace) -> int:
         else:
             print(f"{len(res.hits)} of {res.total} results, {res.candidates} candidates, "
                   f"{res.took_ms:.2f} ms ({res.strategy})")
+            if res.hits:
+                print(f"{'rank':>4}  {'dist':>4}  {'id':<32}  source")
             for rank, h in enumerate(res.hits, 1):
                 labels = ", ".join(f"{x['name']} {x['score']:.2f}"
                                    for x in h.metadata.get("labels", [])[:2])
-                print(f"{rank:4d}  {h.distance:3d}  {h.id}  {h.source or ''}  {labels}")
+                print(f"{rank:4d}  {h.distance:4d}  {h.id:<32}  {h.source or ''}  {labels}")
         return 0
 
     return asyncio.run(go())

@@ -55,6 +55,9 @@ T = TypeVar("T")
 EMBEDDED_STRATEGIES = frozenset(PORTABLE_STRATEGIES)
 _WHY_NOT = (("dense_bit", "Elasticsearch-only"),)
 DB_NAME = "index.sqlite3"
+# Per image in memory: the 32-byte code, its 8-byte SQLite rowid, an alive flag and one 4-byte
+# position in each of the 4 MIH tables.
+BYTES_PER_IMAGE = LONG_BYTES + 8 + 1 + 4 * 4
 
 
 def _check_doc(d: Document) -> str | None:
@@ -294,8 +297,11 @@ class EmbeddedIndex:
             "strategy": self.strategy,
             "strategies": sorted(EMBEDDED_STRATEGIES),
             "kernel": "faiss" if kernels.have_faiss() else "numpy",
+            # What search holds in memory now (fixed part and room to grow included), what
+            # an empty index holds, and what each further image adds: plan RAM with the last.
             "memory_bytes": snap.nbytes,
-            "memory_bytes_per_code": round(snap.nbytes / snap.n_alive, 1) if snap.n_alive else None,
+            "memory_fixed_bytes": int(snap.tables.offsets.nbytes),
+            "memory_bytes_per_image": BYTES_PER_IMAGE,
             "mih_delta": snap.n - snap.base_n,
             "dead_slots": int(snap.dead.size),
             "disk_bytes": disk,

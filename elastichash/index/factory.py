@@ -7,7 +7,7 @@ import logging
 from typing import cast
 
 from elastichash.index.base import Index
-from elastichash.settings import IndexSettings, default_data_dir
+from elastichash.settings import ENGINE_BACKENDS, IndexSettings, default_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,10 @@ def make_index(settings: IndexSettings) -> Index:
 
         log.info("index backend: remote search service at %s", settings.search_url)
         return RemoteIndex(settings.search_url)
-    if settings.backend == "elasticsearch":
-        # Imported lazily: the elasticsearch client is an optional extra.
+    if settings.backend in ENGINE_BACKENDS:
+        # Imported lazily: each engine's client is an optional extra.
         backend = importlib.import_module("elastichash.index.es.backend")
-        log.info("index backend: elasticsearch at %s, index %s", settings.es_url, settings.es_index)
-        return cast(Index, backend.ElasticsearchIndex.from_settings(settings))
+        engine = settings.engine
+        log.info("index backend: %s at %s, index %s", settings.backend, engine.url, engine.index)
+        return cast(Index, backend.EngineIndex.from_settings(settings))
     raise ValueError(f"unknown index backend {settings.backend!r}")

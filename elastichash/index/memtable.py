@@ -243,17 +243,18 @@ class CodeTable:
         if dk.size < need:
             # Fewer than ``need`` matches in the heap: it holds all of them (k >= n, or its
             # last entry is beyond ``max_distance``; ``k`` covers every dead code).
-            return Candidates(ik, dk, total, n)
+            return Candidates(ik, dk, total, s.n_alive)
         boundary = int(dk[need - 1])
         if k >= n or last > boundary:
             keep = dk <= boundary
-            return Candidates(ik[keep], dk[keep], total, n)
+            return Candidates(ik[keep], dk[keep], total, s.n_alive)
         # The heap cut through the tie set at ``boundary``: fetch all of it.
         pos, d = kernels.within(code, codes, boundary)
         if n_dead:
             live = s.alive[pos]
             pos, d = pos[live], d[live]
-        return Candidates(pos, d, total, n)
+        # Deleted slots are scanned too, but they are not candidates of this query.
+        return Candidates(pos, d, total, s.n_alive)
 
     @staticmethod
     def exact_filtered(
@@ -278,7 +279,7 @@ class CodeTable:
         else:
             d_all = kernels.distances(code, s.codes[:n])
             d = d_all[sel]
-            scanned = n
+            scanned = int(sel.size)
         if max_distance is not None:
             within = d <= max_distance
             sel, d = sel[within], d[within]

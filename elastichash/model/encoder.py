@@ -23,7 +23,13 @@ from elastichash.model.batcher import run_batched
 from elastichash.model.contract import ModelSpec
 from elastichash.model.head import Inference, hash_outputs
 from elastichash.model.labels import ClassNames, Label, class_names
-from elastichash.model.preprocess import decoder_message, load_image, load_image_and_thumbnail
+from elastichash.model.preprocess import (
+    DecodeBudget,
+    decoder_message,
+    load_image,
+    load_image_and_thumbnail,
+    release_freed_buffers,
+)
 from elastichash.model.session import ModelSession
 from elastichash.settings import ImageLimits, ModelSettings
 
@@ -57,6 +63,9 @@ class Encoder:
         self._decode_pool: ThreadPoolExecutor | None = None
         self._infer_pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        # One budget for every decode this encoder runs: ingest batches and query images.
+        self.budget = DecodeBudget(limits.decode_memory_bytes)
+        release_freed_buffers()
 
     @classmethod
     def load(
@@ -114,8 +123,9 @@ class Encoder:
     def _decode(self, data: bytes, thumb: int = 0) -> tuple[npt.NDArray[np.float32], bytes | None]:
         try:
             if thumb:
-                return load_image_and_thumbnail(data, self.spec, thumb, self.limits.max_pixels)
-            return load_image(data, self.spec, self.limits.max_pixels), None
+                return load_image_and_thumbnail(data, self.spec, thumb, self.limits.max_pixels,
+                                                self.budget)
+            return load_image(data, self.spec, self.limits.max_pixels, self.budget), None
         except ImageError:
             raise
         except Exception as exc:  # a decoder bug must still cost only this image

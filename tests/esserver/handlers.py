@@ -291,8 +291,8 @@ REINDEX_PARAMS = {"refresh", "wait_for_completion", "timeout", "slices", "reques
 
 
 async def reindex(request: web.Request) -> Result:
-    """Copy every document of ``source.index`` into the existing ``dest.index`` (no
-    auto-create, as this server runs with ``action.auto_create_index`` false)."""
+    """Copy every searchable document of ``source.index`` into the existing ``dest.index``
+    (no auto-create, as this server runs with ``action.auto_create_index`` false)."""
     import time
 
     started = time.perf_counter()
@@ -307,7 +307,9 @@ async def reindex(request: web.Request) -> Result:
     created = updated = 0
     failures: list[dict[str, Any]] = []
     for src in sources:
-        for doc_id, doc in list(src.docs.items()):
+        # A scroll over the source: only what its last refresh made searchable, as a real
+        # engine copies (unrefreshed writes are not reindexed).
+        for doc_id, doc in list(src.searchable().items()):
             try:
                 fields = parse_document(dest.mappings, doc.source_dict(), doc_id)
             except EsError as err:

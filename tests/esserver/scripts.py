@@ -72,8 +72,14 @@ def compile_script(spec: Any, cluster: Cluster) -> ScriptFn:
     if "id" in spec:
         stored = cluster.scripts.get(spec["id"])
         if stored is None:
-            raise EsError(404, "resource_not_found_exception",
-                          f"unable to find script [{spec['id']}] in cluster state")
+            # The shards fail to build the query: a 400 for the whole search, as on a real
+            # engine (found by tests/test_engine_differential.py; it was a 404 here).
+            missing = f"unable to find script [{spec['id']}] in cluster state"
+            raise EsError(400, "search_phase_execution_exception", "all shards failed",
+                          caused_by={"type": "query_shard_exception",
+                                     "reason": "failed to create query",
+                                     "caused_by": {"type": "resource_not_found_exception",
+                                                   "reason": missing}})
         source = stored["source"]
     elif "source" in spec:
         if spec.get("lang", "painless") != "painless":

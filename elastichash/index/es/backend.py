@@ -1,15 +1,16 @@
-"""``ElasticsearchIndex``: the ``Index`` protocol over Elasticsearch 8/9 (ElasticHash layout)."""
+"""``EngineIndex``: the ``Index`` protocol over Elasticsearch 8/9 or OpenSearch 2/3, with
+ElasticHash's layout. Requests are built by the I/O-free core (``query``, ``mapping``,
+``neighbours``, ``bulk``) and sent through one :class:`EngineClient` adapter; what differs
+between engines is a feature set (bit vectors on Elasticsearch >= 8.15), not branches."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
-
-from elastic_transport import TransportError
-from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError
 
 from elastichash.errors import InvalidInput, Unavailable
 from elastichash.index.base import (
@@ -33,18 +34,40 @@ from elastichash.index.es.bootstrap import (
     ensure_retrieval,
     ensure_script,
 )
-from elastichash.index.es.bulk import BulkPolicy, in_order, run_bulk
+from elastichash.index.es.bulk import TRANSIENT_STATUSES, Action, BulkPolicy, in_order, run_bulk
+from elastichash.index.es.client import (
+    EngineApiError,
+    EngineClient,
+    EngineUnreachable,
+    connect,
+)
 from elastichash.index.es.failures import FailureStore
-from elastichash.index.es.mapping import Names, parse_version, supports_dense_bit
+from elastichash.index.es.mapping import BIT_VECTORS, Names, parse_version, server_features
 from elastichash.settings import IndexSettings
 
 log = logging.getLogger(__name__)
 
+_NAMES = {"elasticsearch": "Elasticsearch", "opensearch": "OpenSearch"}
 
-class ElasticsearchIndex:
+
+@contextlib.contextmanager
+def _outage_is_unavailable(what: str) -> Iterator[None]:
+    """An unreachable or overloaded engine is a 503 (retry later); its 4xx stay errors."""
+    try:
+        yield
+    except EngineUnreachable as exc:
+        raise Unavailable(f"{what} failed: {exc}") from exc
+    except EngineApiError as exc:
+        if exc.status >= 500 or exc.status in TRANSIENT_STATUSES:
+            raise Unavailable(f"{what} failed: {exc}") from exc
+        raise
+
+
+class EngineIndex:
     """Retrieval index behind an alias, a shared neighbours index, a stored Hamming script.
 
     The constructor does no I/O; :meth:`open` connects and bootstraps idempotently.
+    ``kind`` picks the adapter (elasticsearch | opensearch); ``client`` injects one.
     """
 
     def __init__(
@@ -52,12 +75,13 @@ class ElasticsearchIndex:
         url: str = "http://localhost:9200",
         index: str = "elastichash",
         *,
+        kind: str = "elasticsearch",
         nbs_index: str | None = None,
         layout: Layout | None = None,
         strategy: str = "two_stage",
         bulk: BulkPolicy | None = None,
         request_timeout_s: float = 30.0,
-        client: AsyncElasticsearch | None = None,
+        client: EngineClient | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise InvalidInput(f"unknown strategy {strategy!r}", field="strategy")
@@ -65,67 +89,72 @@ class ElasticsearchIndex:
         self.layout = layout or Layout()
         self.strategy = strategy
         self.bulk = bulk or BulkPolicy()
-        self._url = url
+        self.kind = client.kind if client is not None else kind
+        self.url = url
         self._timeout = request_timeout_s
         self._client = client
         self._own_client = client is None
         self._failures: FailureStore | None = None
         self.version: tuple[int, int] = (0, 0)
-        self.dense_bit = False  # the retrieval index maps the bit vector field
+        # What this index serves beyond the common layout: the server's features that the
+        # retrieval index was also created with (BIT_VECTORS: the bit vector field).
+        self.features: frozenset[str] = frozenset()
         self.concrete = self.names.concrete  # the index behind the alias, once open
 
     @classmethod
-    def from_settings(cls, settings: IndexSettings) -> ElasticsearchIndex:
+    def from_settings(cls, settings: IndexSettings) -> EngineIndex:
+        engine = settings.engine
         return cls(
-            settings.es_url,
-            settings.es_index,
-            nbs_index=settings.es_nbs_index,
-            layout=Layout(settings.es_shards, settings.es_replicas, settings.es_refresh_interval),
+            engine.url,
+            engine.index,
+            kind=engine.kind or settings.backend,
+            nbs_index=engine.nbs_index,
+            layout=Layout(engine.shards, engine.replicas, engine.refresh_interval),
             strategy=settings.strategy,
-            bulk=BulkPolicy(max_retries=settings.es_bulk_max_retries),
-            request_timeout_s=settings.es_request_timeout_s,
+            bulk=BulkPolicy(max_retries=engine.bulk_max_retries),
+            request_timeout_s=engine.request_timeout_s,
         )
 
     @property
-    def client(self) -> AsyncElasticsearch:
+    def client(self) -> EngineClient:
         if self._client is None:
-            raise RuntimeError("ElasticsearchIndex is not open")
+            raise RuntimeError("EngineIndex is not open")
         return self._client
 
     @property
     def failures(self) -> FailureStore:
         if self._failures is None:
-            raise RuntimeError("ElasticsearchIndex is not open")
+            raise RuntimeError("EngineIndex is not open")
         return self._failures
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
         if self._client is None:
-            self._client = AsyncElasticsearch(
-                self._url, request_timeout=self._timeout, max_retries=2, retry_on_timeout=True
-            )
+            self._client = connect(self.kind, self.url, request_timeout_s=self._timeout)
         self._failures = FailureStore(self.client, self.names.failures, self.bulk)
         try:
             await self.bootstrap()
-        except TransportError as exc:
-            raise Unavailable(f"Elasticsearch at {self._url} is unreachable: {exc}") from exc
+        except EngineUnreachable as exc:
+            raise Unavailable(f"{_NAMES[self.kind]} at {self.url} is unreachable: {exc}") from exc
 
     async def bootstrap(self) -> None:
         info = await self.client.info()
-        self.version = parse_version(info["version"]["number"])
-        if self.version[0] < 8:
-            log.warning("Elasticsearch %s is older than 8: unsupported", info["version"]["number"])
+        number = info["version"]["number"]
+        self.version = parse_version(number)
+        if self.kind == "elasticsearch" and self.version[0] < 8:
+            log.warning("Elasticsearch %s is older than 8: unsupported", number)
         await ensure_script(self.client)
         await ensure_nbs(self.client, self.names.nbs, self.bulk)
-        want_bits = supports_dense_bit(self.version)
-        self.concrete, self.dense_bit = await ensure_retrieval(
-            self.client, self.names, self.layout, want_bits
+        offered = server_features(self.kind, self.version)
+        self.concrete, bits = await ensure_retrieval(
+            self.client, self.names, self.layout, BIT_VECTORS in offered
         )
+        self.features = frozenset({BIT_VECTORS} if bits else ())
         await ensure_failures(self.client, self.names, self.layout)
         log.info(
-            "elasticsearch %s ready: alias %s -> %s, dense_bit=%s",
-            info["version"]["number"], self.names.alias, self.concrete, self.dense_bit,
+            "%s %s ready: alias %s -> %s, features %s", self.kind, number,
+            self.names.alias, self.concrete, sorted(self.features) or "none",
         )
 
     async def close(self) -> None:
@@ -135,7 +164,7 @@ class ElasticsearchIndex:
 
     async def refresh(self) -> None:
         """Make every write so far visible to search (tests, bulk imports)."""
-        await self.client.indices.refresh(index=[self.names.alias, self.names.failures])
+        await self.client.refresh([self.names.alias, self.names.failures])
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -150,13 +179,9 @@ class ElasticsearchIndex:
             except InvalidInput as exc:
                 by_id[doc.id] = WriteResult(id=doc.id, ok=False, error=exc.message)
                 latest.pop(doc.id, None)
+        bits = BIT_VECTORS in self.features
         actions = [
-            {
-                "_op_type": "index",
-                "_index": self.names.alias,
-                "_id": doc.id,
-                "_source": q.document_source(doc, dense_bit=self.dense_bit),
-            }
+            Action("index", self.names.alias, doc.id, q.document_source(doc, dense_bit=bits))
             for doc in latest.values()
         ]
         written = await run_bulk(self.client, actions, self.bulk) if actions else {}
@@ -167,33 +192,34 @@ class ElasticsearchIndex:
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         unique = list(dict.fromkeys(ids))
-        actions = [{"_op_type": "delete", "_index": self.names.alias, "_id": i} for i in unique]
+        actions = [Action("delete", self.names.alias, i) for i in unique]
         by_id = await run_bulk(self.client, actions, self.bulk) if actions else {}
         return in_order(ids, by_id)
 
     # --- reads -----------------------------------------------------------------------------
 
     async def get(self, doc_id: str) -> Document | None:
-        try:
-            resp = await self.client.get(index=self.names.alias, id=doc_id)
-        except NotFoundError:
-            return None
-        return q.document_from_source(doc_id, resp["_source"])
+        src = await self.client.get(self.names.alias, doc_id)
+        return None if src is None else q.document_from_source(doc_id, src)
 
     async def capabilities(self) -> Capabilities:
-        # dense_bit needs a bit-vector mapping, known once open() inspected the cluster.
-        served = frozenset(st for st in STRATEGIES if st != "dense_bit" or self.dense_bit)
-        why = (
-            f"needs Elasticsearch >= 8.15 and an index created with it "
-            f"(server {self.version[0]}.{self.version[1]})"
+        # A strategy is served when the index has the feature it needs (known once open()
+        # inspected the cluster and the mapping).
+        served = frozenset(
+            st for st in STRATEGIES
+            if st not in q.STRATEGY_NEEDS or q.STRATEGY_NEEDS[st] in self.features
         )
-        return Capabilities(served, self.strategy, why_not=(("dense_bit", why),))
+        server = f"{_NAMES[self.kind]} {self.version[0]}.{self.version[1]}"
+        why = (("dense_bit", f"needs Elasticsearch >= 8.15 and an index created with it "
+                             f"(server: {server})"),)
+        return Capabilities(served, self.strategy, why_not=why)
 
     async def scan(
         self, *, batch: int = SCAN_BATCH, after: str | None = None
     ) -> AsyncGenerator[list[CodeRecord], None]:
         while True:
-            resp = await self.client.search(index=self.names.alias, **q.scan_body(batch, after))
+            with _outage_is_unavailable("scan"):
+                resp = await self.client.search(self.names.alias, q.scan_body(batch, after))
             records = q.records_from_response(dict(resp))
             if not records:
                 return
@@ -213,30 +239,15 @@ class ElasticsearchIndex:
             # A count per query would double the requests; ES serves large collections, and
             # two_stage there is what ElasticHash designed the index for.
             strategy = "two_stage"
-        count_query: dict[str, Any] | None
-        if strategy == "two_stage":
-            body = q.two_stage_body(
-                code, short, self.names.nbs, k=k, offset=offset, max_distance=max_distance
-            )
-            count_query = q.candidates_query(short, self.names.nbs)
-        elif strategy == "exact":
-            body = q.exact_body(code, k=k, offset=offset, max_distance=max_distance)
-            count_query = {"match_all": {}}
-        else:  # dense_bit: capabilities() offers it only where the mapping has the field
-            body = q.dense_bit_body(code, k=k, offset=offset, max_distance=max_distance)
-            count_query = {"match_all": {}}
-        if max_distance is None:
-            count_query = None  # every candidate is counted in total already
+        body, count_query = q.strategy_request(
+            strategy, code, short, self.names.nbs, k=k, offset=offset, max_distance=max_distance
+        )
         started = time.perf_counter()
-        try:
+        with _outage_is_unavailable("search"):
             resp, candidates = await asyncio.gather(
-                self.client.search(index=self.names.alias, **body),
+                self.client.search(self.names.alias, body),
                 self._count(count_query),
             )
-        except (TransportError, ApiError) as exc:
-            if isinstance(exc, ApiError) and exc.status_code < 500 and exc.status_code != 429:
-                raise
-            raise Unavailable(f"search failed: {exc}") from exc
         hits, total = q.hits_from_response(dict(resp))
         return SearchResult(
             hits=hits,
@@ -249,16 +260,15 @@ class ElasticsearchIndex:
     async def _count(self, query: dict[str, Any] | None) -> int | None:
         if query is None:
             return None
-        return int((await self.client.count(index=self.names.alias, query=query))["count"])
+        return await self.client.count(self.names.alias, query)
 
     async def count(self) -> int:
-        return int((await self.client.count(index=self.names.alias))["count"])
+        return await self.client.count(self.names.alias)
 
     async def stats(self) -> dict[str, Any]:
-        resp = await self.client.indices.stats(index=self.names.alias, metric="docs,store")
-        prim = resp["_all"]["primaries"]
+        prim = await self.client.index_stats(self.names.alias)
         return {
-            "backend": "elasticsearch",
+            "backend": self.kind,
             "alias": self.names.alias,
             "index": self.concrete,
             "count": await self.count(),
@@ -276,12 +286,7 @@ class ElasticsearchIndex:
     async def ready(self) -> bool:
         if self._client is None:
             return False
-        try:
-            health = await self.client.options(request_timeout=2.0, max_retries=0).cluster.health()
-        except (TransportError, ApiError) as exc:
-            log.debug("cluster health failed: %s", exc)
-            return False
-        return health.get("status") in ("green", "yellow")
+        return await self.client.health(timeout_s=2.0) in ("green", "yellow")
 
     # --- failure records -------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 Each step reads first and writes only what is missing or different, so a second bootstrap
 issues no writes; concurrent bootstraps race safely (creation conflicts are accepted).
+All I/O goes through :class:`~elastichash.index.es.client.EngineClient`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
-
 from elastichash.errors import ElasticHashError, Unavailable
 from elastichash.index.es.bulk import BulkPolicy, run_bulk
+from elastichash.index.es.client import EngineClient
 from elastichash.index.es.mapping import (
     FAILURES_MAPPING,
     Names,
@@ -25,7 +25,7 @@ from elastichash.index.es.mapping import (
     retrieval_settings,
 )
 from elastichash.index.es.neighbours import NBS_DOCS, NBS_MAPPING, nbs_actions, nbs_settings
-from elastichash.index.es.script import HAMMING_SCRIPT_ID, HAMMING_SCRIPT_SOURCE, stored_script_body
+from elastichash.index.es.script import HAMMING_SCRIPT_ID, HAMMING_SCRIPT_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -37,48 +37,39 @@ class Layout:
     refresh_interval: str = "1s"
 
 
-async def _create(client: AsyncElasticsearch, index: str, **body: Any) -> bool:
+async def _create(client: EngineClient, index: str, **body: object) -> bool:
     """Create an index; False when it already exists (a concurrent bootstrap won)."""
-    try:
-        await client.indices.create(index=index, **body)
-    except BadRequestError as exc:
-        if exc.error == "resource_already_exists_exception":
-            return False
-        raise
-    log.info("created index %s", index)
-    return True
+    created = await client.create_index(index, dict(body))
+    if created:
+        log.info("created index %s", index)
+    return created
 
 
-async def ensure_script(client: AsyncElasticsearch) -> None:
-    try:
-        current = await client.get_script(id=HAMMING_SCRIPT_ID)
-        if current.get("script", {}).get("source") == HAMMING_SCRIPT_SOURCE:
-            return
-    except NotFoundError:
-        pass
-    await client.put_script(id=HAMMING_SCRIPT_ID, **stored_script_body())  # type: ignore[arg-type]
+async def ensure_script(client: EngineClient) -> None:
+    if await client.get_script(HAMMING_SCRIPT_ID) == HAMMING_SCRIPT_SOURCE:
+        return
+    await client.put_script(HAMMING_SCRIPT_ID, HAMMING_SCRIPT_SOURCE)
     log.info("stored script %s", HAMMING_SCRIPT_ID)
 
 
-async def _nbs_complete(client: AsyncElasticsearch, index: str) -> tuple[bool, bool]:
+async def _nbs_complete(client: EngineClient, index: str) -> tuple[bool, bool]:
     """(write-blocked, holds all 65,536 documents)."""
-    settings = await client.indices.get_settings(index=index)
+    settings = await client.get_settings(index)
     blocked = any(
         str(body.get("settings", {}).get("index", {}).get("blocks", {}).get("write")) == "true"
         for body in settings.values()
     )
-    count = (await client.count(index=index))["count"]
-    return blocked, count == NBS_DOCS
+    return blocked, await client.count(index) == NBS_DOCS
 
 
-async def ensure_nbs(client: AsyncElasticsearch, index: str, policy: BulkPolicy) -> None:
-    if await client.indices.exists(index=index):
+async def ensure_nbs(client: EngineClient, index: str, policy: BulkPolicy) -> None:
+    if await client.exists(index):
         # Built indices were refreshed before being blocked, so the count is final.
         blocked, complete = await _nbs_complete(client, index)
         if blocked and complete:
             return
         if blocked:  # an earlier build was cut short after blocking: unblock and finish it
-            await client.indices.put_settings(index=index, settings={"index.blocks.write": False})
+            await client.put_settings(index, {"index.blocks.write": False})
     else:
         await _create(client, index, mappings=NBS_MAPPING, settings=nbs_settings())
     log.info("building neighbours index %s (%d documents)", index, NBS_DOCS)
@@ -94,23 +85,23 @@ async def ensure_nbs(client: AsyncElasticsearch, index: str, policy: BulkPolicy)
         raise ElasticHashError(
             f"neighbours index {index}: {len(failed)} documents failed, first: {failed[0].error}"
         )
-    await client.indices.refresh(index=index)
-    await client.indices.put_settings(index=index, settings={"index.blocks.write": True})
+    await client.refresh([index])
+    await client.put_settings(index, {"index.blocks.write": True})
     log.info("neighbours index %s built and write-blocked", index)
 
 
 async def ensure_retrieval(
-    client: AsyncElasticsearch, names: Names, layout: Layout, dense_bit: bool
+    client: EngineClient, names: Names, layout: Layout, dense_bit: bool
 ) -> tuple[str, bool]:
     """Create the retrieval index behind its alias, or move its documents to a new versioned
     index when the mapping generated from the field table changed; return (the index behind
     the alias, whether it maps the bit vector)."""
-    if await client.indices.exists_alias(name=names.alias):
-        behind = list((await client.indices.get_alias(name=names.alias)).keys())
+    behind = await client.alias_targets(names.alias)
+    if behind:
         if len(behind) != 1:
             raise ElasticHashError(f"alias {names.alias} points at {behind}, expected one index")
         current = behind[0]
-        mapping = (await client.indices.get_mapping(index=current))[current]["mappings"]
+        mapping = (await client.get_mapping(current))[current]["mappings"]
         bits = has_dense_bit({current: {"mappings": mapping}})
         wanted = retrieval_mapping(bits)
         changed = mapping_changes(mapping, wanted)
@@ -121,7 +112,7 @@ async def ensure_retrieval(
                     current, ", ".join(changed), target)
         await reindex_behind_alias(client, names.alias, current, target, wanted, layout)
         return target, bits
-    if await client.indices.exists(index=names.alias):
+    if await client.exists(names.alias):
         raise ElasticHashError(
             f"{names.alias} is a concrete index, not an alias; reindex it into "
             f"{names.concrete} and put the alias {names.alias} in front of it"
@@ -133,12 +124,11 @@ async def ensure_retrieval(
         settings=retrieval_settings(layout.shards, layout.replicas, layout.refresh_interval),
         aliases={names.alias: {"is_write_index": True}},
     )
-    mapping = await client.indices.get_mapping(index=names.alias)
-    return names.concrete, has_dense_bit(dict(mapping))
+    return names.concrete, has_dense_bit(await client.get_mapping(names.alias))
 
 
 async def reindex_behind_alias(
-    client: AsyncElasticsearch,
+    client: EngineClient,
     alias: str,
     current: str,
     target: str,
@@ -148,32 +138,33 @@ async def reindex_behind_alias(
     """Copy ``current`` into a new ``target`` with ``mappings`` and swap the alias in one
     atomic action. ``current`` is write-blocked meanwhile (writes fail and are retried, none
     is lost) and kept afterwards for rollback; delete it once the new index serves."""
-    await client.indices.put_settings(index=current, settings={"index.blocks.write": True})
+    await client.put_settings(current, {"index.blocks.write": True})
+    # Reindex reads through a scroll: only refreshed documents would be copied.
+    await client.refresh([current])
     settings = retrieval_settings(layout.shards, layout.replicas, layout.refresh_interval)
     if not await _create(client, target, mappings=mappings, settings=settings):
         # Left write-blocked: the process that created the target swaps the alias when done.
         raise Unavailable(f"{target} exists: another process is reindexing {current} into it "
                           f"(or a reindex was cut short: delete {target} and start again)")
     try:
-        resp = await client.reindex(source={"index": current}, dest={"index": target},
-                                    wait_for_completion=True, refresh=True)
+        resp = await client.reindex(current, target)
         if resp.get("failures"):
             raise ElasticHashError(f"reindex {current} -> {target} failed: "
                                    f"{resp['failures'][:3]}")
-        await client.indices.update_aliases(actions=[
+        await client.update_aliases([
             {"remove": {"index": current, "alias": alias}},
             {"add": {"index": target, "alias": alias, "is_write_index": True}},
         ])
     except BaseException:
-        await client.indices.delete(index=target, ignore_unavailable=True)
-        await client.indices.put_settings(index=current, settings={"index.blocks.write": False})
+        await client.delete_index(target)
+        await client.put_settings(current, {"index.blocks.write": False})
         raise
     log.info("alias %s now on %s (%d documents); %s kept, write-blocked",
              alias, target, int(resp.get("total", 0)), current)
 
 
-async def ensure_failures(client: AsyncElasticsearch, names: Names, layout: Layout) -> None:
-    if not await client.indices.exists(index=names.failures):
+async def ensure_failures(client: EngineClient, names: Names, layout: Layout) -> None:
+    if not await client.exists(names.failures):
         await _create(
             client,
             names.failures,

@@ -1,19 +1,21 @@
 """Bulk writes with per-item outcomes: only failed items are retried, and every input id gets
 exactly one ``WriteResult`` so callers can ack exactly what was written.
+
+The actions, their NDJSON form, the chunking and the mapping of item answers to results are
+I/O-free; :func:`run_bulk` sends chunks through :meth:`EngineClient.bulk` and retries.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from elastic_transport import TransportError
-from elasticsearch import ApiError, AsyncElasticsearch
-from elasticsearch.helpers import async_streaming_bulk
-
 from elastichash.index.base import WriteResult
+from elastichash.index.es.client import EngineApiError, EngineClient, EngineUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,43 @@ class BulkPolicy:
     chunk_size: int = 500
     max_chunk_bytes: int = 16 * 1024 * 1024
 
+    def backoff(self, attempt: int) -> float:
+        return float(min(self.max_backoff_s, self.initial_backoff_s * 2**attempt))
+
+
+@dataclass(frozen=True)
+class Action:
+    """One bulk item. ``source`` may be pre-serialised JSON text (large generated bodies)."""
+
+    op: str  # index | delete
+    index: str
+    id: str
+    source: dict[str, Any] | str | None = None
+
+    def lines(self) -> str:
+        head = json.dumps({self.op: {"_index": self.index, "_id": self.id}})
+        if self.source is None:
+            return head + "\n"
+        body = self.source if isinstance(self.source, str) else json.dumps(
+            self.source, separators=(",", ":")
+        )
+        return head + "\n" + body + "\n"
+
+
+def chunks(actions: Iterable[Action], policy: BulkPolicy) -> Iterator[list[tuple[Action, str]]]:
+    """Actions with their NDJSON lines, cut by count and by bytes."""
+    chunk: list[tuple[Action, str]] = []
+    size = 0
+    for action in actions:
+        text = action.lines()
+        if chunk and (len(chunk) >= policy.chunk_size or size + len(text) > policy.max_chunk_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((action, text))
+        size += len(text)
+    if chunk:
+        yield chunk
+
 
 def _error_text(info: dict[str, Any]) -> str:
     err = info.get("error")
@@ -39,10 +78,11 @@ def _error_text(info: dict[str, Any]) -> str:
     return str(info.get("result") or f"status {info.get('status')}")
 
 
-def item_result(doc_id: str, ok: bool, info: dict[str, Any]) -> WriteResult:
-    if ok:
+def item_result(doc_id: str, info: dict[str, Any]) -> WriteResult:
+    """The result of one item of a bulk response (``info`` is the item's inner object)."""
+    status = int(info.get("status", 500))
+    if 200 <= status < 300:
         return WriteResult(id=doc_id, ok=True)
-    status = info.get("status")
     if status == 404 and info.get("result") == "not_found":
         return WriteResult(id=doc_id, ok=False, error="not_found")
     err = info.get("error")
@@ -52,51 +92,65 @@ def item_result(doc_id: str, ok: bool, info: dict[str, Any]) -> WriteResult:
     return WriteResult(id=doc_id, ok=False, error=_error_text(info), transient=transient)
 
 
-async def run_bulk(
-    client: AsyncElasticsearch,
-    actions: list[dict[str, Any]],
-    policy: BulkPolicy,
-    **bulk_params: Any,
-) -> dict[str, WriteResult]:
-    """Send ``actions`` (unique ``_id``s) and return one result per id.
+def unanswered(actions: Iterable[Action], why: str, transient: bool) -> dict[str, WriteResult]:
+    return {
+        a.id: WriteResult(id=a.id, ok=False, error=f"unavailable: {why}", transient=transient)
+        for a in actions
+    }
 
-    Items the cluster never answered for (connection lost, timeout) are transient failures.
+
+async def run_bulk(
+    client: EngineClient, actions: list[Action], policy: BulkPolicy
+) -> dict[str, WriteResult]:
+    """Send ``actions`` (unique ids) and return one result per id.
+
+    Items answered with a transient status are sent again, alone, up to ``max_retries``
+    times with capped exponential backoff; so is a whole request answered with one. Items
+    the engine never answered for (connection lost, timeout) are transient failures and are
+    not sent again: the caller decides (an indexer requeues them).
     """
     results: dict[str, WriteResult] = {}
-    try:
-        async for ok, item in async_streaming_bulk(
-            # The helper retries failed items itself. Transport-level retries would re-send a
-            # whole bulk after a timeout: harmless for index actions, but a delete that did
-            # happen would come back not_found. Unanswered items become transient failures.
-            client.options(max_retries=0, retry_on_timeout=False),
-            actions,
-            chunk_size=policy.chunk_size,
-            max_chunk_bytes=policy.max_chunk_bytes,
-            max_retries=policy.max_retries,
-            initial_backoff=policy.initial_backoff_s,
-            max_backoff=policy.max_backoff_s,
-            retry_on_status=TRANSIENT_STATUSES,
-            raise_on_error=False,
-            raise_on_exception=False,
-            yield_ok=True,
-            **bulk_params,
-        ):
-            (_op, info), = item.items()
-            doc_id = str(info.get("_id"))
-            results[doc_id] = item_result(doc_id, ok, info)
-    except (TransportError, ApiError) as exc:
-        # Connection lost or timed out (after the client's own retries): nothing more is known.
-        transient = not isinstance(exc, ApiError) or exc.status_code in TRANSIENT_STATUSES
-        log.warning("bulk aborted after %d of %d items: %s", len(results), len(actions), exc)
-        for action in actions:
-            doc_id = str(action["_id"])
-            if doc_id not in results:
-                results[doc_id] = WriteResult(
-                    id=doc_id, ok=False, error=f"unavailable: {exc}", transient=transient
-                )
+    todo = list(chunks(actions, policy))
+    for n, chunk in enumerate(todo):
+        pending = chunk
+        attempt = 0
+        while pending:
+            try:
+                resp = await client.bulk("".join(text for _, text in pending))
+            except EngineUnreachable as exc:
+                log.warning("bulk aborted after %d of %d items: %s",
+                            len(results), len(actions), exc)
+                rest = [a for a, _ in pending] + [a for c in todo[n + 1:] for a, _ in c]
+                results.update(unanswered(rest, str(exc), transient=True))
+                return _done(results, len(actions))
+            except EngineApiError as exc:
+                transient = exc.status in TRANSIENT_STATUSES
+                if transient and attempt < policy.max_retries:
+                    await asyncio.sleep(policy.backoff(attempt))
+                    attempt += 1
+                    continue
+                results.update(unanswered((a for a, _ in pending), str(exc), transient))
+                break
+            retry: list[tuple[Action, str]] = []
+            for (action, text), item in zip(pending, resp["items"], strict=True):
+                (_op, info), = item.items()
+                result = item_result(action.id, info)
+                status = int(info.get("status", 500))
+                if status in TRANSIENT_STATUSES and attempt < policy.max_retries:
+                    retry.append((action, text))
+                else:
+                    results[action.id] = result
+            pending = retry
+            if pending:
+                await asyncio.sleep(policy.backoff(attempt))
+                attempt += 1
+    return _done(results, len(actions))
+
+
+def _done(results: dict[str, WriteResult], total: int) -> dict[str, WriteResult]:
     failed = sum(not r.ok and r.error != "not_found" for r in results.values())
     if failed:
-        log.info("bulk: %d of %d items failed", failed, len(actions))
+        log.info("bulk: %d of %d items failed", failed, total)
     return results
 
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from elasticsearch import AsyncElasticsearch, NotFoundError
-
 from elastichash.errors import Unavailable
 from elastichash.index.base import Failure, WriteResult
-from elastichash.index.es.bulk import BulkPolicy, run_bulk
+from elastichash.index.es.bulk import Action, BulkPolicy, run_bulk
+from elastichash.index.es.client import EngineClient
 from elastichash.index.es.mapping import ID_FIELD
 
 
 class FailureStore:
-    def __init__(self, client: AsyncElasticsearch, index: str, policy: BulkPolicy) -> None:
+    def __init__(self, client: EngineClient, index: str, policy: BulkPolicy) -> None:
         self._client = client
         self._index = index
         self._policy = policy
@@ -21,18 +20,13 @@ class FailureStore:
     async def record(self, failures: Sequence[Failure]) -> None:
         latest = {f.id: f for f in failures}
         actions = [
-            {
-                "_op_type": "index",
-                "_index": self._index,
-                "_id": f.id,
-                "_source": {
-                    ID_FIELD: f.id,
-                    "reason": f.reason,
-                    "message": f.message,
-                    "source": f.source,
-                    "at": f.at,
-                },
-            }
+            Action("index", self._index, f.id, {
+                ID_FIELD: f.id,
+                "reason": f.reason,
+                "message": f.message,
+                "source": f.source,
+                "at": f.at,
+            })
             for f in latest.values()
         ]
         if not actions:
@@ -48,7 +42,7 @@ class FailureStore:
         retried (idempotently) and the stale record does not outlive it."""
         if not ids:
             return {}
-        actions = [{"_op_type": "delete", "_index": self._index, "_id": i} for i in ids]
+        actions = [Action("delete", self._index, i) for i in ids]
         results = await run_bulk(self._client, actions, self._policy)
         out: dict[str, WriteResult] = {}
         for doc_id, r in results.items():
@@ -62,19 +56,15 @@ class FailureStore:
         return out
 
     async def get(self, doc_id: str) -> Failure | None:
-        try:
-            resp = await self._client.get(index=self._index, id=doc_id)
-        except NotFoundError:
-            return None
-        return _failure(resp["_source"])
+        src = await self._client.get(self._index, doc_id)
+        return None if src is None else _failure(src)
 
     async def recent(self, limit: int = 50) -> list[Failure]:
-        resp = await self._client.search(
-            index=self._index,
-            query={"match_all": {}},
-            sort=[{"at": {"order": "desc"}}, {ID_FIELD: {"order": "asc"}}],
-            size=max(0, min(limit, 1000)),
-        )
+        resp = await self._client.search(self._index, {
+            "query": {"match_all": {}},
+            "sort": [{"at": {"order": "desc"}}, {ID_FIELD: {"order": "asc"}}],
+            "size": max(0, min(limit, 1000)),
+        })
         return [_failure(h["_source"]) for h in resp["hits"]["hits"]]
 
 

@@ -130,8 +130,16 @@ def parse_version(number: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
 
 
-def supports_dense_bit(version: tuple[int, int]) -> bool:
-    return version >= DENSE_BIT_MIN_VERSION
+# What an engine may offer beyond the common layout; a strategy names the feature it needs.
+BIT_VECTORS = "bit_vectors"  # dense_vector element_type bit + hamming() (Elasticsearch >= 8.15)
+
+
+def server_features(kind: str, version: tuple[int, int]) -> frozenset[str]:
+    """What the server supports, from its kind and version (the index may still lack it)."""
+    out = set()
+    if kind == "elasticsearch" and version >= DENSE_BIT_MIN_VERSION:
+        out.add(BIT_VECTORS)
+    return frozenset(out)
 
 
 def has_dense_bit(mapping_response: dict[str, Any]) -> bool:

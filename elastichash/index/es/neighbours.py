@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from elastichash.codes import SUBCODE_BITS, radius_masks
+from elastichash.index.es.bulk import Action
 
 NBS_FIELD = "nbs"
 NBS_DOCS = 1 << SUBCODE_BITS  # 65,536
@@ -40,15 +41,15 @@ def subcode_term(value: int) -> str:
     return str(int(value))
 
 
-def nbs_actions(index: str) -> Iterator[dict[str, Any]]:
+def nbs_actions(index: str) -> Iterator[Action]:
     """Bulk actions for all 65,536 neighbour documents, ``_source`` pre-serialised.
 
     The bodies are built as JSON text directly: 9 M small strings through ``json.dumps``
-    would dominate bootstrap time, and the bulk helper passes ``str`` bodies through.
+    would dominate bootstrap time.
     """
     names = [str(i) for i in range(NBS_DOCS)]
     masks = radius_masks().astype(np.int64)
     for value in range(NBS_DOCS):
         row = (value ^ masks).tolist()
         body = '{"' + NBS_FIELD + '":["' + '","'.join([names[v] for v in row]) + '"]}'
-        yield {"_op_type": "index", "_index": index, "_id": names[value], "_source": body}
+        yield Action("index", index, names[value], body)

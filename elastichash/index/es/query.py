@@ -21,7 +21,13 @@ from elastichash.codes import (
 )
 from elastichash.errors import InvalidInput
 from elastichash.index.base import CodeRecord, Document, Hit
-from elastichash.index.es.mapping import HIT_SOURCE_FIELDS, ID_FIELD, SUBCODE_FIELDS, WORD_FIELDS
+from elastichash.index.es.mapping import (
+    BIT_VECTORS,
+    HIT_SOURCE_FIELDS,
+    ID_FIELD,
+    SUBCODE_FIELDS,
+    WORD_FIELDS,
+)
 from elastichash.index.es.neighbours import NBS_FIELD, subcode_term
 from elastichash.index.es.script import (
     DENSE_BIT_FIELD,
@@ -132,6 +138,33 @@ def records_from_response(resp: dict[str, Any]) -> list[CodeRecord]:
         )
         for h in resp["hits"]["hits"]
     ]
+
+
+# What each strategy needs beyond the common layout (see mapping.server_features).
+STRATEGY_NEEDS: dict[str, str] = {"dense_bit": BIT_VECTORS}
+
+
+def strategy_request(
+    strategy: str, code: bytes, short: bytes, nbs_index: str, *,
+    k: int, offset: int, max_distance: int | None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(search body, query counting the documents scored); the count is needed only with
+    ``max_distance``, since otherwise the total already counts every scored document."""
+    if strategy == "two_stage":
+        body = two_stage_body(code, short, nbs_index, k=k, offset=offset,
+                              max_distance=max_distance)
+        count: dict[str, Any] = candidates_query(short, nbs_index)
+    elif strategy == "exact":
+        body, count = exact_body(code, k=k, offset=offset, max_distance=max_distance), MATCH_ALL
+    elif strategy == "dense_bit":
+        body = dense_bit_body(code, k=k, offset=offset, max_distance=max_distance)
+        count = MATCH_ALL
+    else:
+        raise ValueError(f"no request for strategy {strategy!r}")
+    return body, None if max_distance is None else count
+
+
+MATCH_ALL: dict[str, Any] = {"match_all": {}}
 
 
 def hits_from_response(resp: dict[str, Any]) -> tuple[list[Hit], int]:

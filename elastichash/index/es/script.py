@@ -18,7 +18,3 @@ HAMMING_SCRIPT_SOURCE = f"{LONG_BITS}" + "".join(
 # dense_bit strategy (Elasticsearch >= 8.15): native XOR-popcount over the bit vector.
 DENSE_BIT_FIELD = "code_bits"
 DENSE_BIT_SCRIPT_SOURCE = f"{LONG_BITS} - hamming(params.query_vector, '{DENSE_BIT_FIELD}')"
-
-
-def stored_script_body() -> dict[str, object]:
-    return {"script": {"lang": "painless", "source": HAMMING_SCRIPT_SOURCE}}

@@ -3,6 +3,7 @@
 
 import { getApiKey, setApiKey } from "./api.js";
 import { DuplicatesView } from "./duplicates.js";
+import { FilterChips } from "./filters.js";
 import { Gallery } from "./gallery.js";
 import { IngestPanel } from "./ingest.js";
 import { SearchController } from "./search.js";
@@ -31,8 +32,16 @@ function controls() {
   if (!Number.isFinite(k) || k < 1) k = 24;
   k = Math.min(k, 1000);
   const md = mdEl.value.trim() === "" ? null : Math.max(0, Math.min(256, Number.parseInt(mdEl.value, 10)));
-  return { k, maxDistance: Number.isFinite(md) ? md : null, strategy: $("strategy").value || null };
+  return {
+    k, maxDistance: Number.isFinite(md) ? md : null, strategy: $("strategy").value || null,
+    filter: chips.value(),
+  };
 }
+
+const chips = new FilterChips(
+  { form: $("filter-form"), field: $("filter-field"), value: $("filter-value"), list: $("filter-chips") },
+  () => { if (searchCtl && searchCtl.query) _run(searchCtl.query); },
+);
 
 let searchCtl = null;
 const similar = (item) =>

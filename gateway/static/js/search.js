@@ -42,15 +42,18 @@ export class SearchController {
     this.#status("Searching…");
     this.els.moreButton.hidden = true;
 
-    const { k, maxDistance, strategy } = this.controls();
+    const { k, maxDistance, strategy, filter } = this.controls();
     const opts = { k };
     if (maxDistance !== null) opts.max_distance = maxDistance;
     if (strategy) opts.strategy = strategy;
+    if (filter) opts.filter = filter;
     let body;
     if (query.kind === "file") {
       body = new FormData();
       body.append("file", query.value, query.value.name || "query");
-      for (const [key, v] of Object.entries(opts)) body.append(key, String(v));
+      for (const [key, v] of Object.entries(opts)) {
+        body.append(key, typeof v === "object" ? JSON.stringify(v) : String(v));
+      }
     } else {
       body = { [query.kind]: query.value, ...opts };
     }
@@ -116,6 +119,7 @@ export class SearchController {
       const base = { k: opts.k };
       if (opts.max_distance !== undefined) base.max_distance = opts.max_distance;
       if (opts.strategy) base.strategy = opts.strategy;
+      if (opts.filter) base.filter = opts.filter;
       if (query.kind === "id") this.pageBody = { id: query.value, ...base };
       else if (q.code) this.pageBody = { code: q.code, ...(q.short ? { short: q.short } : {}), ...base };
       else if (query.kind === "text") this.pageBody = { text: query.value, ...base };

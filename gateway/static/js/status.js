@@ -21,13 +21,18 @@ export class StatsView {
       const model = s.model || {};
       const name = model.name || "unknown model";
       const fp = model.sha256 ? ` (${String(model.sha256).slice(0, 8)})` : "";
+      // A figure the server could not get in time is null and named in `unavailable`.
+      const count = Number.isFinite(s.count) ? nf.format(s.count) : "?";
       const parts = [
-        `<strong>${nf.format(s.count ?? 0)}</strong> images indexed`,
+        `<strong>${count}</strong> images indexed`,
         `model ${esc(name)}${esc(fp)}`,
         `backend ${esc(s.backend || "?")}`,
       ];
       if (s.mode) parts.push(esc(s.mode));
       if (s.queued) parts.push(`${nf.format(s.queued)} queued`);
+      if (Array.isArray(s.unavailable) && s.unavailable.length) {
+        parts.push(`${esc(s.unavailable.join(", "))} unavailable now`);
+      }
       this.el.innerHTML = parts.join(" · ");
       this.el.dataset.state = "ok";
       this.onUpdate(this.count);
