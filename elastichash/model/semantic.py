@@ -17,7 +17,9 @@ The hashing head is ``(f - mu) @ P`` with ``P = V R``:
   subspace in which the network separates classes (the features' component outside it does
   not move any class score).
 - ``R``, an orthogonal rotation by iterative quantisation (ITQ, Gong & Lazebnik 2011) of the
-  classifier vectors projected on V, so that binarising loses little of that structure.
+  classifier vectors projected on V, so that binarising loses little of that structure;
+  block-diagonal, so that the first 64 bits (the short code) are the ITQ code of the 64
+  leading directions alone.
 
 Numbers that reach the file are rounded onto dyadic grids after a float64 computation, so
 last-bit differences between BLAS builds cannot change the bytes.
@@ -112,18 +114,26 @@ def head() -> tuple[F64, F64, tuple[int, ...]]:
 
 
 def _fit_head(m: efficientnet.Lite0) -> tuple[F64, F64, tuple[int, ...]]:
-    from elastichash.model.bitselect import select_short_bits
+    from elastichash.model.bitselect import bit_stats, partition
 
     w = m.fc_weight.astype(np.float64)
     wc = w - w.mean(axis=0)
     _, _, vt = np.linalg.svd(wc, full_matrices=False)
     v = _fix_signs(vt[: codes.LONG_BITS].T)
-    rot = itq(wc @ v, ITQ_ITERATIONS, SEED)
+    # Block-diagonal ITQ: bits 0..63 are the ITQ code of the 64 leading principal directions
+    # (the short code: the most class-separating subspace, as a 64-bit PCA-ITQ code), bits
+    # 64..255 that of the next 192 (what the long code adds).
+    rot = np.zeros((codes.LONG_BITS, codes.LONG_BITS))
+    s = codes.SHORT_BITS
+    rot[:s, :s] = itq(wc @ v[:, :s], ITQ_ITERATIONS, SEED)
+    rot[s:, s:] = itq(wc @ v[:, s:], ITQ_ITERATIONS, SEED)
     proj = _quantise(v @ rot)
     centre = _quantise(feature_centre(m))
-    # The short bits are chosen on the codes of the class directions: balanced and weakly
-    # correlated over the 1000 ImageNet classes.
-    short_bits = select_short_bits(codes.binarize(wc @ proj))
+    # The four 16-bit groups of the short code: its bits split so that bits correlated over
+    # the 1000 class directions land in different groups.
+    _, corr = bit_stats(codes.binarize(wc @ proj))
+    groups = partition(list(range(s)), corr)
+    short_bits = tuple(int(p) for g in groups for p in sorted(g))
     return centre, proj, short_bits
 
 
