@@ -221,8 +221,8 @@ class _Graph:
                     kernel_shape=[k, k], strides=[stride, stride], group=groups,
                     pads=[before, before, after, after])
         if relu6:
-            y = self.op("Clip", [y, self.const(np.float32(0.0), "lo"),
-                                 self.const(np.float32(6.0), "hi")])
+            y = self.op("Clip", [y, self.const(np.array(0.0, np.float32), "lo"),
+                                 self.const(np.array(6.0, np.float32), "hi")])
         return y, -(-size // stride)
 
 

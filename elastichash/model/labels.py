@@ -148,9 +148,9 @@ def vocabulary(path: Path = DATA_DIR / WORDNET_FILE) -> Vocabulary:
     lemmas: dict[str, list[str]] = {}
     parents: dict[str, list[str]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
-        wnid, words, ups = ([*line.split("\t"), "", ""])[:3]
-        lemmas[wnid] = [normalise(w) for w in words.split(",") if w]
-        parents[wnid] = ups.split()
+        wnid, lemma_text, parent_text = ([*line.split("\t"), "", ""])[:3]
+        lemmas[wnid] = [normalise(w) for w in lemma_text.split(",") if w]
+        parents[wnid] = parent_text.split()
     children: dict[str, list[str]] = {}
     for wnid, ups in parents.items():
         for up in ups:
@@ -169,8 +169,8 @@ def vocabulary(path: Path = DATA_DIR / WORDNET_FILE) -> Vocabulary:
     names = _read_names(DATA_DIR / "imagenet-1k.txt")
     for wnid, name in zip(names.ids, names.names, strict=True):  # the short English names too
         classes_of.setdefault(normalise(name), set()).add(wnid)
-    for wnid, words in lemmas.items():
-        for w in words:
+    for wnid, lemma_list in lemmas.items():
+        for w in lemma_list:
             classes_of.setdefault(w, set()).update(leaves(wnid))
     return Vocabulary({w: frozenset(c & _classes()) for w, c in classes_of.items()})
 
