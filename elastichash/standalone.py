@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from elastichash.errors import ImageError, InsufficientStorage, Unavailable
+from elastichash.errors import ElasticHashError, ImageError, InsufficientStorage, Unavailable
 from elastichash.index.base import Document, Failure, Index
 from elastichash.index.incoming import DuplicatePolicy, screen
 from elastichash.model.encoder import Encoder
-from elastichash.model.preprocess import THUMBNAIL_SIZE
+from elastichash.model.preprocess import THUMBNAIL_SIZE, make_thumbnail
 from elastichash.pipeline import IngestItem, QueryCode, ingest_record
 from elastichash.settings import MAX_PIXELS
 
@@ -89,8 +89,10 @@ class LocalPipeline:
         spool_max_bytes: int = 4 * 1024**3,
         spool_min_free_bytes: int = 256 * 1024**2,
         duplicates: DuplicatePolicy | None = None,
+        preview_px: int = 0,
     ) -> None:
         self._encoder = encoder
+        self._preview_px = preview_px
         self._duplicates = duplicates or DuplicatePolicy()
         self._index = index
         self._spool = spool_dir
@@ -409,6 +411,8 @@ class LocalPipeline:
                     failures.append(Failure(wr.id, "index_error", wr.error or "write failed",
                                             sp.item.source, now))
                     done.append(sp)
+            await self._store_previews([sp for sp, wr in zip(doc_sps, written, strict=True)
+                                        if wr.ok])
         if failures or skipped:
             await self._index.record_failures(failures + skipped)
             self.counts["failed"] += len(failures)
@@ -419,6 +423,32 @@ class LocalPipeline:
             self._done_id(sp.item.id)
         if retry:
             await self._retry_later(retry, "transient index write failure")
+
+    async def _store_previews(self, written: list[_Spooled]) -> None:
+        """A JPEG sized for the page's large view (``preview_px`` on the long side) of each
+        image larger than its thumbnail. A second decode, at that size (JPEG draft), within
+        the encoder's memory budget; a preview that cannot be made costs only itself."""
+        put = getattr(self._index, "put_previews", None)
+        if not self._preview_px or put is None:
+            return
+        size, limit, budget = self._preview_px, self._max_pixels, self._encoder.budget
+
+        def make() -> list[tuple[str, bytes]]:
+            out = []
+            for sp in written:
+                meta = sp.item.metadata
+                if max(meta.get("width", size), meta.get("height", size)) <= THUMBNAIL_SIZE:
+                    continue  # the thumbnail is the whole image already
+                try:
+                    out.append((sp.item.id, make_thumbnail(sp.item.data, size, limit, budget)))
+                except ElasticHashError as exc:
+                    log.info("no preview for %s: %s", sp.item.id, exc.message)
+            return out
+
+        try:
+            await put(await asyncio.to_thread(make))
+        except Exception:
+            log.exception("storing %d previews failed; the thumbnails stand in", len(written))
 
     @staticmethod
     def _unspool(done: list[_Spooled]) -> None:

@@ -145,6 +145,7 @@ def create_app(
     app.router.add_get("/v1/images/{id}", ingest.get_image)
     app.router.add_delete("/v1/images/{id}", ingest.delete_image)
     app.router.add_get("/v1/images/{id}/thumbnail", ingest.get_thumbnail)
+    app.router.add_get("/v1/images/{id}/preview", ingest.get_preview)
     app.router.add_get("/v1/failures", ingest.get_failures)
     app.router.add_post("/v1/search", search.post_search)
     app.router.add_get("/v1/duplicates", search.get_duplicates)

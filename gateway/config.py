@@ -88,3 +88,6 @@ class GatewaySettings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     # Standalone mode only (distributed mode's backlog lives in the broker).
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    # Standalone mode: a preview of this many pixels on the long side is stored for the page's
+    # large view (0: none; the view then shows the 256-pixel thumbnail).
+    preview_px: int = 1280

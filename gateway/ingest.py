@@ -343,6 +343,24 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
     raise NotFound(f"image {image_id} has no thumbnail")
 
 
+async def get_preview(request: web.Request) -> web.StreamResponse:
+    """The large-view JPEG where one is stored (standalone), else the thumbnail's address."""
+    image_id = check_id(request.match_info["id"])
+    index = request.app[COMPONENTS].index
+    getter = getattr(index, "get_preview", None)
+    data = await getter(image_id) if getter is not None else None
+    if data is None:
+        doc = await index.get(image_id)
+        if doc is None:
+            raise NotFound(f"no image with id {image_id}")
+        raise web.HTTPFound(thumbnail_url(image_id, doc.thumbnail_url))
+    etag = f'"{content_id(data)}"'
+    headers = {"Cache-Control": "no-cache", "ETag": etag}
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, content_type="image/jpeg", headers=headers)
+
+
 async def get_failures(request: web.Request) -> web.Response:
     try:
         limit = int(request.query.get("limit", "50"))

@@ -43,7 +43,7 @@ def standalone_factory(data: Path) -> Callable[[GatewaySettings], Any]:
     @asynccontextmanager
     async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
         async with open_local(cfg.model, cfg.limits, cfg.index, data / "spool",
-                              cfg.spool) as local:
+                              cfg.spool, cfg.preview_px) as local:
             yield Components(local.pipeline, local.index, "embedded")
 
     return components

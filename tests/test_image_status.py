@@ -140,3 +140,36 @@ async def test_stats_and_candidates_count_what_a_user_can_act_on(client: TestCli
     assert index["memory_bytes_per_image"] == 57
     assert 0 < index["memory_fixed_bytes"] < index["memory_bytes"]
     assert "memory_bytes_per_code" not in index
+
+
+async def test_a_preview_sized_for_the_large_view_is_stored_and_served(
+        client: TestClient) -> None:
+    import io
+
+    from PIL import Image
+
+    big, small = make_image(31, size=(2000, 1500)), make_image(32)
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("big.jpg", big, "image/jpeg")], id="big"))
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("small.jpg", small, "image/jpeg")], id="small"))
+    await wait_indexed(client, ["big", "small"])
+    preview = await client.get("/v1/images/big/preview")
+    assert preview.status == 200
+    assert preview.headers["Content-Type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(await preview.read())).size == (1280, 960)
+    # No preview of an image no larger than its thumbnail: the thumbnail stands in.
+    resp = await client.get("/v1/images/small/preview", allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == "/v1/images/small/thumbnail"
+    # Replaced by a small image, the id has no stale preview; deleted, it has none at all.
+    await client.post("/v1/images", data=form_with_files(
+        [("now-small.jpg", make_image(33), "image/jpeg")], id="big"))
+
+    async def replaced() -> bool:
+        resp = await client.get("/v1/images/big/preview", allow_redirects=False)
+        return resp.status == 302
+
+    await wait_for(replaced, 60, "the stale preview to go")
+    assert (await client.delete("/v1/images/big")).status == 204
+    assert (await client.get("/v1/images/big/preview")).status == 404

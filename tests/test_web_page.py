@@ -384,6 +384,10 @@ def test_results_are_browsed_with_the_keyboard(page: Page, seeded: dict[str, Any
     viewer = page.locator("#viewer")
     expect(viewer).to_be_visible()
     expect(viewer).to_have_attribute("data-id", ids[1])
+    # The large view loads the preview sized for it, not the 256-pixel thumbnail.
+    expect(page.locator("#viewer-image")).to_have_attribute(
+        "src", re.compile(rf"/v1/images/{re.escape(ids[1])}/preview$"))
+    _poll(page, "document.querySelector('#viewer-image').naturalWidth > 0", within_s=10)
     page.keyboard.press("ArrowRight")
     expect(viewer).to_have_attribute("data-id", ids[2])
     page.keyboard.press("Escape")
@@ -562,3 +566,44 @@ def test_filter_chips_search_within_an_album(
     page.locator("#filter-chips .chip-remove").click()
     expect(page.locator("#filter-chips .chip")).to_have_count(0)
     expect(tiles).not_to_have_count(2)
+
+
+def test_one_progress_bar_counts_the_run_and_clear_waits_until_nothing_runs(
+        page: Page, tmp_path: Path) -> None:
+    paths = []
+    for seed in range(60, 72):
+        path = tmp_path / f"run-{seed}.jpg"
+        path.write_bytes(make_image(seed))
+        paths.append(path)
+    # Record, from inside the page, whether "Clear finished" ever showed while a row was busy.
+    page.evaluate("""() => {
+        window.clearShownWhileBusy = false;
+        const rows = '#ingest-list .upload';
+        const check = () => {
+            const busy = document.querySelector([`${rows}[data-status="waiting"]`,
+                `${rows}[data-status="uploading"]`, `${rows}[data-status="queued"]`].join());
+            const shown = !document.querySelector('#ingest-clear').hidden;
+            if (busy && shown) window.clearShownWhileBusy = true;
+        };
+        new MutationObserver(check).observe(document.body,
+            { subtree: true, attributes: true, childList: true });
+    }""")
+    page.set_input_files("#ingest-files", [str(p) for p in paths])
+    expect(page.locator("#ingest-overall")).to_be_visible()
+    expect(page.locator("#ingest-overall")).to_have_attribute("data-total", str(len(paths)))
+    for path in paths:
+        expect(page.locator(f'.upload[data-filename="{path.name}"]')).to_have_attribute(
+            "data-status", "indexed", timeout=INDEXED_S * 1000)
+    expect(page.locator("#ingest-overall")).to_have_attribute("data-done", str(len(paths)))
+    expect(page.locator("#ingest-counts")).to_contain_text(f"{len(paths)} of {len(paths)} done")
+    expect(page.locator("#ingest-counts")).to_contain_text("images/s")
+    assert page.evaluate("document.querySelector('#ingest-progress').value") == len(paths)
+    assert page.evaluate("window.clearShownWhileBusy") is False
+    expect(page.locator("#ingest-clear")).to_be_visible()
+    # The header count is fresh: it matches the server's once the run settled.
+    count = json.loads(_get(f"{page.url.split('#')[0].rstrip('/')}/v1/stats")[1])["count"]
+    expect(page.locator("#stats strong")).to_have_text(f"{count:,}")
+    expect(page.locator("#empty-index")).to_be_hidden()
+    page.locator("#ingest-clear").click()
+    expect(page.locator("#ingest-list .upload")).to_have_count(0)
+    expect(page.locator("#ingest-overall")).to_be_hidden()

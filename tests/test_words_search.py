@@ -161,10 +161,10 @@ async def test_a_store_from_before_the_label_table_gets_it_filled_on_open(tmp_pa
     await idx.open()
     await idx.upsert([_doc(1, [(ELEPHANT, 0.9)], 0x00), _doc(2, [], 0x01)])
     await idx.close()
-    conn = sqlite3.connect(tmp_path / "index" / DB_NAME)  # back to schema 2: no label table
+    conn = sqlite3.connect(tmp_path / "index" / DB_NAME)  # back to schema 3: no label table
     conn.execute("DROP TABLE labels")
-    conn.execute("DELETE FROM schema_migrations WHERE version = 3")
-    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 4")
+    conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
     conn.commit()
     conn.close()
     idx = EmbeddedIndex(tmp_path / "index")

@@ -67,7 +67,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     @asynccontextmanager
     async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
-        async with open_local(cfg.model, cfg.limits, cfg.index, spool, cfg.spool) as local:
+        async with open_local(cfg.model, cfg.limits, cfg.index, spool, cfg.spool,
+                              cfg.preview_px) as local:
             task = None
             if args.images is not None:
 

@@ -123,8 +123,8 @@ async def bind(index: Any, model: ModelSettings, encoder: Any) -> None:
 
 @asynccontextmanager
 async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: IndexSettings,
-                     spool: Path | None, spool_cfg: SpoolSettings | None = None
-                     ) -> AsyncIterator[Local]:
+                     spool: Path | None, spool_cfg: SpoolSettings | None = None,
+                     preview_px: int = 0) -> AsyncIterator[Local]:
     """Encoder + embedded index + in-process pipeline, opened and closed together."""
     from elastichash.index.factory import make_index
     from elastichash.model.encoder import Encoder
@@ -140,7 +140,8 @@ async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: Index
                                  duplicates=index_cfg.duplicate_screen(),
                                  max_pixels=limits.max_pixels,
                                  spool_max_bytes=spool_cfg.max_bytes,
-                                 spool_min_free_bytes=spool_cfg.min_free_bytes)
+                                 spool_min_free_bytes=spool_cfg.min_free_bytes,
+                                 preview_px=preview_px)
         await pipeline.start()
         try:
             yield Local(pipeline, index)

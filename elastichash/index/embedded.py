@@ -277,6 +277,14 @@ class EmbeddedIndex:
     async def get(self, doc_id: str) -> Document | None:
         return await self._run(self._readers, lambda: self._store.get(doc_id))
 
+    async def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
+        """Large-view JPEGs (standalone mode stores them beside the thumbnails)."""
+        if previews:
+            await self._run(self._writer, lambda: self._store.put_previews(previews))
+
+    async def get_preview(self, doc_id: str) -> bytes | None:
+        return await self._run(self._readers, lambda: self._store.get_preview(doc_id))
+
     async def get_failure(self, doc_id: str) -> Failure | None:
         return await self._run(self._readers, lambda: self._store.get_failure(doc_id))
 

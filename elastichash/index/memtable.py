@@ -65,6 +65,19 @@ class Candidates:
     scanned: int  # codes whose full distance was computed
 
 
+def _ranked(
+    pos: npt.NDArray[Any], d: npt.NDArray[np.int32], need: int, max_distance: int | None,
+    scanned: int,
+) -> Candidates:
+    """Candidates within ``max_distance``: the ``need`` nearest and their boundary ties."""
+    if max_distance is not None:
+        within = d <= max_distance
+        pos, d = pos[within], d[within]
+    total = int(pos.size)
+    pos, d = kernels.cut(pos, d, need)
+    return Candidates(pos.astype(np.int64), d, total, scanned)
+
+
 def _grow(arr: A, need: int) -> A:
     if arr.shape[0] >= need:
         return arr
@@ -201,13 +214,7 @@ class CodeTable:
         if mask is not None:
             pos = pos[mask[pos]]
         d = kernels.distances_at(code, s.codes, pos)
-        scanned = int(pos.size)
-        if max_distance is not None:
-            within = d <= max_distance
-            pos, d = pos[within], d[within]
-        total = int(pos.size)
-        pos, d = kernels.cut(pos, d, need)
-        return Candidates(pos.astype(np.int64), d, total, scanned)
+        return _ranked(pos, d, need, max_distance, int(pos.size))
 
     @staticmethod
     def exact(s: Snapshot, code: U8, need: int, max_distance: int | None) -> Candidates:
@@ -274,15 +281,8 @@ class CodeTable:
         keep = mask[:n] & s.alive[:n]
         sel = np.flatnonzero(keep)
         if sel.size * SELECTIVE <= n:
-            d = kernels.distances_at(code, s.codes, sel)
-            scanned = int(sel.size)
-        else:
-            d_all = kernels.distances(code, s.codes[:n])
-            d = d_all[sel]
-            scanned = int(sel.size)
-        if max_distance is not None:
-            within = d <= max_distance
-            sel, d = sel[within], d[within]
-        total = int(sel.size)
-        pos, d = kernels.cut(sel, d, need)
-        return Candidates(pos.astype(np.int64), d, total, scanned)
+            return _ranked(sel, kernels.distances_at(code, s.codes, sel), need, max_distance,
+                           int(sel.size))
+        d_all = kernels.distances(code, s.codes[:n])
+        # Every slot was scored, but only the rows that pass are this query's candidates.
+        return _ranked(sel, d_all[sel], need, max_distance, int(sel.size))

@@ -66,7 +66,12 @@ def _v2_migration_log(conn: sqlite3.Connection) -> None:
     )
 
 
-def _v3_labels(conn: sqlite3.Connection) -> None:
+def _v3_previews(conn: sqlite3.Connection) -> None:
+    # Large-view previews (1280 px), kept apart from thumbnails like them.
+    conn.execute("CREATE TABLE IF NOT EXISTS previews (id TEXT PRIMARY KEY, data BLOB NOT NULL)")
+
+
+def _v4_labels(conn: sqlite3.Connection) -> None:
     # The model's top classes per document (metadata "labels"), for search by words; rows of
     # replaced or deleted documents are removed with them. Filled from what is stored.
     conn.execute("CREATE TABLE labels (row INTEGER NOT NULL, label TEXT NOT NULL,"
@@ -84,7 +89,8 @@ def _v3_labels(conn: sqlite3.Connection) -> None:
 # Ordered: MIGRATIONS[i] takes a database from schema i + 1 to i + 2. Append, never edit.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("migration log", _v2_migration_log),
-    ("labels table", _v3_labels),
+    ("previews table", _v3_previews),
+    ("labels table", _v4_labels),
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -327,6 +333,9 @@ class Store:
                 conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}", (json.dumps(stale),))
             if conn.execute("SELECT EXISTS(SELECT 1 FROM failures)").fetchone()[0]:
                 conn.execute(f"DELETE FROM failures WHERE id IN {_IN_JSON}", (json.dumps(ids),))
+            if old_ids:  # a replaced image's preview is stale until its new one is put
+                conn.execute(f"DELETE FROM previews WHERE id IN {_IN_JSON}",
+                             (json.dumps(sorted(old_ids)),))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -350,6 +359,7 @@ class Store:
             if found:
                 conn.execute(f"DELETE FROM labels WHERE row IN {_IN_JSON}",
                              (json.dumps(list(found.values())),))
+            conn.execute(f"DELETE FROM previews WHERE id IN {_IN_JSON}", payload)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -405,6 +415,23 @@ class Store:
             thumb = bytes(t[0]) if t else None
         fields = {f.name: _from_column(f, v) for f, v in zip(COLUMNS, r[4:], strict=True)}
         return Document(id=r[0], code=bytes(r[1]), short=bytes(r[2]), thumbnail=thumb, **fields)
+
+    def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
+        """Store large-view JPEGs of documents that exist (others are skipped)."""
+        conn = self.writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO previews(id, data) SELECT ?, ? "
+                             "WHERE EXISTS(SELECT 1 FROM docs WHERE id = ?)",
+                             [(i, d, i) for i, d in previews])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def get_preview(self, doc_id: str) -> bytes | None:
+        r = self.reader().execute("SELECT data FROM previews WHERE id = ?", (doc_id,)).fetchone()
+        return bytes(r[0]) if r else None
 
     def ids_for(self, rows: Sequence[int]) -> dict[int, str]:
         cur = self.reader().execute(

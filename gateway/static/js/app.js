@@ -178,11 +178,16 @@ document.addEventListener("paste", (ev) => {
 
 // --- ingest ------------------------------------------------------------------------------
 const ingest = new IngestPanel(
-  { list: $("ingest-list"), summary: $("ingest-summary"), clear: $("ingest-clear") },
+  {
+    list: $("ingest-list"), summary: $("ingest-summary"), clear: $("ingest-clear"),
+    overall: $("ingest-overall"), progress: $("ingest-progress"), counts: $("ingest-counts"),
+  },
   {
     onSimilar: (item) => similar(item),
     onFailure: () => failures.refresh(),
     onSettled: () => stats.refresh(),
+    // Fresh header counts (and empty-state text) while images are being indexed.
+    onProgress: () => stats.refreshSoon(),
   },
 );
 $("ingest-files").addEventListener("change", (ev) => {

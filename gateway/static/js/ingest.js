@@ -21,11 +21,13 @@ const STATUS_TEXT = {
 const SETTLED = ["indexed", "failed", "refused", "skipped"];
 
 export class IngestPanel {
-  constructor(els, { onSimilar, onFailure, onSettled }) {
+  constructor(els, { onSimilar, onFailure, onSettled, onProgress = () => {} }) {
     this.els = els;
     this.onSimilar = onSimilar;
     this.onFailure = onFailure;
     this.onSettled = onSettled;
+    this.onProgress = onProgress;
+    this.run = null; // the current run: { start, total, doneAtStart } while anything is busy
     this.entries = [];
     this.pending = [];
     this.active = 0;
@@ -188,6 +190,7 @@ export class IngestPanel {
   }
 
   #done() {
+    this.onProgress();
     this.#summary();
     if (this.entries.every((e) => SETTLED.includes(e.status))) this.onSettled();
   }
@@ -253,6 +256,33 @@ export class IngestPanel {
     if (c.uploading + c.waiting) parts.push(`${c.uploading + c.waiting} uploading`);
     if (c.queued) parts.push(`${c.queued} being indexed`);
     this.els.summary.textContent = parts.length ? `${parts.join(", ")}.` : "";
-    this.els.clear.hidden = this.entries.length === busy;
+    // Clearing is offered only when nothing runs: rows must not vanish mid-run.
+    this.els.clear.hidden = busy > 0 || this.entries.length === 0;
+    this.#overall(busy);
+  }
+
+  /** One progress bar over the current run: settled of all, with the rate since it began. */
+  #overall(busy) {
+    const { overall, progress, counts } = this.els;
+    if (!overall) return;
+    const settled = this.entries.length - busy;
+    if (busy > 0 && this.run === null) {
+      this.run = { start: performance.now(), doneAtStart: settled };
+    }
+    if (this.run === null) {
+      overall.hidden = true;
+      return;
+    }
+    const total = this.entries.length - this.run.doneAtStart;
+    const done = settled - this.run.doneAtStart;
+    const seconds = (performance.now() - this.run.start) / 1000;
+    const rate = seconds > 0.5 ? ` · ${(done / seconds).toFixed(1)} images/s` : "";
+    overall.hidden = false;
+    progress.max = Math.max(1, total);
+    progress.value = done;
+    overall.dataset.done = String(done);
+    overall.dataset.total = String(total);
+    counts.textContent = `${done} of ${total} done${rate}`;
+    if (busy === 0) this.run = null; // the bar keeps the finished run's figures until the next
   }
 }

@@ -11,6 +11,7 @@ export class StatsView {
     this.count = null;
     this.strategy = null;
     this.timer = null;
+    this.soon = 0;
   }
 
   async refresh() {
@@ -40,6 +41,15 @@ export class StatsView {
       this.el.textContent = `Index statistics unavailable: ${describeError(err)}`;
       this.el.dataset.state = "error";
     }
+  }
+
+  /** Refresh within `ms`, at most once per `ms` however often it is asked (ingest progress). */
+  refreshSoon(ms = 1000) {
+    if (this.soon) return;
+    this.soon = window.setTimeout(() => {
+      this.soon = 0;
+      this.refresh();
+    }, ms);
   }
 
   /** Refresh now and then every `ms` while the page is visible. */

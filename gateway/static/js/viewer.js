@@ -61,7 +61,9 @@ export class Viewer {
     if (!item) return;
     this.index = index;
     this.dialog.dataset.id = item.id;
-    this.img.src = apiUrl(item.thumbnail_url || `/v1/images/${encodeURIComponent(item.id)}/thumbnail`);
+    // The stored preview sized for this view; the server redirects to the thumbnail where
+    // there is none (distributed mode, small images, imported codes).
+    this.img.src = apiUrl(`/v1/images/${encodeURIComponent(item.id)}/preview`);
     this.img.alt = `Result ${index + 1}: ${labelOf(item)}`;
     this.title.textContent = `${index + 1}. ${labelOf(item)}`;
     const rows = [
