@@ -51,6 +51,7 @@ class AmqpPipeline:
         self._publisher: amqp.Publisher | None = None
         self._rpc: amqp.Publisher | None = None
         self._stats: AbstractChannel | None = None  # queue depths, apart from publishing
+        self._depth_tasks: dict[tuple[str, ...], asyncio.Task[int]] = {}
         self._reply_queue = f"{settings.prefix}.reply.{uuid.uuid4().hex[:12]}"
         self._pending: dict[str, asyncio.Future[QueryCode]] = {}
         self._spec: ModelSpec | None = None
@@ -111,18 +112,30 @@ class AmqpPipeline:
         return await self._queue_depth(amqp.RK_INGEST)
 
     async def _queue_depth(self, *routing_keys: str) -> int | None:
-        channel = self._stats
-        if channel is None or not amqp.is_up(self._connection, channel):
+        if not amqp.is_up(self._connection):
             return None
-        try:
-            async with asyncio.timeout(BACKLOG_TIMEOUT_S):
-                counts = [
-                    await amqp.message_count(channel, self.topo.queue(rk)) for rk in routing_keys
-                ]
-        except Exception as exc:  # stats must not fail because the broker is restarting
+        # The count runs as a task of its own that is never cancelled: aiormq closes a
+        # channel whose call is cancelled mid-flight, so a caller's timeout must not reach it.
+        # A slow count is simply not waited for; the next caller picks up its result.
+        task = self._depth_tasks.get(routing_keys)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._count(routing_keys))
+            self._depth_tasks[routing_keys] = task
+        done, _ = await asyncio.wait({task}, timeout=BACKLOG_TIMEOUT_S)
+        if not done:
+            return None
+        exc = task.exception()
+        if exc is not None:  # stats must not fail because the broker is restarting
             log.debug("queue depth unavailable: %r", exc)
             return None
-        return sum(counts)
+        return task.result()
+
+    async def _count(self, routing_keys: tuple[str, ...]) -> int:
+        assert self._connection is not None
+        if self._stats is None or self._stats.is_closed:
+            self._stats = await self._connection.channel()
+        channel = self._stats
+        return sum([await amqp.message_count(channel, self.topo.queue(rk)) for rk in routing_keys])
 
     async def ready(self) -> bool:
         """The connection is up now and both publishing channels are open: false within a

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 from elastichash.errors import InvalidInput, Unavailable
+from elastichash.index import filters
 from elastichash.index.base import (
     SCAN_BATCH,
     STRATEGIES,
@@ -212,7 +213,7 @@ class EngineIndex:
         server = f"{_NAMES[self.kind]} {self.version[0]}.{self.version[1]}"
         why = (("dense_bit", f"needs Elasticsearch >= 8.15 and an index created with it "
                              f"(server: {server})"),)
-        return Capabilities(served, self.strategy, why_not=why)
+        return Capabilities(served, self.strategy, filter=True, why_not=why)
 
     async def scan(
         self, *, batch: int = SCAN_BATCH, after: str | None = None
@@ -235,12 +236,14 @@ class EngineIndex:
         strategy = (await self.capabilities()).check(query)
         code, short = query.codes()
         k, offset, max_distance = query.k, query.offset, query.max_distance
+        clauses = filters.parse(query.filter) if query.filter is not None else None
         if strategy == "auto":
             # A count per query would double the requests; ES serves large collections, and
             # two_stage there is what ElasticHash designed the index for.
             strategy = "two_stage"
         body, count_query = q.strategy_request(
-            strategy, code, short, self.names.nbs, k=k, offset=offset, max_distance=max_distance
+            strategy, code, short, self.names.nbs, k=k, offset=offset,
+            max_distance=max_distance, clauses=clauses,
         )
         started = time.perf_counter()
         with _outage_is_unavailable("search"):
