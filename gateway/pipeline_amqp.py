@@ -17,11 +17,10 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from elastichash import amqp, codes
+from elastichash import amqp
 from elastichash.errors import (
     ElasticHashError,
     ImageError,
-    InvalidInput,
     PartlyAccepted,
     Unavailable,
 )
@@ -231,24 +230,15 @@ class AmqpPipeline:
 
     def _load_spec(self) -> ModelSpec:
         from elastichash.model.contract import load_spec
+        from elastichash.model.registry import resolve_settings
 
-        path = self.model_settings.path
-        if path is None:
-            from elastichash.model.default import ensure_default_model
-
-            path = ensure_default_model(None)
-        return load_spec(path)
+        return load_spec(resolve_settings(self.model_settings))
 
     def short_of(self, code: bytes) -> bytes:
         spec = self._spec
         if spec is None:
             raise Unavailable("model metadata not loaded yet")
-        if spec.short_bits is None:
-            raise InvalidInput(
-                "this model computes its short code itself: give 'short' with the code",
-                field="short",
-            )
-        return bytes(codes.select_bits(code, list(spec.short_bits)).tobytes())
+        return spec.short_of(code)
 
     def model_info(self) -> dict[str, Any]:
         return {} if self._spec is None else self._spec.info()
