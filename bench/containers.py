@@ -36,7 +36,7 @@ from bench.ingest import free_port, load_images, post, wait_http  # noqa: E402
 from elastichash.ids import content_id  # noqa: E402
 
 SCRIPT = str(ROOT / "scripts/containers.sh")
-ENV = {"EH_STACK_PROJECT": "ehbench", "EH_HTTP_PORT": "24280", "ES_PORT": "24292",
+ENV = {"EH_STACK_PROJECT": "ehbench", "EH_HTTP_PORT": "24280", "OPENSEARCH_PORT": "24292",
        "RABBITMQ_UI_PORT": "24772"}  # fmt: skip
 
 
@@ -127,7 +127,7 @@ def main() -> int:
         url = up.stdout.strip().splitlines()[-1]
         in_containers = asyncio.run(ingest(url, images))
         with tempfile.TemporaryDirectory() as tmp:
-            es_url = f"http://127.0.0.1:{ENV['ES_PORT']}"
+            es_url = f"http://127.0.0.1:{ENV['OPENSEARCH_PORT']}"
             bare = processes(images, es_url, args.amqp, Path(tmp))
     finally:
         subprocess.run([SCRIPT, "down"], env=env, check=False)

@@ -156,7 +156,8 @@ images() {
     && ! timeout 60 podman pull -q "docker.io/$CUDA_IMAGE" >/dev/null 2>&1; then
     log "gpu image NOT built: its base $CUDA_IMAGE cannot be pulled here (no registry)." \
       "On a machine with registry access: docker build -f deploy/Dockerfile --target gpu ."
-  elif ! build "$eng" -f deploy/Dockerfile --target gpu -t "$EH_IMAGE-gpu:$EH_IMAGE_TAG"; then
+  elif ! build "$eng" -f deploy/Dockerfile --target gpu --build-arg RUNTIME=gpu \
+    -t "$EH_IMAGE-gpu:$EH_IMAGE_TAG"; then
     log "gpu image NOT built (see the build log above); the cpu image is unaffected"
   fi
   if [[ $eng == podman || -n ${EH_LOCAL_IMAGES:-} ]]; then
@@ -184,7 +185,7 @@ compose() {
     docker compose -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
   else
     "$VENV/bin/podman-compose" -p "$PROJECT" "${COMPOSE_FILES[@]}" \
-      -f deploy/local/compose.podman.yml "$@"
+      -f deploy/local/compose.podman.yml --profile "${INDEX_ENGINE:-elasticsearch}" "$@"
   fi
 }
 
@@ -197,7 +198,10 @@ ensure_podman_compose() {
 
 local_images_env() {  # the stack on podman runs the images built from Debian's packages
   export RABBITMQ_IMAGE=${RABBITMQ_IMAGE:-$LOCAL_RABBITMQ_IMAGE}
-  export ES_IMAGE=${ES_IMAGE:-$LOCAL_ENGINE_IMAGE}
+  # The local engine is OpenSearch: compose's opensearch service, and only that engine.
+  export OPENSEARCH_IMAGE=${OPENSEARCH_IMAGE:-$LOCAL_ENGINE_IMAGE}
+  export INDEX_ENGINE=${INDEX_ENGINE:-opensearch} OPENSEARCH_HEAP=${OPENSEARCH_HEAP:-512m}
+  export ES_IMAGE=${ES_IMAGE:-$LOCAL_ENGINE_IMAGE}  # not started, but compose resolves it
 }
 
 containers_of_project() {
@@ -246,16 +250,20 @@ start_levels() {
 import sys
 import yaml
 services = {}
+import os
+engine = os.environ.get("INDEX_ENGINE", "elasticsearch")
 for path in sys.argv[1:]:
     for name, svc in (yaml.safe_load(open(path)).get("services") or {}).items():
         services.setdefault(name, {}).update(svc or {})
-active = {n: s for n, s in services.items() if not s.get("profiles")}
+# The services compose would start, less the engine the indexer and search do not use.
+active = {n: s for n, s in services.items()
+          if set(s.get("profiles") or [engine]) & {engine}
+          and not (n in ("elasticsearch", "opensearch") and n != engine)}
 level = {}
-def depth(name, seen=()):
-    if name in level:
-        return level[name]
-    deps = active[name].get("depends_on") or {}
-    level[name] = 1 + max((depth(d, seen + (name,)) for d in deps), default=-1)
+def depth(name):
+    if name not in level:
+        deps = [d for d in (active[name].get("depends_on") or {}) if d in active]
+        level[name] = 1 + max((depth(d) for d in deps), default=-1)
     return level[name]
 for name in active:
     depth(name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 
 import aiohttp
 import pytest
@@ -32,9 +34,24 @@ async def upload(http: aiohttp.ClientSession, url: str, batch: list[IngestItem])
 
 
 async def indexed_count(http: aiohttp.ClientSession, url: str) -> int:
+    """The index's count from /v1/stats; 0 while the stats have no count yet (the gateway
+    answers within a budget and leaves out what was not ready: a loaded machine)."""
     async with http.get(f"{url}/v1/stats") as resp:
         assert resp.status == 200, await resp.text()
-        return int((await resp.json())["count"])
+        count = (await resp.json())["count"]
+        return int(count) if count is not None else 0
+
+
+async def settled_count(http: aiohttp.ClientSession, url: str, timeout_s: float = 60) -> int:
+    """The count once the stats give one (not the 0 of an unanswered budget)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with http.get(f"{url}/v1/stats") as resp:
+            count = (await resp.json())["count"]
+        if count is not None:
+            return int(count)
+        assert time.monotonic() < deadline, "/v1/stats gave no count"
+        await asyncio.sleep(0.5)
 
 
 async def status(http: aiohttp.ClientSession, url: str, ident: str) -> str:

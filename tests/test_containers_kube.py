@@ -16,7 +16,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.container_checks import MARKS, indexed_count, searchable_by_upload_and_id, upload
+from tests.container_checks import (
+    MARKS,
+    indexed_count,
+    searchable_by_upload_and_id,
+    settled_count,
+    upload,
+)
 from tests.distributed_fixtures import images, wait_for
 
 pytestmark = MARKS
@@ -53,5 +59,5 @@ async def test_kube_play_of_the_cpu_overlay_indexes_and_finds_200_images(gateway
             return await indexed_count(http, gateway) >= N
 
         await wait_for(all_indexed, 600, f"all {N} images indexed")
-        assert await indexed_count(http, gateway) == N
+        assert await settled_count(http, gateway) == N
         await searchable_by_upload_and_id(http, gateway, items)

@@ -9,7 +9,8 @@ each) and their ConfigMaps. Left out, and said so on every run:
 
 - the operator-managed objects: RabbitmqCluster (RabbitMQ Cluster Operator), Elasticsearch
   (ECK), ScaledObject and TriggerAuthentication (KEDA); one pod each of the local RabbitMQ and
-  engine images stands in for the first two, under the names the operators would give them;
+  engine images stands in for the first two, under the names the operators would give them
+  (the engine is OpenSearch: the ConfigMaps' index backend becomes ``opensearch``);
 - HorizontalPodAutoscaler and PodDisruptionBudget: nothing to scale or evict here;
 - published ports: podman 4.3 publishes every containerPort on the host, so only the
   gateway's is kept (as a hostPort) and the probes name their ports by number;
@@ -53,6 +54,7 @@ NETWORK = "elastichash-kube"
 APP_IMAGE = os.environ.get("EH_APP_IMAGE", "localhost/elastichash:latest")
 RABBITMQ_IMAGE = os.environ.get("RABBITMQ_IMAGE", "localhost/elastichash-rabbitmq:local")
 ENGINE_IMAGE = os.environ.get("ES_IMAGE", "localhost/elastichash-engine:local")
+ENGINE_BACKEND = os.environ.get("ENGINE_BACKEND", "opensearch")
 AMQP_USER, AMQP_PASSWORD = "elastichash", "kube-play-local"
 ES_PASSWORD = "kube-play-local"
 LEFT_OUT = {
@@ -145,6 +147,9 @@ def manifests(port: int) -> tuple[list[Obj], list[str]]:
             continue
         if kind == "ConfigMap":
             obj["data"] = {k: to_pods(v) for k, v in obj.get("data", {}).items()}
+            for key in obj["data"]:
+                if key.endswith("_INDEX__BACKEND") and obj["data"][key] == "elasticsearch":
+                    obj["data"][key] = ENGINE_BACKEND  # the engine pod runs OpenSearch
         else:
             spec = obj["spec"]
             if spec.get("replicas", 1) != 1:
