@@ -182,10 +182,18 @@ class EngineIndex:
                 latest.pop(doc.id, None)
         bits = BIT_VECTORS in self.features
         actions = [
-            Action("index", self.names.alias, doc.id, q.document_source(doc, dense_bit=bits))
+            Action("index", self.names.alias, doc.id, q.document_source(doc, dense_bit=bits),
+                   require_alias=True)
             for doc in latest.values()
         ]
         written = await run_bulk(self.client, actions, self.bulk) if actions else {}
+        if written and all(not r.ok and r.transient for r in written.values()):
+            # Nothing written and nothing refused for good: the engine as a whole is down, red
+            # or overloaded. One error for the batch, so that a worker retries it in place
+            # (intake paused) instead of requeueing every message and burning its delivery
+            # limit during an outage.
+            first = next(iter(written.values()))
+            raise Unavailable(f"{_NAMES[self.kind]} wrote none of {len(written)}: {first.error}")
         by_id.update(written)
         cleared = await self.failures.clear([i for i, r in written.items() if r.ok])
         by_id.update(cleared)
@@ -193,7 +201,7 @@ class EngineIndex:
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         unique = list(dict.fromkeys(ids))
-        actions = [Action("delete", self.names.alias, i) for i in unique]
+        actions = [Action("delete", self.names.alias, i, require_alias=True) for i in unique]
         by_id = await run_bulk(self.client, actions, self.bulk) if actions else {}
         return in_order(ids, by_id)
 
