@@ -281,10 +281,10 @@ async def run_stack(
 ) -> dict[str, Any]:
     stack = Stack(args.amqp, model, tmp / f"e{encoders}", encoders, args.batch)
     stack.tmp.mkdir()
-    await stack.start()
     base = f"http://127.0.0.1:{stack.gateway_port}"
     search = f"http://127.0.0.1:{stack.search_port}"
     try:
+        await stack.start()  # inside the try: a stack that fails to start is stopped too
         async with aiohttp.ClientSession() as http:
             ids = [content_id(d) for d in images]
             unique = len(set(ids))
@@ -384,12 +384,12 @@ async def run_flood(
     """Search latency idle, then under a flood of ``args.flood`` images, one encoder."""
     stack = Stack(args.amqp, model, tmp / name, 1, args.batch, encoder_env)
     stack.tmp.mkdir()
-    await stack.start()
     base = f"http://127.0.0.1:{stack.gateway_port}"
     from tests.imagegen import make_image
 
     probes = [make_image(100_000 + i, size=(320, 240)) for i in range(args.queries)]
     try:
+        await stack.start()  # inside the try: a stack that fails to start is stopped too
         async with aiohttp.ClientSession() as http:
             for data in probes[:3]:  # warm-up: the first queries load and connect
                 await search_once(http, base, data)

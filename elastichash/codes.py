@@ -9,6 +9,7 @@ subcodes ``f0..f3``) converts to and from it here and nowhere else.
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Sequence
 from functools import cache
 
@@ -87,8 +88,14 @@ def from_hex(text: str, nbits: int = LONG_BITS) -> bytes:
 # --- ElasticHash's words: r0..r3 signed int64, f0..f3 uint16 ----------------------------
 
 
+_WORDS = struct.Struct(f">{NUM_WORDS}q")
+_SUBCODES = struct.Struct(f">{NUM_SUBCODES}H")
+
+
 def to_words(code: npt.ArrayLike | bytes) -> list[int]:
     """Long code -> four signed int64 words, MSB-first, two's complement (``r0..r3``)."""
+    if isinstance(code, bytes) and len(code) == LONG_BYTES:
+        return list(_WORDS.unpack(code))  # the bulk path: one document at a time
     arr = as_array(code)
     if arr.shape != (LONG_BYTES,):
         raise CodeError(f"a long code is {LONG_BYTES} bytes, got shape {arr.shape}")
@@ -116,6 +123,8 @@ def from_words(words: Sequence[int]) -> bytes:
 
 def subcodes(short: npt.ArrayLike | bytes) -> list[int]:
     """64-bit short code -> four 16-bit subcodes ``f0..f3``, MSB-first."""
+    if isinstance(short, bytes) and len(short) == SHORT_BYTES:
+        return list(_SUBCODES.unpack(short))
     arr = as_array(short)
     if arr.shape != (SHORT_BYTES,):
         raise CodeError(f"a short code is {SHORT_BYTES} bytes, got shape {arr.shape}")

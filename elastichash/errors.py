@@ -63,6 +63,12 @@ class ConfigError(ElasticHashError):
     code = "config_error"
 
 
+class ModelMismatch(ElasticHashError):
+    """An index holds codes of another model than the one in use: they cannot be compared."""
+
+    code = "model_mismatch"
+
+
 class Conflict(ElasticHashError):
     """The request cannot be done in the resource's current state (e.g. still queued)."""
 
@@ -143,6 +149,7 @@ HTTP_STATUS: dict[type[ElasticHashError], int] = {
     InvalidInput: 400,
     NotFound: 404,
     Conflict: 409,
+    ModelMismatch: 409,
     Unauthorized: 401,
     ModelContractError: 500,
     ConfigError: 500,

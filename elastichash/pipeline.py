@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from elastichash.index.base import Document, Failure
+
 
 @dataclass(frozen=True)
 class IngestItem:
@@ -66,3 +68,31 @@ class Pipeline(Protocol):
         ...
 
     async def ready(self) -> bool: ...
+
+
+# The model's top classes travel in the document's metadata under this key (a list of
+# {"id", "name", "score"}), so every backend stores them and every hit returns them.
+LABELS_KEY = "labels"
+
+
+def ingest_record(item: IngestItem, result: Any, now: float) -> Document | Failure:
+    """The index record of one encoded ingest item: a document, or the failure that replaced
+    it. The one place documents are built from encoder results, in standalone mode and in
+    the encoder worker alike. ``result`` is an ``Encoded`` or the error it raised."""
+    from elastichash.errors import ElasticHashError
+
+    if isinstance(result, ElasticHashError):
+        reason = getattr(result, "reason", result.code)
+        return Failure(item.id, reason, result.message, item.source, now)
+    metadata = dict(item.metadata)
+    labels = getattr(result, "labels", ())
+    if labels:
+        metadata[LABELS_KEY] = [{"id": x.id, "name": x.name, "score": x.score} for x in labels]
+    return Document(
+        id=item.id,
+        code=bytes(result.code),
+        short=bytes(result.short),
+        source=item.source,
+        metadata=metadata,
+        thumbnail=result.thumbnail,
+    )

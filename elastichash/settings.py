@@ -1,7 +1,7 @@
 """pydantic-settings groups shared by the services.
 
 Each service composes the groups it needs under its own env prefix, with ``__`` as the
-nested delimiter: ``EH_GATEWAY_MODEL__PATH``, ``EH_ENCODER_AMQP__URL`` and so on.
+nested delimiter: ``EH_GATEWAY_MODEL__MODEL``, ``EH_ENCODER_AMQP__URL`` and so on.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from elastichash.index.incoming import DuplicatePolicy
@@ -22,8 +22,12 @@ def default_data_dir() -> Path:
 
 
 class ModelSettings(BaseModel):
-    # None: the default model under the data dir, built on first use.
-    path: Path | None = None
+    # A built-in model's name (see ``elastichash.model.registry``) or an ONNX file's path.
+    # Empty: the model the index records, else the default; built-in models are built on
+    # first use into ``models_dir``. ``path`` (``EH_*_MODEL__PATH``) is the older spelling.
+    model: str = Field(default="", validation_alias=AliasChoices("model", "path"))
+    # Where built-in models are built and kept; None: default_data_dir()/models.
+    models_dir: Path | None = None
     # Ordered preference; intersected with what onnxruntime offers.
     providers: list[str] = Field(
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -33,6 +37,11 @@ class ModelSettings(BaseModel):
     intra_op_threads: int = 0  # 0: onnxruntime picks (one per physical core)
     batch_size: int = 32
     decode_workers: int = 0  # 0: os.cpu_count()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _path_to_str(cls, value: object) -> object:
+        return "" if value is None else str(value) if isinstance(value, Path) else value
 
 
 # Decompression-bomb guard: 64 MP covers any camera sold today; above that it is a bomb.

@@ -35,7 +35,7 @@ from elastichash.index.base import Document, Failure, Index
 from elastichash.index.incoming import DuplicatePolicy, screen
 from elastichash.model.encoder import Encoder
 from elastichash.model.preprocess import THUMBNAIL_SIZE, make_thumbnail
-from elastichash.pipeline import IngestItem, QueryCode
+from elastichash.pipeline import IngestItem, QueryCode, ingest_record
 from elastichash.settings import MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class LocalPipeline:
         return QueryCode(result.code, result.short)
 
     def short_of(self, code: bytes) -> bytes:
-        return self._encoder.short_of(code)
+        return self._encoder.spec.short_of(code)
 
     def model_info(self) -> dict[str, Any]:
         return {**self._encoder.spec.info(), "providers": list(self._encoder.providers)}
@@ -387,15 +387,13 @@ class LocalPipeline:
         skipped: list[Failure] = []
         now = time.time()
         for sp, res in zip(batch, results, strict=True):
-            it = sp.item
-            if isinstance(res, ElasticHashError):
-                reason = getattr(res, "reason", res.code)
-                failures.append(Failure(it.id, reason, res.message, it.source, now))
+            record = ingest_record(sp.item, res, now)
+            if isinstance(record, Failure):
+                failures.append(record)
                 done.append(sp)
-                continue
-            docs.append(Document(id=it.id, code=res.code, short=res.short, source=it.source,
-                                 metadata=it.metadata, thumbnail=res.thumbnail))
-            doc_sps.append(sp)
+            else:
+                docs.append(record)
+                doc_sps.append(sp)
         if docs and self._duplicates.active:
             docs, skipped = await screen(self._index, docs, self._duplicates)
             keep = {d.id for d in docs}

@@ -1,5 +1,5 @@
 """Encoder worker settings: env prefix ``EH_ENCODER_``, nested groups with ``__``
-(``EH_ENCODER_AMQP__URL``, ``EH_ENCODER_MODEL__PATH``, ``EH_ENCODER_BATCH_MAX``)."""
+(``EH_ENCODER_AMQP__URL``, ``EH_ENCODER_MODEL__MODEL``, ``EH_ENCODER_BATCH_MAX``)."""
 
 from __future__ import annotations
 

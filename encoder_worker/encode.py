@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from elastichash.errors import ImageError
-from elastichash.index.base import Document
+from elastichash.index.base import Failure
 from elastichash.messages import EncodeReply, IndexDoc, IndexFailure
 from elastichash.model.preprocess import THUMBNAIL_SIZE, decoder_message
-from elastichash.pipeline import IngestItem
+from elastichash.pipeline import IngestItem, ingest_record
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +43,15 @@ def _encode_many(encoder: Any, datas: list[bytes], thumbnails: int = 0) -> list[
 def encode_batch(encoder: Any, items: Sequence[IngestItem]) -> list[IndexDoc | IndexFailure]:
     """One index message per item, in order: a document, or a failure record."""
     results = _encode_many(encoder, [item.data for item in items], THUMBNAIL_SIZE)
+    now = time.time()
     out: list[IndexDoc | IndexFailure] = []
     for item, res in zip(items, results, strict=True):
-        if isinstance(res, ImageError):
-            out.append(
-                IndexFailure(
-                    id=item.id,
-                    reason=res.reason,
-                    message=res.message,
-                    source=item.source,
-                    at=time.time(),
-                )
-            )
-            continue
-        doc = Document(
-            id=item.id,
-            code=bytes(res.code),
-            short=bytes(res.short),
-            source=item.source,
-            metadata=dict(item.metadata),
-            thumbnail=res.thumbnail,
-        )
-        out.append(IndexDoc.of(doc))
+        record = ingest_record(item, res, now)
+        if isinstance(record, Failure):
+            out.append(IndexFailure(id=record.id, reason=record.reason, message=record.message,
+                                    source=record.source, at=record.at))
+        else:
+            out.append(IndexDoc.of(record))
     return out
 
 

@@ -317,8 +317,8 @@ ROLE = Role(
     settings=EncoderWorkerSettings,
     example_setting="AMQP__URL",
     data_note=(
-        "It decides where the default model is built and kept unless "
-        "EH_ENCODER_MODEL__PATH is set."
+        "It decides where built-in models are built and kept unless "
+        "EH_ENCODER_MODEL__MODELS_DIR is set (EH_ENCODER_MODEL__MODEL names one, or a path)."
     ),
     worker=True,
 )

@@ -167,8 +167,8 @@ ROLE = Role(
     settings=GatewaySettings,
     example_setting="AMQP__URL",
     data_note=(
-        "It decides where the default model is built and kept unless "
-        "EH_GATEWAY_MODEL__PATH is set (the gateway reads the model's metadata: bit "
+        "It decides where built-in models are built and kept unless "
+        "EH_GATEWAY_MODEL__MODELS_DIR is set (the gateway reads the model's metadata: bit "
         "selection, fingerprint)."
     ),
 )

@@ -17,11 +17,10 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from elastichash import amqp, codes
+from elastichash import amqp
 from elastichash.errors import (
     ElasticHashError,
     ImageError,
-    InvalidInput,
     PartlyAccepted,
     Unavailable,
 )
@@ -52,6 +51,7 @@ class AmqpPipeline:
         self._publisher: amqp.Publisher | None = None
         self._rpc: amqp.Publisher | None = None
         self._stats: AbstractChannel | None = None  # queue depths, apart from publishing
+        self._depth_tasks: dict[tuple[str, ...], asyncio.Task[int]] = {}
         self._reply_queue = f"{settings.prefix}.reply.{uuid.uuid4().hex[:12]}"
         self._pending: dict[str, asyncio.Future[QueryCode]] = {}
         self._spec: ModelSpec | None = None
@@ -112,18 +112,30 @@ class AmqpPipeline:
         return await self._queue_depth(amqp.RK_INGEST)
 
     async def _queue_depth(self, *routing_keys: str) -> int | None:
-        channel = self._stats
-        if channel is None or not amqp.is_up(self._connection, channel):
+        if not amqp.is_up(self._connection):
             return None
-        try:
-            async with asyncio.timeout(BACKLOG_TIMEOUT_S):
-                counts = [
-                    await amqp.message_count(channel, self.topo.queue(rk)) for rk in routing_keys
-                ]
-        except Exception as exc:  # stats must not fail because the broker is restarting
+        # The count runs as a task of its own that is never cancelled: aiormq closes a
+        # channel whose call is cancelled mid-flight, so a caller's timeout must not reach it.
+        # A slow count is simply not waited for; the next caller picks up its result.
+        task = self._depth_tasks.get(routing_keys)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._count(routing_keys))
+            self._depth_tasks[routing_keys] = task
+        done, _ = await asyncio.wait({task}, timeout=BACKLOG_TIMEOUT_S)
+        if not done:
+            return None
+        exc = task.exception()
+        if exc is not None:  # stats must not fail because the broker is restarting
             log.debug("queue depth unavailable: %r", exc)
             return None
-        return sum(counts)
+        return task.result()
+
+    async def _count(self, routing_keys: tuple[str, ...]) -> int:
+        assert self._connection is not None
+        if self._stats is None or self._stats.is_closed:
+            self._stats = await self._connection.channel()
+        channel = self._stats
+        return sum([await amqp.message_count(channel, self.topo.queue(rk)) for rk in routing_keys])
 
     async def ready(self) -> bool:
         """The connection is up now and both publishing channels are open: false within a
@@ -218,24 +230,15 @@ class AmqpPipeline:
 
     def _load_spec(self) -> ModelSpec:
         from elastichash.model.contract import load_spec
+        from elastichash.model.registry import resolve_settings
 
-        path = self.model_settings.path
-        if path is None:
-            from elastichash.model.default import ensure_default_model
-
-            path = ensure_default_model(None)
-        return load_spec(path)
+        return load_spec(resolve_settings(self.model_settings))
 
     def short_of(self, code: bytes) -> bytes:
         spec = self._spec
         if spec is None:
             raise Unavailable("model metadata not loaded yet")
-        if spec.short_bits is None:
-            raise InvalidInput(
-                "this model computes its short code itself: give 'short' with the code",
-                field="short",
-            )
-        return bytes(codes.select_bits(code, list(spec.short_bits)).tobytes())
+        return spec.short_of(code)
 
     def model_info(self) -> dict[str, Any]:
         return {} if self._spec is None else self._spec.info()

@@ -149,6 +149,8 @@ class SearchResponse(Strict):
     offset: int
     next_offset: int | None
     query: QueryInfo
+    # set when some words of a search by words name no ImageNet class (WordNet lemma)
+    hint: str | None = None
 
 
 class DuplicatesParams(Strict):

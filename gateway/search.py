@@ -117,9 +117,25 @@ async def post_search(request: web.Request) -> web.Response:
         raise InvalidInput("send JSON (url, id or code) or multipart/form-data with a 'file'")
 
     # The fields were validated with the request; the query only adds the codes.
-    result = await comp.index.search(SearchQuery(
+    search_query = SearchQuery(
         **(params.params() | {"strategy": params.strategy or settings.index.strategy}),
-        code=query.code if query else None, short=query.short if query else None))
+        code=query.code if query else None, short=query.short if query else None)
+    hint = None
+    if params.text is not None:
+        from elastichash.model.labels import unknown_words_hint, vocabulary
+
+        classes, _, unknown = vocabulary().resolve(params.text)
+        hint = unknown_words_hint(unknown)
+        if not classes:  # nothing to search for: an empty page, not an error
+            # ... where the index serves words at all: the same answer on every backend
+            (await comp.index.capabilities()).check(search_query)
+            return json_model(SearchResponse(
+                results=[], total=0, candidates=0,
+                took_ms=round((time.perf_counter() - start) * 1000, 3), strategy="words",
+                k=params.k, offset=params.offset, next_offset=None, hint=hint,
+                query=QueryInfo(id=query_id, code=codes.to_hex(query.code) if query else None,
+                                short=codes.to_hex(query.short) if query else None)))
+    result = await comp.index.search(search_query)
     end = params.offset + len(result.hits)
     return json_model(SearchResponse(
         results=[_item(h) for h in result.hits],
@@ -128,7 +144,7 @@ async def post_search(request: web.Request) -> web.Response:
         k=params.k, offset=params.offset,
         # No next page past the result window: that request would be refused.
         next_offset=(end if result.hits and end < result.total
-                     and end + params.k <= MAX_WINDOW else None),
+                     and end + params.k <= MAX_WINDOW else None), hint=hint,
         query=QueryInfo(id=query_id, code=codes.to_hex(query.code) if query else None,
                         short=codes.to_hex(query.short) if query else None)))
 

@@ -24,3 +24,5 @@ class IndexerWorkerSettings(WorkerSettings):
     # Backoff before requeueing after a transient index failure (doubles, capped).
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
+    # How often readiness asks the index whether it is up (cluster health for an engine).
+    index_probe_s: float = Field(default=2.0, gt=0.0)

@@ -17,6 +17,7 @@ Runs on the consumer runtime (``elastichash.amqp.runtime``), which settles each 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -54,15 +55,39 @@ class IndexerWorker:
                 "written": total(self.metrics.written),
                 "failures": total(self.metrics.failures),
             },
+            also_ready=lambda: self.index_ready,
         )
         self.queue = self.runtime.topo.queue(amqp.RK_INDEX)
         self.prefetch = max(settings.amqp.prefetch, settings.batch_max * 2)
         self._backoff = 0.0
+        self.index_ready = True  # probed every index_probe_s; readiness reports it
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
         intake = Batched(amqp.RK_INDEX, self._on_batch, self.prefetch, s.batch_max, s.batch_ms)
-        return await self.runtime.run([intake], stop)
+        probe = asyncio.create_task(self._probe_index(stop))
+        try:
+            return await self.runtime.run([intake], stop)
+        finally:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+
+    async def _probe_index(self, stop: asyncio.Event) -> None:
+        """Readiness follows the index too: an engine that is down or red makes the indexer
+        unready (it holds its messages meanwhile), not only a lost broker."""
+        period = self.settings.index_probe_s
+        while not stop.is_set():
+            try:
+                ok = await asyncio.wait_for(self.index.ready(), timeout=max(period, 2.0))
+            except Exception as exc:  # any failure to answer is "not ready"
+                log.debug("index readiness probe failed: %r", exc)
+                ok = False
+            if ok != self.index_ready:
+                log.warning("index %s", "ready again" if ok else "not ready: readiness fails")
+            self.index_ready = ok
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=period)
 
     def _decode(self, message: Msg) -> IndexDoc | IndexFailure:
         try:

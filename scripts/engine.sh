@@ -2,9 +2,11 @@
 # A real search engine for the tests: OpenSearch 2.19 nodes assembled from Maven Central and
 # run in one JVM (scripts/engine/: a pom.xml and a short main).
 #
-#   scripts/engine.sh start [--nodes N] [--http-port P] [--transport-port P]
+#   scripts/engine.sh start [--nodes N] [--jvm-per-node] [--http-port P] [--transport-port P]
 #   scripts/engine.sh stop  [--http-port P]
 #   scripts/engine.sh status [--http-port P]
+#   scripts/engine.sh kill-node I [--http-port P]     (--jvm-per-node: SIGKILL node I's JVM)
+#   scripts/engine.sh start-node I [--http-port P]    (start node I again on its data)
 #   scripts/engine.sh build      (prints the folder holding engine.jar and classpath.txt)
 #
 # start: builds the launcher once (artifacts cached in ~/.m2, the jar, its classpath and a
@@ -13,8 +15,11 @@
 # temporary folder, waits until the cluster is green, and prints its base URL as the last line.
 # A node already answering on the port (started by an earlier `start`) is reused.
 # stop: stops the JVM started for that port and removes its data.
+# --jvm-per-node: each node in its own JVM (pids in the state folder), so that a test can kill
+# one node with SIGKILL (kill-node) and start it again on the data it left (start-node).
 #
-# Environment: EH_ENGINE_HEAP (default 1g; 1536m for 3 nodes), EH_ENGINE_TIMEOUT_S (180).
+# Environment: EH_ENGINE_SETTINGS (node settings, k=v,k=v), EH_ENGINE_HEAP (default 1g; 1536m for 3 nodes in one JVM, 512m per node with
+# --jvm-per-node), EH_ENGINE_TIMEOUT_S (180).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -22,11 +27,15 @@ SRC="$HERE/engine"
 cmd="${1:-}"
 [[ -n "$cmd" ]] && shift
 nodes=1
+per_node=false
+node_arg=""
 http_port=9200
 transport_port=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
+    --jvm-per-node) per_node=true; shift ;;
+    [0-9]*) node_arg="$1"; shift ;;
     --http-port) http_port="$2"; shift 2 ;;
     --transport-port) transport_port="$2"; shift 2 ;;
     *) echo "engine.sh: unknown option $1" >&2; exit 2 ;;
@@ -51,10 +60,11 @@ ensure_tools() {
   command -v mvn >/dev/null || missing+=(maven)
   command -v curl >/dev/null || missing+=(curl)
   if [[ ${#missing[@]} -gt 0 ]]; then
-    # shellcheck source=scripts/apt.sh
-    source "$HERE/apt.sh"
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
     say "installing ${missing[*]}"
-    apt_install "${missing[@]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
 
@@ -83,7 +93,9 @@ java_cmd() {  # cache dir, extra JVM options...
   local cache="$1"
   shift
   local heap="${EH_ENGINE_HEAP:-}"
-  [[ -n "$heap" ]] || { [[ "$nodes" -gt 1 ]] && heap=1536m || heap=1g; }
+  if [[ -z "$heap" ]]; then
+    if $per_node; then heap=512m; elif [[ "$nodes" -gt 1 ]]; then heap=1536m; else heap=1g; fi
+  fi
   echo java "-Xms$heap" "-Xmx$heap" -XX:+UseSerialGC \
     -Dopensearch.set.netty.runtime.available.processors=false \
     -Dlog4j2.disable.jmx=true "$@" \
@@ -109,17 +121,38 @@ ensure_archive() {
   rm -rf "$home"
 }
 
-wait_green() {  # until the cluster is green or the JVM is gone; 1 on timeout or exit
+# One JVM: every node (node ""), or node I alone (--jvm-per-node); pid in $state/pid[.I].
+launch() {  # cache dir, node index or ""
+  local cache="$1" i="$2" cds=() only=() suffix=""
+  [[ -f "$cache/app.jsa" ]] && cds=("-XX:SharedArchiveFile=$cache/app.jsa" -Xshare:auto)
+  [[ -n "$i" ]] && { only=(--only-node "$i"); suffix=".$i"; }
+  [[ -n "${EH_ENGINE_SETTINGS:-}" ]] && only+=(--settings "$EH_ENGINE_SETTINGS")
+  # shellcheck disable=SC2046
+  setsid $(java_cmd "$cache" "${cds[@]}") --home "$state/home" --nodes "$nodes" \
+    --http-port "$http_port" --transport-port "$transport_port" "${only[@]}" \
+    >>"$state/engine$suffix.log" 2>&1 </dev/null 9>&- &  # the JVM must not hold the start lock
+  echo $! >"$state/pid$suffix"
+}
+
+pids() { cat "$state"/pid "$state"/pid.* 2>/dev/null || true; }
+
+any_alive() {
+  local pid
+  for pid in $(pids); do kill -0 "$pid" 2>/dev/null && return 0; done
+  return 1
+}
+
+wait_green() {  # until the cluster is green or every JVM is gone; 1 on timeout or exit
   local deadline=$((SECONDS + timeout_s))
   until healthy; do
-    if ! kill -0 "$(cat "$state/pid")" 2>/dev/null; then
+    if ! any_alive; then
       say "the engine exited; its log:"
-      tail -40 "$state/engine.log" >&2
+      tail -40 "$state"/engine*.log >&2
       return 1
     fi
     if [[ $SECONDS -ge $deadline ]]; then
-      say "not green within ${timeout_s}s; its log: $state/engine.log"
-      tail -20 "$state/engine.log" >&2
+      say "not green within ${timeout_s}s; its log: $state/engine*.log"
+      tail -20 "$state"/engine*.log >&2
       return 1
     fi
     sleep 0.25
@@ -130,8 +163,8 @@ start() {
   # One start at a time per port (two test commands at once share the node).
   exec 9>"$state.lock"
   flock 9
-  if [[ -f "$state/pid" ]] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
-    say "already running (pid $(cat "$state/pid"))"
+  if [[ -n "$(pids)" ]] && any_alive; then
+    say "already running (pids $(pids | tr '\n' ' '))"
     wait_green || exit 1
     echo "$url"
     return 0
@@ -146,14 +179,16 @@ start() {
   ensure_archive "$cache"
   rm -rf "$state"
   mkdir -p "$state"
-  local cds=()
-  [[ -f "$cache/app.jsa" ]] && cds=("-XX:SharedArchiveFile=$cache/app.jsa" -Xshare:auto)
   started=$(date +%s%N)
-  # shellcheck disable=SC2046
-  setsid $(java_cmd "$cache" "${cds[@]}") --home "$state/home" --nodes "$nodes" \
-    --http-port "$http_port" --transport-port "$transport_port" \
-    >"$state/engine.log" 2>&1 </dev/null 9>&- &  # the JVM must not hold the start lock
-  echo $! >"$state/pid"
+  echo "$nodes" >"$state/nodes"
+  echo "${EH_ENGINE_SETTINGS:-}" >"$state/settings"
+  if $per_node; then
+    local i
+    for ((i = 0; i < nodes; i++)); do launch "$cache" "$i"; done
+    echo "$cache" >"$state/cache"
+  else
+    launch "$cache" ""
+  fi
   if ! wait_green; then
     stop
     exit 1
@@ -165,30 +200,72 @@ start() {
 }
 
 stop() {
-  if [[ ! -f "$state/pid" ]]; then
+  if [[ -z "$(pids)" ]]; then
     say "not running on port $http_port"
+    rm -rf "$state"
     return 0
   fi
   local pid
-  pid="$(cat "$state/pid")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for _ in $(seq 1 120); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.25
-    done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-  fi
+  for pid in $(pids); do kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 120); do
+    any_alive || break
+    sleep 0.25
+  done
+  for pid in $(pids); do kill -9 "$pid" 2>/dev/null || true; done
   rm -rf "$state"
   say "stopped"
+}
+
+# Sets pidfile, nodes and per_node for kill-node / start-node.
+node_state() {
+  [[ -n "$node_arg" ]] || { echo "engine.sh: $cmd needs a node index" >&2; exit 2; }
+  [[ -f "$state/cache" ]] || { say "no --jvm-per-node engine on port $http_port"; exit 1; }
+  nodes="$(cat "$state/nodes")"
+  EH_ENGINE_SETTINGS="$(cat "$state/settings")"  # a restarted node keeps its settings
+  per_node=true
+  pidfile="$state/pid.$node_arg"
+}
+
+kill_node() {
+  local pidfile pid
+  node_state
+  pid="$(cat "$pidfile" 2>/dev/null || true)"
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -9 "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    say "node $node_arg (pid $pid) killed"
+  else
+    say "node $node_arg is not running"
+  fi
+}
+
+start_node() {
+  local pidfile pid deadline
+  node_state
+  pid="$(cat "$pidfile" 2>/dev/null || true)"
+  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+    say "node $node_arg is running (pid $pid)"
+    return 0
+  fi
+  launch "$(cat "$state/cache")" "$node_arg"
+  pid="$(cat "$pidfile")"
+  deadline=$((SECONDS + timeout_s))
+  until curl -sf -m 2 "http://127.0.0.1:$((http_port + node_arg))/" >/dev/null 2>&1; do
+    kill -0 "$pid" 2>/dev/null || { say "node $node_arg exited"; tail -20 "$state/engine.$node_arg.log" >&2; exit 1; }
+    [[ $SECONDS -lt $deadline ]] || { say "node $node_arg not up in ${timeout_s}s"; exit 1; }
+    sleep 0.25
+  done
+  say "node $node_arg up (pid $pid)"
 }
 
 case "$cmd" in
   start) start ;;
   stop) stop ;;
+  kill-node) kill_node ;;
+  start-node) start_node ;;
   build) ensure_tools; build ;;
   status)
     if healthy; then echo "$url"; else say "not running on port $http_port"; exit 1; fi ;;
-  *) echo "usage: scripts/engine.sh start|stop|status|build [--nodes N] [--http-port P]" >&2
-     exit 2 ;;
+  *) echo "usage: scripts/engine.sh start|stop|status|build|kill-node I|start-node I" \
+       "[--nodes N] [--jvm-per-node] [--http-port P]" >&2; exit 2 ;;
 esac

@@ -422,26 +422,36 @@ def test_runtime_images_run_as_non_root_under_an_init_with_a_healthcheck(
     assert any("/models" in a for a in args_of(stage, "COPY"))
 
 
-def test_cpu_and_gpu_builds_install_exactly_one_onnxruntime_and_build_the_model(
+def test_one_build_stage_serves_both_targets_installing_exactly_one_onnxruntime(
     stages: dict[str, list[tuple[str, str]]],
 ) -> None:
-    assert stages["cpu-build"][0][1] == "${PYTHON_IMAGE}"
+    assert stages["cpu-base"][0][1] == "${PYTHON_IMAGE}"
     assert stages["gpu-base"][0][1] == "${CUDA_IMAGE}"
+    assert stages["build"][0][1] == "${RUNTIME}-base"
+    assert "cpu-build" not in stages
+    assert "gpu-build" not in stages
     text = (REPO / "deploy" / "Dockerfile").read_text()
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    assert "ARG RUNTIME=cpu" in text
     assert re.search(r"ARG CUDA_IMAGE=nvidia/cuda:12\.\S+-cudnn-runtime", text)
-    for build, extra in (("cpu-build", "cpu"), ("gpu-build", "gpu")):
-        assert f"ORT_EXTRA={extra}" in args_of(stages[build], "ARG")
-        installs = [a for a in args_of(stages[build], "RUN") if "pip install" in a]
-        # Dependencies of exactly one onnxruntime extra first (their own layer), then the
-        # project without dependencies.
-        assert len(installs) == 2
-        assert 'requirements.py pyproject.toml "${ORT_EXTRA},${EXTRAS}"' in installs[0]
-        assert installs[1] == "pip install --no-deps --no-build-isolation /src"
-        assert not any("onnxruntime" in a for a in args_of(stages[build], "ARG"))
-        assert "elastichash model build-default /models/default.onnx" in args_of(
-            stages[build], "RUN"
-        )
+    build = stages["build"]
+    installs = [a for a in args_of(build, "RUN") if "pip install" in a]
+    # Dependencies of exactly one onnxruntime extra first (their own layer), then the
+    # project without dependencies.
+    assert len(installs) == 2
+    assert 'requirements.py pyproject.toml "${RUNTIME},${EXTRAS}"' in installs[0]
+    assert installs[1] == "pip install --no-deps --no-build-isolation /src"
+    assert not any("onnxruntime" in a for a in args_of(build, "ARG"))
+    models = " ".join(args_of(build, "RUN"))
+    assert "build-default /models/efficientnet-lite0.onnx" in models
+    assert "build-default --model visual /models/visual.onnx" in models
+    for target in ("cpu", "gpu"):
+        copies = args_of(stages[target], "COPY")
+        assert "--from=build /opt/venv /opt/venv" in copies
+        assert "--from=build /models /models" in copies
+        # a venv built for the other runtime (other base, other Python) is refused
+        assert any(f"grep -qx {target} /opt/venv/runtime" in a
+                   for a in args_of(stages[target], "RUN"))
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]

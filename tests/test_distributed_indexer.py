@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Callable
 
+import aiohttp
 import pytest
 
 from elastichash import amqp
@@ -14,7 +15,14 @@ from elastichash.index.base import Document
 from elastichash.index.remote import RemoteIndex
 from elastichash.messages import IndexDoc, IndexFailure
 from elastichash.settings import AmqpSettings
-from tests.distributed_fixtures import Cluster, cluster_factory, dead_letters, model_file, wait_for
+from tests.distributed_fixtures import (
+    Cluster,
+    Service,
+    cluster_factory,
+    dead_letters,
+    model_file,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 __all__ = ["cluster_factory", "model_file"]
@@ -105,7 +113,9 @@ async def test_an_index_outage_pauses_the_indexer_without_burning_the_delivery_l
     c = cluster_factory(rabbitmq_url, amqp_prefix)
     docs = _docs(40, start=100)
     indexer = c.indexer(batch_max=8, EH_INDEXER_RETRY_BACKOFF_MAX_S="0.5")
-    await c.ready(indexer)  # the search service is not running yet
+    # The search service is not running yet: alive, but not ready (its index is down).
+    await c.ready(indexer, path="/healthz")
+    await wait_for(lambda: _ready_is(indexer, 503), 30, "the indexer unready without its index")
     await _send(
         rabbitmq_url, amqp_prefix, [IndexDoc.of(d).model_dump_json().encode() for d in docs]
     )
@@ -119,6 +129,15 @@ async def test_an_index_outage_pauses_the_indexer_without_burning_the_delivery_l
         lambda: _count_is(c.search_url, len(docs)), 60, "documents indexed after the outage"
     )
     assert await dead_letters(rabbitmq_url, amqp_prefix) == []
+    await wait_for(lambda: _ready_is(indexer, 200), 30, "the indexer ready again")
+
+
+async def _ready_is(svc: Service, status: int) -> bool:
+    try:
+        async with aiohttp.ClientSession() as s, s.get(svc.url("/readyz")) as r:
+            return r.status == status
+    except aiohttp.ClientError:
+        return False
 
 
 async def test_check_flag_exits_0_for_a_ready_worker_and_1_when_it_is_gone(
@@ -129,6 +148,7 @@ async def test_check_flag_exits_0_for_a_ready_worker_and_1_when_it_is_gone(
     import sys
 
     c = cluster_factory(rabbitmq_url, amqp_prefix)
+    await c.ready(c.search_service())  # ready means its index answers too
     indexer = c.indexer()
     await c.ready(indexer)
 

@@ -28,6 +28,7 @@ from tests.distributed_fixtures import (
 )
 from tests.imagegen import make_image
 
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 __all__ = ["cluster_factory", "model_file"]  # fixtures used from this module
 
 Factory = Callable[[str, str], Cluster]

@@ -73,7 +73,9 @@ def test_short_code_is_the_selected_bits_of_the_long_code(encoder: Encoder) -> N
 
 def test_encode_arrays_gives_packed_codes(encoder: Encoder) -> None:
     x = np.random.default_rng(0).random((5, 3, 128, 128), dtype=np.float32)
-    long, short = encoder.encode_arrays(x)
+    out = encoder.encode_arrays(x)
+    long, short = out.long, out.short
+    assert out.scores is None  # the descriptor model has no labels output
     assert long.shape == (5, 32)
     assert long.dtype == np.uint8
     assert short.shape == (5, 8)

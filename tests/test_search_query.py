@@ -80,7 +80,7 @@ def expected(case: dict[str, Any], caps: Capabilities) -> Answer:
         return 400, "invalid_input"
     if case.get("strategy", caps.default_strategy) not in caps.strategies:
         return 400, "unsupported_query"
-    if "text" in case or ("filter" in case and not caps.filter):
+    if ("text" in case and not caps.text) or ("filter" in case and not caps.filter):
         return 400, "unsupported_query"
     if "filter" in case:
         try:

@@ -127,8 +127,10 @@ class Runtime:
         metrics: RuntimeMetrics,
         *,
         summary: Callable[[], Mapping[str, float]] = dict,
+        also_ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.name = name
+        self._also_ready = also_ready  # the worker's own dependencies (the indexer's index)
         self.settings = settings
         self.amqp = amqp
         self.topo = Topology.of(amqp)
@@ -153,8 +155,11 @@ class Runtime:
         return own[1] if own is not None else self.publisher
 
     def ready(self) -> bool:
-        """Consuming, connected now, every channel open, not draining."""
+        """Consuming, connected now, every channel open, not draining, and whatever else the
+        worker depends on up."""
         if self.stopping or not self._consuming or self._publisher is None:
+            return False
+        if not self._also_ready():
             return False
         return is_up(
             self._connection, self._publisher.channel, *(c.channel for c in self._consumers)

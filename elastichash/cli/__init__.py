@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     index_commands.register(sub)
 
+    from elastichash.cli import reindex
+
+    reindex.register(sub)
+
     from elastichash.cli import standalone as standalone_commands
 
     standalone_commands.register(sub, serve=_serve)
@@ -194,4 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     configure_logging(args.verbose, service=args.command in ROLES)
     func: Handler = args.func
-    return func(args)
+    from elastichash.errors import ModelContractError, ModelMismatch
+
+    try:
+        return func(args)
+    except (ModelMismatch, ModelContractError) as exc:
+        # a refusal the user acts on (another model, reindex): the message, not a traceback
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2

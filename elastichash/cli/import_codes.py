@@ -56,10 +56,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--model",
-        type=Path,
         default=None,
-        help="plain layout: take the short-code bits from this model "
-        "(default: the built-in model)",
+        help="plain layout: take the short-code bits from this model, a built-in name or an "
+        "ONNX file (default: the index's model, else the default model)",
     )
     p.add_argument("--batch", type=int, default=5000, help="documents per committed batch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -77,11 +76,12 @@ def run(args: argparse.Namespace) -> int:
     data = root / "index"
     short_bits = args.short_bits
     if args.format == "plain" and short_bits is None:
+        from elastichash.model import registry
         from elastichash.model.contract import load_spec
-        from elastichash.model.default import ensure_default_model
+        from elastichash.settings import ModelSettings
 
-        model = args.model or ensure_default_model(root / "models" / "default.onnx")
-        short_bits = load_spec(model).short_bits
+        settings = ModelSettings(model=args.model or "", models_dir=root / "models")
+        short_bits = load_spec(registry.resolve_settings(settings, data)).short_bits
 
     async def go() -> int:
         index = EmbeddedIndex(data)

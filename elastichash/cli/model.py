@@ -18,8 +18,12 @@ def register(subparsers: Any) -> None:
     model = subparsers.add_parser("model", help="build, inspect and prepare encoder models")
     sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
-    p = sub.add_parser("build-default", help="build the default model (offline, deterministic)")
+    p = sub.add_parser(
+        "build-default", help="build a built-in model (offline, deterministic); default: the "
+        "default model, EfficientNet-Lite0"
+    )
     p.add_argument("out", type=Path)
+    p.add_argument("--model", default=None, help="built-in model name (efficientnet-lite0, visual)")
     p.set_defaults(func=_build_default)
 
     p = sub.add_parser("select-bits", help="choose the 64 short-code bits from sample images")
@@ -50,15 +54,22 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("encode", help="print one JSON line of codes per image")
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--model", type=Path, default=None, help="ONNX model (default: built-in)")
+    p.add_argument("--model", default="",
+                   help="built-in model name or ONNX file (default: efficientnet-lite0)")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_encode)
 
 
 def _build_default(args: argparse.Namespace) -> int:
-    from elastichash.model.default import build_default
+    from elastichash.model import registry
+    from elastichash.model.default import atomic_write
 
-    build_default(args.out)
+    name = args.model or registry.DEFAULT
+    if name not in registry.BUILTINS:
+        print(f"unknown built-in model {name!r}; known: {sorted(registry.BUILTINS)}",
+              file=sys.stderr)
+        return 2
+    atomic_write(args.out, registry.BUILTINS[name].build())
     print(args.out)
     return 0
 
@@ -74,13 +85,14 @@ def _select_bits(args: argparse.Namespace) -> int:
     from elastichash import codes
     from elastichash.errors import ImageError
     from elastichash.model.bitselect import select_short_bits, write_short_bits
-    from elastichash.model.contract import load_spec
     from elastichash.model.preprocess import load_image
-    from elastichash.model.session import create_session
+    from elastichash.model.session import ModelSession
     from elastichash.settings import ImageLimits, ModelSettings
 
-    spec = load_spec(args.model, require_short=False)
-    session, _ = create_session(args.model, ModelSettings(providers=["CPUExecutionProvider"]))
+    session = ModelSession.open(
+        args.model, ModelSettings(providers=["CPUExecutionProvider"]), require_short=False
+    )
+    spec = session.spec
     files = _image_files(args.images, args.limit)
     arrays, bad = [], 0
     for f in files:
@@ -92,10 +104,7 @@ def _select_bits(args: argparse.Namespace) -> int:
     if len(arrays) < 64:
         print(f"need at least 64 readable images, found {len(arrays)}", file=sys.stderr)
         return 2
-    out = [
-        session.run([spec.code_output], {spec.input_name: np.stack(arrays[i : i + 32])})[0]
-        for i in range(0, len(arrays), 32)
-    ]
+    out = [session.run(np.stack(arrays[i : i + 32])).values for i in range(0, len(arrays), 32)]
     values = np.concatenate(out).astype(np.float64)
     thresholds = np.median(values, axis=0) if args.recentre else None
     if thresholds is not None:
@@ -161,7 +170,7 @@ def _encode(args: argparse.Namespace) -> int:
 
     try:
         encoder = Encoder.load(
-            ModelSettings(path=args.model, batch_size=args.batch_size), ImageLimits()
+            ModelSettings(model=args.model or "", batch_size=args.batch_size), ImageLimits()
         )
     except ElasticHashError as exc:
         print(f"cannot load the model: {exc.message}", file=sys.stderr)

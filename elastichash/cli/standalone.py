@@ -29,8 +29,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="data directory (index, spool, default model); "
                         "default $ELASTICHASH_DATA or ~/.local/share/elastichash")
-    p.add_argument("--model", type=Path, default=None,
-                   help="ONNX model meeting the contract; default: the built-in model")
+    p.add_argument("--model", default=None,
+                   help="a built-in model (efficientnet-lite0, visual) or an ONNX file meeting "
+                        "the contract; default: the index's model, else efficientnet-lite0")
     p.add_argument("--strategy", choices=PORTABLE_STRATEGIES, default=None,
                    help="search strategy (default auto: exact up to 100,000 images, "
                         "two_stage above)")
@@ -52,9 +53,13 @@ def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
     p.add_argument("folder", type=Path)
     p.set_defaults(func=run_index)
 
-    p = sub.add_parser("search", help="search the local index with an image (one shot)")
+    p = sub.add_parser("search", help="search the local index with an image and/or words "
+                       "(one shot)")
     add_common(p)
-    p.add_argument("image", type=Path)
+    p.add_argument("image", type=Path, nargs="?", default=None)
+    p.add_argument("--text", default=None,
+                   help="words naming ImageNet classes or broader ones ('dog', 'vehicle'); "
+                        "with an image: rank the images carrying those labels by likeness")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--max-distance", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -78,13 +83,15 @@ def data_dir(args: argparse.Namespace) -> Path:
 
 
 def model_settings(args: argparse.Namespace, base: ModelSettings | None = None) -> ModelSettings:
-    from elastichash.model.default import ensure_default_model
+    """The model named on the command line, else in ``base``, else the one the data
+    directory's index records (registry.choose); built-in models live in DATA/models."""
+    from elastichash.model import registry
 
     settings = (base or ModelSettings()).model_copy()
-    if args.model is not None:
-        settings.path = args.model
-    if settings.path is None:
-        settings.path = ensure_default_model(data_dir(args) / "models" / "default.onnx")
+    if args.model:
+        settings.model = str(args.model)
+    settings.models_dir = settings.models_dir or data_dir(args) / "models"
+    settings.model = registry.choose(settings, data_dir(args) / "index")
     return settings
 
 
@@ -106,6 +113,14 @@ class Local:
     index: Any  # EmbeddedIndex
 
 
+async def bind(index: Any, model: ModelSettings, encoder: Any) -> None:
+    """Refuse (ModelMismatch) an embedded index that holds another model's codes."""
+    from elastichash.index.embedded import EmbeddedIndex
+
+    if isinstance(index, EmbeddedIndex):
+        await index.bind_model(model.model, encoder.spec)
+
+
 @asynccontextmanager
 async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: IndexSettings,
                      spool: Path | None, spool_cfg: SpoolSettings | None = None,
@@ -119,6 +134,7 @@ async def open_local(model: ModelSettings, limits: ImageLimits, index_cfg: Index
     index = make_index(index_cfg)
     await index.open()
     try:
+        await bind(index, model, encoder)
         spool_cfg = spool_cfg or SpoolSettings()
         pipeline = LocalPipeline(encoder, index, spool, batch_size=model.batch_size,
                                  duplicates=index_cfg.duplicate_screen(),
@@ -165,46 +181,67 @@ def run_index(args: argparse.Namespace) -> int:
 def run_search(args: argparse.Namespace) -> int:
     from elastichash.index.factory import make_index
     from elastichash.model.encoder import Encoder
+    from elastichash.model.labels import unknown_words_hint, vocabulary
 
-    try:
-        data = args.image.read_bytes()
-    except OSError as exc:
-        print(f"error: cannot read {args.image}: {exc}", file=sys.stderr)
+    if args.image is None and not args.text:
+        print("error: give an image, --text WORDS, or both", file=sys.stderr)
         return 2
+    data = None
+    if args.image is not None:
+        try:
+            data = args.image.read_bytes()
+        except OSError as exc:
+            print(f"error: cannot read {args.image}: {exc}", file=sys.stderr)
+            return 2
 
     cfg = index_settings(args)
     try:
         params = QueryParams.parse({"k": args.k, "max_distance": args.max_distance,
-                                    "strategy": cfg.strategy}).params()
+                                    "strategy": cfg.strategy, "text": args.text}).params()
     except InvalidInput as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    hint = None
+    if args.text:
+        _classes, _, unknown = vocabulary().resolve(args.text)
+        hint = unknown_words_hint(unknown)
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
 
     async def go() -> int:
-        encoder = await asyncio.to_thread(Encoder.load, model_settings(args), ImageLimits())
-        [enc] = await encoder.aencode([data])
-        if isinstance(enc, Exception):
-            print(f"error: {args.image}: {enc}", file=sys.stderr)
-            return 2
+        code = short = None
+        msettings = model_settings(args)
+        if data is not None:
+            encoder = await asyncio.to_thread(Encoder.load, msettings, ImageLimits())
+            [enc] = await encoder.aencode([data])
+            if isinstance(enc, Exception):
+                print(f"error: {args.image}: {enc}", file=sys.stderr)
+                return 2
+            code, short = enc.code, enc.short
         index = make_index(cfg)
         await index.open()
         try:
-            res = await index.search(
-                SearchQuery(**params, code=enc.code, short=enc.short))
+            if data is not None:
+                await bind(index, msettings, encoder)
+            res = await index.search(SearchQuery(**params, code=code, short=short))
         finally:
             await index.close()
         if args.json:
             print(json.dumps({"results": [{"id": h.id, "distance": h.distance,
-                                           "source": h.source} for h in res.hits],
+                                           "source": h.source,
+                                           "labels": h.metadata.get("labels", [])}
+                                          for h in res.hits],
                               "total": res.total, "candidates": res.candidates,
-                              "took_ms": res.took_ms}))
+                              "took_ms": res.took_ms, "hint": hint}))
         else:
             print(f"{len(res.hits)} of {res.total} results, {res.candidates} candidates, "
                   f"{res.took_ms:.2f} ms ({res.strategy})")
             if res.hits:
                 print(f"{'rank':>4}  {'dist':>4}  {'id':<32}  source")
             for rank, h in enumerate(res.hits, 1):
-                print(f"{rank:4d}  {h.distance:4d}  {h.id:<32}  {h.source or ''}")
+                labels = ", ".join(f"{x['name']} {x['score']:.2f}"
+                                   for x in h.metadata.get("labels", [])[:2])
+                print(f"{rank:4d}  {h.distance:4d}  {h.id:<32}  {h.source or ''}  {labels}")
         return 0
 
     return asyncio.run(go())

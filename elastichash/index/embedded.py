@@ -19,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from elastichash.codes import LONG_BYTES, SHORT_BYTES
-from elastichash.errors import InvalidInput, Unavailable
+from elastichash.errors import InvalidInput, ModelMismatch, Unavailable
 from elastichash.ids import check_id
 from elastichash.index import duplicates as dup
 from elastichash.index import filters, kernels
@@ -45,6 +45,9 @@ from elastichash.index.base import (
 from elastichash.index.memtable import Candidates, CodeTable, Snapshot
 from elastichash.index.query import PORTABLE_STRATEGIES
 from elastichash.index.store import Store
+
+if TYPE_CHECKING:
+    from elastichash.model.contract import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,20 @@ class _Groups:
     pairs: int
 
 
+META_MODEL_FINGERPRINT = "model_fingerprint"
+# the descriptor model's contract name (registry name "visual"), which made older indexes
+LEGACY_SPEC_NAME = "elastichash-default"
+
+
+def _mismatch(path: Path, held: str, held_fp: str, name: str, fp: str) -> str:
+    return (
+        f"the index at {path} holds codes of model {held!r} ({held_fp}), but the model in "
+        f"use is {name!r} ({fp}): codes of two models cannot be compared. Run "
+        f"`elastichash reindex --model {name}` to re-encode the images with it, or use "
+        f"--model {held}"
+    )
+
+
 class EmbeddedIndex:
     def __init__(self, path: Path, *, strategy: str = "two_stage", read_threads: int = 4) -> None:
         if strategy not in EMBEDDED_STRATEGIES:
@@ -88,7 +105,8 @@ class EmbeddedIndex:
                 f"the embedded index has strategies {sorted(EMBEDDED_STRATEGIES)}",
                 field="strategy",
             )
-        self._caps = Capabilities(EMBEDDED_STRATEGIES, strategy, filter=True, why_not=_WHY_NOT)
+        self._caps = Capabilities(EMBEDDED_STRATEGIES, strategy, filter=True, text=True,
+                                  why_not=_WHY_NOT)
         self.path = Path(path)
         self.strategy = strategy
         self._read_threads = read_threads
@@ -299,6 +317,46 @@ class EmbeddedIndex:
             "open_seconds": round(self.open_seconds, 3),
         }
 
+    async def bind_model(self, name: str, spec: ModelSpec) -> None:
+        """Record the model whose codes this index holds, or refuse another one.
+
+        An index made before models were recorded holds codes of the descriptor model, the
+        default then (``visual``); it is bound to it on first use.
+        """
+        from elastichash.model import registry
+
+        def run() -> None:
+            fp = self._store.get_meta(META_MODEL_FINGERPRINT)
+            held = self._store.get_meta(registry.META_MODEL_NAME)
+            recorded = fp is not None
+            if fp is None and self.table.snapshot.n_alive > 0:
+                if spec.name == LEGACY_SPEC_NAME:
+                    fp, held = spec.fingerprint, registry.LEGACY
+                else:
+                    raise ModelMismatch(_mismatch(self.path, registry.LEGACY, "descriptor",
+                                                  name, spec.fingerprint))
+            if fp is not None and fp != spec.fingerprint:
+                raise ModelMismatch(_mismatch(self.path, held or "?", fp, name,
+                                              spec.fingerprint))
+            if not recorded:
+                self._store.set_meta(registry.META_MODEL_NAME, held or name)
+                self._store.set_meta(META_MODEL_FINGERPRINT, spec.fingerprint)
+            elif held != name and name in registry.BUILTINS:
+                # the same model, now named by its registry name
+                self._store.set_meta(registry.META_MODEL_NAME, name)
+
+        await self._run(self._writer, run)
+
+    async def model(self) -> tuple[str | None, str | None]:
+        """(name, fingerprint) of the model this index is bound to, if any."""
+        from elastichash.model import registry
+
+        def run() -> tuple[str | None, str | None]:
+            return (self._store.get_meta(registry.META_MODEL_NAME),
+                    self._store.get_meta(META_MODEL_FINGERPRINT))
+
+        return await self._run(self._readers, run)
+
     async def capabilities(self) -> Capabilities:
         return self._caps
 
@@ -314,6 +372,8 @@ class EmbeddedIndex:
 
     async def search(self, query: SearchQuery) -> SearchResult:
         strategy = self._caps.check(query)
+        if query.text is not None:
+            return await self._search_words(query, strategy)
         code, short = query.codes()
         k, offset, max_distance = query.k, query.offset, query.max_distance
         strategy = resolve_auto(strategy, self.table.snapshot.n_alive)  # Unavailable if closed
@@ -336,6 +396,43 @@ class EmbeddedIndex:
                 self._store.end_read()
             took = (time.perf_counter() - t0) * 1000.0
             return SearchResult(hits, cands.scanned, cands.total, took, strategy)
+
+        return await self._run(self._readers, run)
+
+    async def _search_words(self, query: SearchQuery, strategy: str) -> SearchResult:
+        """Images whose labels the words name (WordNet: a word names every class below
+        it); by label score, or by Hamming distance when a code comes with the words."""
+        from elastichash.model.labels import vocabulary
+
+        t0 = time.perf_counter()
+        assert query.text is not None
+        classes, _, _ = vocabulary().resolve(query.text)
+        code = query.code
+
+        def run() -> SearchResult:
+            matched = self._store.rows_with_labels(sorted(classes)) if classes else []
+            if code is None:
+                page = matched[query.offset : query.offset + query.k]
+                fields = self._store.fields_for([r for r, _ in page])
+                hits = [Hit(f.id, 0, **f.fields)
+                        for r, _ in page if (f := fields.get(r)) is not None]
+                return SearchResult(hits, len(matched), len(matched),
+                                    (time.perf_counter() - t0) * 1000.0, "words")
+            snap = self._begin_view()
+            try:
+                rows = np.array([r for r, _ in matched], np.int64)
+                pos = np.flatnonzero(np.isin(snap.rows[: snap.n], rows) & snap.alive[: snap.n])
+                q = np.frombuffer(code, np.uint8)
+                dists = np.unpackbits(snap.codes[pos] ^ q, axis=1).sum(axis=1).astype(np.int32)
+                if query.max_distance is not None:
+                    keep = dists <= query.max_distance
+                    pos, dists = pos[keep], dists[keep]
+                cands = Candidates(pos.astype(np.int64), dists, int(pos.size), int(pos.size))
+                hits = self._page(snap, cands, query.offset, query.k)
+            finally:
+                self._store.end_read()
+            return SearchResult(hits, cands.scanned, cands.total,
+                                (time.perf_counter() - t0) * 1000.0, "words+exact")
 
         return await self._run(self._readers, run)
 

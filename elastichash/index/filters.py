@@ -165,6 +165,10 @@ def field_values(name: str, source: str | None, metadata: dict[str, Any]) -> lis
     for item in items:
         if item is None:
             continue
+        if name == "labels" and isinstance(item, dict):
+            # a model label {"id", "name", "score"} (pipeline.ingest_record): by id or name
+            out.extend(v for v in (item.get("id"), item.get("name")) if isinstance(v, str))
+            continue
         if kind == "keyword":
             if isinstance(item, str):
                 out.append(item)

@@ -125,6 +125,8 @@ class SearchQuery(QueryParams):
     def _something(self) -> SearchQuery:
         if (self.code is None) != (self.short is None):
             raise ValueError("give the long code and the short code together")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("text must contain a word")
         if self.code is None and self.text is None:
             raise ValueError("give a code or words to search by")
         return self
@@ -172,7 +174,8 @@ class Capabilities:
                 f"this index serves k <= {self.max_k} and offset + k <= {self.max_window}",
                 field="k",
             )
-        query.codes()
+        if query.code is None and query.text is None:
+            query.codes()  # raises: nothing to search by
         return strategy
 
     def to_json(self) -> dict[str, Any]:

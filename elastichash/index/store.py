@@ -71,10 +71,26 @@ def _v3_previews(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS previews (id TEXT PRIMARY KEY, data BLOB NOT NULL)")
 
 
+def _v4_labels(conn: sqlite3.Connection) -> None:
+    # The model's top classes per document (metadata "labels"), for search by words; rows of
+    # replaced or deleted documents are removed with them. Filled from what is stored.
+    conn.execute("CREATE TABLE labels (row INTEGER NOT NULL, label TEXT NOT NULL,"
+                 " score REAL NOT NULL)")
+    conn.execute("CREATE INDEX labels_label ON labels(label, score)")
+    conn.execute("CREATE INDEX labels_row ON labels(row)")
+    for row, metadata in conn.execute(
+        "SELECT row, metadata FROM docs WHERE metadata LIKE '%\"labels\"%'"
+    ).fetchall():
+        meta = json.loads(metadata)
+        conn.executemany("INSERT INTO labels(row, label, score) VALUES (?, ?, ?)",
+                         [(row, lab, sc) for lab, sc in _labels_of(meta)])
+
+
 # Ordered: MIGRATIONS[i] takes a database from schema i + 1 to i + 2. Append, never edit.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("migration log", _v2_migration_log),
     ("previews table", _v3_previews),
+    ("labels table", _v4_labels),
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -187,6 +203,21 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def doc_labels(doc: Document) -> list[tuple[str, float]]:
+    """(class id, score) of a document's labels (metadata "labels"); malformed entries skipped."""
+    return _labels_of(doc.metadata)
+
+
+def _labels_of(metadata: Any) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    raw = metadata.get("labels") if isinstance(metadata, dict) else None
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            score = item.get("score")
+            out.append((item["id"], float(score) if isinstance(score, (int, float)) else 0.0))
+    return out
+
+
 class Store:
     """Owns the writer connection and hands out one reader connection per thread."""
 
@@ -285,6 +316,14 @@ class Store:
                 )
                 assert cur.lastrowid is not None
                 new_rows.append(cur.lastrowid)
+            if old:
+                conn.execute(f"DELETE FROM labels WHERE row IN {_IN_JSON}",
+                             (json.dumps([r for r, _ in old]),))
+            conn.executemany(
+                "INSERT INTO labels(row, label, score) VALUES (?, ?, ?)",
+                [(row, lab[0], lab[1]) for row, d in zip(new_rows, docs, strict=True)
+                 for lab in doc_labels(d)],
+            )
             thumbs = [(d.id, d.thumbnail) for d in docs if d.thumbnail is not None]
             if thumbs:
                 conn.executemany("INSERT OR REPLACE INTO thumbs(id, data) VALUES (?, ?)", thumbs)
@@ -317,6 +356,9 @@ class Store:
             )
             conn.execute(f"DELETE FROM docs WHERE id IN {_IN_JSON}", payload)
             conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}", payload)
+            if found:
+                conn.execute(f"DELETE FROM labels WHERE row IN {_IN_JSON}",
+                             (json.dumps(list(found.values())),))
             conn.execute(f"DELETE FROM previews WHERE id IN {_IN_JSON}", payload)
         except BaseException:
             conn.execute("ROLLBACK")
@@ -416,6 +458,25 @@ class Store:
             (after if after is not None else "", limit),
         )
         return [(r[0], bytes(r[1]), bytes(r[2])) for r in cur.fetchall()]
+
+    def rows_with_labels(self, labels: Sequence[str]) -> list[tuple[int, float]]:
+        """(row, best score among ``labels``) of live documents carrying any of them,
+        best first, ties by id: the ranking of a search by words."""
+        return [
+            (int(r), float(sc))
+            for r, sc in self.reader().execute(
+                "SELECT d.row, MAX(l.score) AS best FROM labels l JOIN docs d ON d.row = l.row"
+                f" WHERE l.label IN {_IN_JSON} GROUP BY d.row ORDER BY best DESC, d.id",
+                (json.dumps(list(labels)),),
+            ).fetchall()
+        ]
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.reader().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.writer.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     def filter_fields_after(self, row: int) -> Iterator[tuple[int, str | None, dict[str, Any]]]:
         """(row, source, metadata) of every document with a row above ``row``, in row order:

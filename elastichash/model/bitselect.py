@@ -55,7 +55,7 @@ def select_short_bits(long_codes: npt.ArrayLike, corr_weight: float = 0.5) -> tu
         chosen.append(pick)
         free[pick] = False
         max_corr = np.maximum(max_corr, corr[pick])
-    groups = _partition(chosen, corr)
+    groups = partition(chosen, corr)
     positions = tuple(int(p) for g in groups for p in sorted(g))
     log.info(
         "selected short bits: balance %.3f..%.3f, mean within-group |corr| %.4f",
@@ -78,7 +78,7 @@ def within_group_corr(
     return total / pairs
 
 
-def _partition(chosen: list[int], corr: npt.NDArray[np.float64]) -> list[list[int]]:
+def partition(chosen: list[int], corr: npt.NDArray[np.float64]) -> list[list[int]]:
     groups = [chosen[g::GROUPS] for g in range(GROUPS)]  # round-robin spreads the best bits
     for _ in range(500):
         best: tuple[float, int, int, int, int] | None = None

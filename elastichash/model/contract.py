@@ -2,9 +2,10 @@
 
 A model takes one float32 input ``(N, 3, S, S)`` (RGB, NCHW, dynamic batch axis) and gives a
 ``(N, 256)`` float output of pre-activations (bit = value > 0), optionally a ``(N, 64)``
-``code64`` output. Its ``metadata_props`` say how to preprocess and which 64 bits form the
-short code. Everything is checked when the model is loaded; a broken model is refused with a
-message that names what is wrong.
+``code64`` output, and optionally an ``(N, C)`` output of class scores with a labels file
+naming the C classes (models without them still load). Its ``metadata_props`` say how to
+preprocess and which 64 bits form the short code. Everything is checked when the model is
+loaded; a broken model is refused with a message that names what is wrong.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from elastichash import codes
-from elastichash.errors import ModelContractError
+from elastichash.errors import InvalidInput, ModelContractError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ K_CODE_BITS = "elastichash.code_bits"
 K_SHORT_BITS = "elastichash.short_bits"
 K_CODE_OUTPUT = "elastichash.code_output"
 K_SHORT_OUTPUT = "elastichash.short_output"
+# optional: an (N, C) output of class scores (probabilities) and the file naming the classes,
+# one per line, looked up beside the model file, then among the package's data files
+K_LABELS_OUTPUT = "elastichash.labels_output"
+K_LABELS_FILE = "elastichash.labels_file"
 
 DEFAULT_CODE_OUTPUT = "code"
 _FLOAT_TYPES = {1, 10, 11}  # onnx TensorProto FLOAT, FLOAT16, DOUBLE
@@ -54,6 +59,9 @@ class ModelSpec:
     short_bits: tuple[int, ...] | None  # None: the model outputs code64 itself
     code_output: str
     short_output: str | None
+    labels_output: str | None = None
+    labels_file: str | None = None
+    classes: int = 0  # width of the labels output
 
     @property
     def fingerprint(self) -> str:
@@ -69,7 +77,22 @@ class ModelSpec:
             "code_bits": self.code_bits,
             "input_size": self.input_size,
             "short_source": "model_output" if self.short_bits is None else "metadata",
+            "labels": self.labels_output is not None,
         }
+
+    def short_of(self, code: bytes) -> bytes:
+        """The short code of a user-supplied long code (the model's own bit selection)."""
+        arr = codes.as_array(code)
+        if arr.shape != (codes.LONG_BYTES,):
+            raise InvalidInput(
+                f"a long code is {codes.LONG_BYTES} bytes, got {arr.shape[0]}", field="code"
+            )
+        if self.short_bits is None:
+            raise InvalidInput(
+                "this model computes its short code itself: give 'short' with the code",
+                field="short",
+            )
+        return bytes(codes.select_bits(arr, self.short_bits).tobytes())
 
 
 def _floats(text: str, key: str) -> tuple[float, float, float]:
@@ -185,6 +208,18 @@ def spec_from_model(model: Any, sha256: str = "", *, require_short: bool = True)
             f"metadata {K_SHORT_BITS} is missing (run `elastichash model select-bits`) and no "
             f"{K_SHORT_OUTPUT} output is declared"
         )
+    labels_out = meta.get(K_LABELS_OUTPUT) or None
+    labels_file = meta.get(K_LABELS_FILE) or None
+    classes = 0
+    if labels_out is not None:
+        if labels_out not in outputs:
+            raise ModelContractError(f"labels output {labels_out!r} not found in {sorted(outputs)}")
+        if labels_file is None:
+            raise ModelContractError(f"{K_LABELS_OUTPUT} is set but {K_LABELS_FILE} is missing")
+        dims = _dims(outputs[labels_out])
+        if len(dims) != 2 or not isinstance(dims[1], int) or dims[1] < 1:
+            raise ModelContractError(f"labels output {labels_out!r} must be (N, C), got {dims}")
+        classes = dims[1]
     return ModelSpec(
         name=meta.get(K_NAME, "unnamed"),
         version=meta.get(K_VERSION, "0"),
@@ -198,6 +233,9 @@ def spec_from_model(model: Any, sha256: str = "", *, require_short: bool = True)
         short_bits=short_bits,
         code_output=code_out,
         short_output=short_out,
+        labels_output=labels_out,
+        labels_file=labels_file,
+        classes=classes,
     )
 
 
@@ -235,6 +273,8 @@ def contract_metadata(
     std: tuple[float, float, float] | None,
     short_bits: tuple[int, ...] | None,
     code_output: str = DEFAULT_CODE_OUTPUT,
+    labels_output: str | None = None,
+    labels_file: str | None = None,
 ) -> dict[str, str]:
     """The metadata_props a model needs, in a fixed order (so files are reproducible)."""
     meta = {
@@ -252,6 +292,9 @@ def contract_metadata(
         meta[K_STD] = ",".join(repr(float(v)) for v in std)
     if short_bits is not None:
         meta[K_SHORT_BITS] = ",".join(str(b) for b in short_bits)
+    if labels_output is not None and labels_file is not None:
+        meta[K_LABELS_OUTPUT] = labels_output
+        meta[K_LABELS_FILE] = labels_file
     return meta
 
 
@@ -262,3 +305,23 @@ def set_metadata(model: Any, meta: Mapping[str, str]) -> None:
     for key, value in [*keep, *meta.items()]:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def model_bytes(graph: Any, meta: Mapping[str, str], *, version: str, opset: int = 17,
+                ir_version: int = 8) -> bytes:
+    """A built-in model's file: the graph with contract metadata, checked, serialised
+    deterministically (the same bytes on every run)."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="elastichash",
+        producer_version=version,
+        ir_version=ir_version,
+    )
+    set_metadata(model, meta)
+    onnx.checker.check_model(model, full_check=True)
+    data: bytes = model.SerializeToString(deterministic=True)
+    return data

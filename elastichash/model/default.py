@@ -95,7 +95,6 @@ def constants() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], tuple
 
 
 def build_model_bytes() -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     mean, proj, short_bits = constants()
@@ -112,15 +111,8 @@ def build_model_bytes() -> bytes:
         [helper.make_tensor_value_info("code", TensorProto.FLOAT, ["N", codes.LONG_BITS])],
         initializer=g.inits,
     )
-    model = helper.make_model(
+    return contract.model_bytes(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="elastichash",
-        producer_version=VERSION,
-        ir_version=IR_VERSION,
-    )
-    contract.set_metadata(
-        model,
         contract.contract_metadata(
             name=NAME,
             version=VERSION,
@@ -130,10 +122,10 @@ def build_model_bytes() -> bytes:
             std=(1.0, 1.0, 1.0),
             short_bits=short_bits,
         ),
+        version=VERSION,
+        opset=OPSET,
+        ir_version=IR_VERSION,
     )
-    onnx.checker.check_model(model, full_check=True)
-    data: bytes = model.SerializeToString(deterministic=True)
-    return data
 
 
 def build_default(out: Path) -> None:

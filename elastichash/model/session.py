@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from elastichash.errors import ElasticHashError
+import numpy as np
+import numpy.typing as npt
+
+from elastichash import codes
+from elastichash.errors import ElasticHashError, ModelContractError
+from elastichash.model.contract import ModelSpec, load_spec
 from elastichash.settings import ModelSettings
 
 log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider")
 
@@ -84,3 +92,51 @@ def create_session(path: Path, settings: ModelSettings) -> tuple[Any, list[str]]
         log.warning("onnxruntime dropped providers: asked %s, got %s", providers, used)
     log.info("model %s loaded on %s", path, used)
     return session, used
+
+
+@dataclass(frozen=True)
+class RawOutputs:
+    """What one inference gives: pre-activations, and what else the model declares."""
+
+    values: F32  # (N, code_bits) code pre-activations (bit = value > 0)
+    short_values: F32 | None = None  # (N, 64) when the model outputs its short code itself
+    scores: F32 | None = None  # (N, classes) when the model declares a labels output
+
+
+class ModelSession:
+    """One checked model and its onnxruntime session: the single inference path that
+    encoding, bit selection and benchmarks share. Thread-safe (``InferenceSession.run`` is)."""
+
+    def __init__(self, spec: ModelSpec, session: Any, providers: list[str]) -> None:
+        self.spec = spec
+        self.providers = providers
+        self._session = session
+        self._names = [spec.code_output]
+        if spec.short_output:
+            self._names.append(spec.short_output)
+        if spec.labels_output:
+            self._names.append(spec.labels_output)
+
+    @classmethod
+    def open(
+        cls, path: Path, settings: ModelSettings, *, require_short: bool = True
+    ) -> ModelSession:
+        spec = load_spec(path, require_short=require_short)
+        session, providers = create_session(path, settings)
+        return cls(spec, session, providers)
+
+    def run(self, batch: npt.NDArray[np.float32]) -> RawOutputs:
+        """(N, 3, S, S) preprocessed images -> the model's outputs, shapes checked."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        outs = [np.asarray(o, dtype=np.float32) for o in
+                self._session.run(self._names, {self.spec.input_name: x})]
+        values = outs.pop(0)
+        if values.shape != (len(x), self.spec.code_bits):
+            raise ModelContractError(f"output {self._names[0]!r} has shape {values.shape}")
+        short = outs.pop(0) if self.spec.short_output else None
+        if short is not None and short.shape != (len(x), codes.SHORT_BITS):
+            raise ModelContractError(f"short output has shape {short.shape}")
+        scores = outs.pop(0) if self.spec.labels_output else None
+        if scores is not None and (scores.ndim != 2 or len(scores) != len(x)):
+            raise ModelContractError(f"labels output has shape {scores.shape}")
+        return RawOutputs(values, short, scores)

@@ -1,9 +1,10 @@
 """Query DSL evaluation: each query compiles to ``(doc) -> score | None`` (None: no match).
 
 Implements what the backend sends, with Elasticsearch's semantics: match_all, exists, ids,
-term, terms (values or lookup from another index's ``_source``), bool (must, filter, should,
-must_not, minimum_should_match), constant_score, function_score (script_score functions,
-weight, score_mode, boost_mode, max_boost, min_score) and the script_score query.
+term, terms (values or lookup from another index's ``_source``), range (numbers), bool (must,
+filter, should, must_not, minimum_should_match), constant_score, function_score
+(script_score functions, weight, score_mode, boost_mode, max_boost, min_score) and the
+script_score query.
 """
 
 from __future__ import annotations
@@ -100,6 +101,26 @@ class Compiler:
         def match(doc: StoredDoc) -> float | None:
             got = doc.fields.get(field)
             return boost if got and any(v in wanted for v in got) else None
+
+        return match
+
+    def _q_range(self, body: Any) -> Matcher:
+        # Numeric fields only (what the backend's filters send: doubles).
+        if not isinstance(body, dict) or len(body) != 1:
+            raise parsing("[range] query doesn't support multiple fields")
+        (field, spec), = body.items()
+        ops = check_keys("range", spec, {"gt", "gte", "lt", "lte", "boost"})
+        boost = float(ops.get("boost", 1.0))
+        if not self._searchable(field):
+            return lambda doc: None
+        tests = [(op, float(v)) for op, v in ops.items() if op != "boost"]
+        passes = {"gt": float.__gt__, "gte": float.__ge__, "lt": float.__lt__,
+                  "lte": float.__le__}
+
+        def match(doc: StoredDoc) -> float | None:
+            got = doc.fields.get(field) or []
+            ok = any(all(passes[op](float(v), bound) for op, bound in tests) for v in got)
+            return boost if ok else None
 
         return match
 

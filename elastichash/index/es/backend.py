@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 from elastichash.errors import InvalidInput, Unavailable
+from elastichash.index import filters
 from elastichash.index.base import (
     SCAN_BATCH,
     STRATEGIES,
@@ -181,10 +182,18 @@ class EngineIndex:
                 latest.pop(doc.id, None)
         bits = BIT_VECTORS in self.features
         actions = [
-            Action("index", self.names.alias, doc.id, q.document_source(doc, dense_bit=bits))
+            Action("index", self.names.alias, doc.id, q.document_source(doc, dense_bit=bits),
+                   require_alias=True)
             for doc in latest.values()
         ]
         written = await run_bulk(self.client, actions, self.bulk) if actions else {}
+        if written and all(not r.ok and r.transient for r in written.values()):
+            # Nothing written and nothing refused for good: the engine as a whole is down, red
+            # or overloaded. One error for the batch, so that a worker retries it in place
+            # (intake paused) instead of requeueing every message and burning its delivery
+            # limit during an outage.
+            first = next(iter(written.values()))
+            raise Unavailable(f"{_NAMES[self.kind]} wrote none of {len(written)}: {first.error}")
         by_id.update(written)
         cleared = await self.failures.clear([i for i, r in written.items() if r.ok])
         by_id.update(cleared)
@@ -192,7 +201,7 @@ class EngineIndex:
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         unique = list(dict.fromkeys(ids))
-        actions = [Action("delete", self.names.alias, i) for i in unique]
+        actions = [Action("delete", self.names.alias, i, require_alias=True) for i in unique]
         by_id = await run_bulk(self.client, actions, self.bulk) if actions else {}
         return in_order(ids, by_id)
 
@@ -212,7 +221,7 @@ class EngineIndex:
         server = f"{_NAMES[self.kind]} {self.version[0]}.{self.version[1]}"
         why = (("dense_bit", f"needs Elasticsearch >= 8.15 and an index created with it "
                              f"(server: {server})"),)
-        return Capabilities(served, self.strategy, why_not=why)
+        return Capabilities(served, self.strategy, filter=True, why_not=why)
 
     async def scan(
         self, *, batch: int = SCAN_BATCH, after: str | None = None
@@ -235,12 +244,14 @@ class EngineIndex:
         strategy = (await self.capabilities()).check(query)
         code, short = query.codes()
         k, offset, max_distance = query.k, query.offset, query.max_distance
+        clauses = filters.parse(query.filter) if query.filter is not None else None
         if strategy == "auto":
             # A count per query would double the requests; ES serves large collections, and
             # two_stage there is what ElasticHash designed the index for.
             strategy = "two_stage"
         body, count_query = q.strategy_request(
-            strategy, code, short, self.names.nbs, k=k, offset=offset, max_distance=max_distance
+            strategy, code, short, self.names.nbs, k=k, offset=offset,
+            max_distance=max_distance, clauses=clauses,
         )
         started = time.perf_counter()
         with _outage_is_unavailable("search"):

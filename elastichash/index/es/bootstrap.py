@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from elastichash.errors import ElasticHashError, Unavailable
-from elastichash.index.es.bulk import BulkPolicy, run_bulk
+from elastichash.index.es.bulk import Action, BulkPolicy, run_bulk
 from elastichash.index.es.client import EngineClient
 from elastichash.index.es.mapping import (
     FAILURES_MAPPING,
+    ID_FIELD,
     Names,
     failures_settings,
     has_dense_bit,
@@ -25,7 +26,8 @@ from elastichash.index.es.mapping import (
     retrieval_settings,
 )
 from elastichash.index.es.neighbours import NBS_DOCS, NBS_MAPPING, nbs_actions, nbs_settings
-from elastichash.index.es.script import HAMMING_SCRIPT_ID, HAMMING_SCRIPT_SOURCE
+from elastichash.index.es.query import document_from_source, document_source
+from elastichash.index.es.script import DENSE_BIT_FIELD, HAMMING_SCRIPT_ID, HAMMING_SCRIPT_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,7 @@ async def reindex_behind_alias(
         if resp.get("failures"):
             raise ElasticHashError(f"reindex {current} -> {target} failed: "
                                    f"{resp['failures'][:3]}")
+        await rederive(client, target)
         await client.update_aliases([
             {"remove": {"index": current, "alias": alias}},
             {"add": {"index": target, "alias": alias, "is_write_index": True}},
@@ -161,6 +164,36 @@ async def reindex_behind_alias(
         raise
     log.info("alias %s now on %s (%d documents); %s kept, write-blocked",
              alias, target, int(resp.get("total", 0)), current)
+
+
+REDERIVE_BATCH = 500
+
+
+async def rederive(client: EngineClient, index: str) -> None:
+    """Rewrite every document of ``index`` (just filled by a reindex, refreshed, not yet
+    behind the alias) from its own ``_source``, so the values derived at write time (the
+    filter object, which an older mapping lacked) match the current code."""
+    after: str | None = None
+    while True:
+        body: dict[str, Any] = {"query": {"match_all": {}}, "size": REDERIVE_BATCH,
+                                "sort": [{ID_FIELD: {"order": "asc"}}], "track_total_hits": False}
+        if after is not None:
+            body["search_after"] = [after]
+        hits = (await client.search(index, body))["hits"]["hits"]
+        if not hits:
+            break
+        actions = [
+            Action("index", index, h["_id"], document_source(
+                document_from_source(h["_id"], h["_source"]),
+                dense_bit=DENSE_BIT_FIELD in h["_source"]))
+            for h in hits
+        ]
+        failed = [r for r in (await run_bulk(client, actions, BulkPolicy())).values() if not r.ok]
+        if failed:
+            raise ElasticHashError(f"rewriting {index}: {len(failed)} documents failed, "
+                                   f"first: {failed[0].error}")
+        after = hits[-1]["_id"]
+    await client.refresh([index])
 
 
 async def ensure_failures(client: EngineClient, names: Names, layout: Layout) -> None:

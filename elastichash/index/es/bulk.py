@@ -43,9 +43,16 @@ class Action:
     index: str
     id: str
     source: dict[str, Any] | str | None = None
+    # Writes through an alias: never let the engine auto-create an index of the alias's name
+    # (a bulk racing the cluster state's recovery after a full restart otherwise fails with
+    # invalid_index_name_exception, a permanent error, for items that only had to wait).
+    require_alias: bool = False
 
     def lines(self) -> str:
-        head = json.dumps({self.op: {"_index": self.index, "_id": self.id}})
+        meta: dict[str, Any] = {"_index": self.index, "_id": self.id}
+        if self.require_alias:
+            meta["require_alias"] = True
+        head = json.dumps({self.op: meta})
         if self.source is None:
             return head + "\n"
         body = self.source if isinstance(self.source, str) else json.dumps(
@@ -87,7 +94,9 @@ def item_result(doc_id: str, info: dict[str, Any]) -> WriteResult:
         return WriteResult(id=doc_id, ok=False, error="not_found")
     err = info.get("error")
     # A write block lifts (a reindex behind the alias, disk flood stage): requeue, not drop.
-    blocked = isinstance(err, dict) and err.get("type") == "cluster_block_exception"
+    # A missing alias under require_alias comes back too (the cluster state recovering).
+    blocked = isinstance(err, dict) and err.get("type") in (
+        "cluster_block_exception", "index_not_found_exception")
     transient = status in TRANSIENT_STATUSES or blocked
     return WriteResult(id=doc_id, ok=False, error=_error_text(info), transient=transient)
 

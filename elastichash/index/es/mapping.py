@@ -11,6 +11,7 @@ from typing import Any
 
 from elastichash.codes import LONG_BITS, NUM_SUBCODES, NUM_WORDS
 from elastichash.index.es.script import DENSE_BIT_FIELD
+from elastichash.index.filters import FILTER_FIELDS
 from elastichash.index.schema import FIELDS, HIT_FIELDS, FieldSpec
 
 RETRIEVAL_VERSION = 1
@@ -23,6 +24,22 @@ DENSE_BIT_MIN_VERSION = (8, 15)
 
 _STORED_ONLY: dict[str, Any] = {"type": "keyword", "index": False, "doc_values": False}
 _ES_TYPE = {"keyword": "keyword", "number": "double", "date": "date", "text": "text"}
+# The filterable values (filters.FILTER_FIELDS) of each document, derived at write time by
+# filters.field_values, so the engine compares exactly what the embedded index compares:
+# keywords as strings, numbers and dates as doubles (dates in unix seconds).
+FILTER_OBJECT = "filter"
+
+
+def filter_mapping() -> dict[str, Any]:
+    """The object of filterable values; written without ``type`` as the engine returns it."""
+    return {"properties": {
+        name: {"type": "keyword" if kind == "keyword" else "double"}
+        for name, (kind, _) in FILTER_FIELDS.items()
+    }}
+
+
+def filter_path(name: str) -> str:
+    return f"{FILTER_OBJECT}.{name}"
 
 
 def field_mapping(spec: FieldSpec) -> dict[str, Any]:
@@ -87,6 +104,7 @@ def retrieval_mapping(dense_bit: bool) -> dict[str, Any]:
         # Read by the script through doc values only: no inverted index needed.
         **{r: {"type": "long", "index": False} for r in WORD_FIELDS},
         **{spec.name: field_mapping(spec) for spec in FIELDS},
+        FILTER_OBJECT: filter_mapping(),
     }
     if dense_bit:
         # Scored by script_score's hamming(); no HNSW graph to build (index: false).

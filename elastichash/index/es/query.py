@@ -8,6 +8,7 @@ matches the embedded backend's (distance ascending, id ascending).
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 from elastichash.codes import (
@@ -20,13 +21,16 @@ from elastichash.codes import (
     to_words,
 )
 from elastichash.errors import InvalidInput
+from elastichash.index import filters
 from elastichash.index.base import CodeRecord, Document, Hit
 from elastichash.index.es.mapping import (
     BIT_VECTORS,
+    FILTER_OBJECT,
     HIT_SOURCE_FIELDS,
     ID_FIELD,
     SUBCODE_FIELDS,
     WORD_FIELDS,
+    filter_path,
 )
 from elastichash.index.es.neighbours import NBS_FIELD, subcode_term
 from elastichash.index.es.script import (
@@ -59,6 +63,33 @@ def candidates_query(short: bytes, nbs_index: str) -> dict[str, Any]:
     return {"bool": {"should": should, "minimum_should_match": 1}}
 
 
+def filter_clauses(clauses: list[filters.Clause] | None) -> list[dict[str, Any]]:
+    """A parsed filter as filter-context queries (term/terms/range), one per clause."""
+    out: list[dict[str, Any]] = []
+    for c in clauses or ():
+        path = filter_path(c.field)
+        if c.kind == "keyword":
+            out.append({"term": {path: c.terms[0]}} if len(c.terms) == 1
+                       else {"terms": {path: list(c.terms)}})
+        elif c.lo == c.hi and not (c.lo_open or c.hi_open):
+            out.append({"term": {path: c.lo}})
+        else:
+            bounds: dict[str, float] = {}
+            if c.lo != -math.inf:
+                bounds["gt" if c.lo_open else "gte"] = c.lo
+            if c.hi != math.inf:
+                bounds["lt" if c.hi_open else "lte"] = c.hi
+            out.append({"range": {path: bounds}})
+    return out
+
+
+def _filtered(query: dict[str, Any] | None, clauses: list[dict[str, Any]]) -> dict[str, Any]:
+    """``query`` (None: every document) restricted to the filter clauses."""
+    if not clauses:
+        return MATCH_ALL if query is None else query
+    return {"bool": {"filter": ([] if query is None else [query]) + clauses}}
+
+
 def _page(query: dict[str, Any], k: int, offset: int, max_distance: int | None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "query": query,
@@ -74,12 +105,14 @@ def _page(query: dict[str, Any], k: int, offset: int, max_distance: int | None) 
 
 
 def two_stage_body(
-    code: bytes, short: bytes, nbs_index: str, *, k: int, offset: int, max_distance: int | None
+    code: bytes, short: bytes, nbs_index: str, *, k: int, offset: int, max_distance: int | None,
+    where: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     # ElasticHash's query: a zero-scored filter plus the stored script, summed.
+    cands = _filtered(candidates_query(short, nbs_index), where or [])
     query = {
         "function_score": {
-            "query": {"constant_score": {"filter": candidates_query(short, nbs_index), "boost": 0}},
+            "query": {"constant_score": {"filter": cands, "boost": 0}},
             "functions": [
                 {"script_score": {"script": {"id": HAMMING_SCRIPT_ID, "params": word_params(code)}}}
             ],
@@ -90,22 +123,24 @@ def two_stage_body(
     return _page(query, k, offset, max_distance)
 
 
-def exact_body(code: bytes, *, k: int, offset: int, max_distance: int | None) -> dict[str, Any]:
+def exact_body(code: bytes, *, k: int, offset: int, max_distance: int | None,
+               where: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     query = {
         "script_score": {
-            "query": {"match_all": {}},
+            "query": _filtered(None, where or []),
             "script": {"id": HAMMING_SCRIPT_ID, "params": word_params(code)},
         }
     }
     return _page(query, k, offset, max_distance)
 
 
-def dense_bit_body(code: bytes, *, k: int, offset: int, max_distance: int | None) -> dict[str, Any]:
+def dense_bit_body(code: bytes, *, k: int, offset: int, max_distance: int | None,
+                   where: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     # Signed bytes: the one query-vector form every bit-vector-capable version accepts.
     vector = [b - 256 if b > 127 else b for b in code]
     query = {
         "script_score": {
-            "query": {"match_all": {}},
+            "query": _filtered(None, where or []),
             "script": {"source": DENSE_BIT_SCRIPT_SOURCE, "params": {"query_vector": vector}},
         }
     }
@@ -147,18 +182,20 @@ STRATEGY_NEEDS: dict[str, str] = {"dense_bit": BIT_VECTORS}
 def strategy_request(
     strategy: str, code: bytes, short: bytes, nbs_index: str, *,
     k: int, offset: int, max_distance: int | None,
+    clauses: list[filters.Clause] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(search body, query counting the documents scored); the count is needed only with
-    ``max_distance``, since otherwise the total already counts every scored document."""
+    ``max_distance``, since otherwise the total already counts every scored document.
+    ``clauses`` (a parsed filter) restrict both to the documents that pass."""
+    where = filter_clauses(clauses)
+    page: dict[str, Any] = {"k": k, "offset": offset, "max_distance": max_distance, "where": where}
     if strategy == "two_stage":
-        body = two_stage_body(code, short, nbs_index, k=k, offset=offset,
-                              max_distance=max_distance)
-        count: dict[str, Any] = candidates_query(short, nbs_index)
+        body = two_stage_body(code, short, nbs_index, **page)
+        count: dict[str, Any] = _filtered(candidates_query(short, nbs_index), where)
     elif strategy == "exact":
-        body, count = exact_body(code, k=k, offset=offset, max_distance=max_distance), MATCH_ALL
+        body, count = exact_body(code, **page), _filtered(None, where)
     elif strategy == "dense_bit":
-        body = dense_bit_body(code, k=k, offset=offset, max_distance=max_distance)
-        count = MATCH_ALL
+        body, count = dense_bit_body(code, **page), _filtered(None, where)
     else:
         raise ValueError(f"no request for strategy {strategy!r}")
     return body, None if max_distance is None else count
@@ -195,6 +232,10 @@ def document_source(doc: Document, *, dense_bit: bool) -> dict[str, Any]:
         value = getattr(doc, spec.name)
         if value is not None and value != {}:
             body[spec.name] = _to_source(spec, value)
+    values = {name: found for name in filters.FILTER_FIELDS
+              if (found := filters.field_values(name, doc.source, doc.metadata))}
+    if values:
+        body[FILTER_OBJECT] = values
     if dense_bit:
         body[DENSE_BIT_FIELD] = doc.code.hex()
     return body

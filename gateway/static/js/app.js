@@ -101,6 +101,11 @@ $("search-file").addEventListener("change", (ev) => {
   searchFile(ev.target.files[0]);
   ev.target.value = ""; // choosing the same file again still fires "change"
 });
+$("text-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const text = $("search-text").value.trim();
+  if (text) searchCtl.run({ kind: "text", value: text, label: `“${text}”` });
+});
 $("url-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const url = $("search-url").value.trim();

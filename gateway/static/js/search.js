@@ -13,7 +13,7 @@ export class SearchController {
     this.gallery = gallery;
     this.controls = controls;
     this.getIndexCount = getIndexCount;
-    this.query = null; // {kind: "file"|"url"|"id"|"code", value, label, preview}
+    this.query = null; // {kind: "file"|"url"|"id"|"code"|"text", value, label, preview}
     this.pageBody = null; // JSON body for the next pages (without offset)
     this.nextOffset = null;
     this.loading = null; // promise of the request in flight
@@ -122,6 +122,7 @@ export class SearchController {
       if (opts.filter) base.filter = opts.filter;
       if (query.kind === "id") this.pageBody = { id: query.value, ...base };
       else if (q.code) this.pageBody = { code: q.code, ...(q.short ? { short: q.short } : {}), ...base };
+      else if (query.kind === "text") this.pageBody = { text: query.value, ...base };
       else if (query.kind !== "file") this.pageBody = { [query.kind]: query.value, ...base };
       else this.nextOffset = null; // cannot page without re-sending: server gave no code
     }
@@ -156,7 +157,7 @@ export class SearchController {
     if (Number.isFinite(d.candidates)) parts.push(`${nf.format(d.candidates)} candidates`);
     if (Number.isFinite(d.took_ms)) parts.push(`${d.took_ms < 10 ? d.took_ms.toFixed(1) : Math.round(d.took_ms)} ms`);
     if (d.strategy) parts.push(d.strategy.replace("_", "-"));
-    return `${parts.join(" · ")}.`;
+    return `${parts.join(" · ")}.${d.hint ? ` ${d.hint}` : ""}`;
   }
 
   #status(text) {

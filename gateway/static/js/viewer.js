@@ -71,6 +71,11 @@ export class Viewer {
       ["Id", item.id],
     ];
     if (item.source) rows.push(["Source", item.source]);
+    const labels = (item.metadata && Array.isArray(item.metadata.labels)) ? item.metadata.labels : [];
+    if (labels.length) {
+      // the model's top ImageNet classes, with their scores
+      rows.push(["Labels", labels.map((l) => `${l.name} ${Math.round(100 * l.score)}%`).join(", ")]);
+    }
     for (const [k, v] of Object.entries(item.metadata || {})) {
       if (v !== null && v !== undefined && typeof v !== "object") rows.push([k, String(v)]);
     }

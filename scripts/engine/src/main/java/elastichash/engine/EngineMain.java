@@ -23,6 +23,8 @@ import org.opensearch.transport.Netty4Plugin;
  * Runs one or more OpenSearch nodes in this JVM, bound to 127.0.0.1 (or {@code --host}), with
  * their data under {@code --home}. Node i serves HTTP on {@code --http-port + i} and transport on
  * {@code --transport-port + i}. Readiness is for the caller to poll (cluster health).
+ * With {@code --only-node i} this JVM runs node i alone of an N-node cluster (the others run
+ * in their own JVMs), so that one node can be killed with SIGKILL and started again on its data.
  *
  * <p>Modules are loaded from the classpath: netty4 (HTTP and transport), painless (the stored
  * Hamming script), reindex (mapping changes behind the alias) and analysis-common. Nothing
@@ -49,6 +51,10 @@ public final class EngineMain {
         int transportPort = Integer.parseInt(opts.getOrDefault("transport-port", "9300"));
         String cluster = opts.getOrDefault("cluster-name", "elastichash-test");
         String host = opts.getOrDefault("host", "127.0.0.1"); // 0.0.0.0 in a container
+        int only = Integer.parseInt(opts.getOrDefault("only-node", "-1"));
+        if (only >= nodes) {
+            throw new IllegalArgumentException("--only-node " + only + " of " + nodes + " nodes");
+        }
 
         List<String> names = new ArrayList<>();
         List<String> seeds = new ArrayList<>();
@@ -70,6 +76,9 @@ public final class EngineMain {
 
         boolean loggingConfigured = false;
         for (int i = 0; i < nodes; i++) {
+            if (only >= 0 && i != only) {
+                continue;
+            }
             Path nodeHome = Files.createDirectories(home.resolve(names.get(i)));
             Settings.Builder b = Settings.builder()
                     .put("cluster.name", cluster)
@@ -89,6 +98,16 @@ public final class EngineMain {
             } else {
                 b.putList("discovery.seed_hosts", seeds);
                 b.putList("cluster.initial_cluster_manager_nodes", names);
+            }
+            // --settings k=v,k=v: node settings for a test (a tiny write queue gives real 429s).
+            for (String kv : opts.getOrDefault("settings", "").split(",")) {
+                if (!kv.isBlank()) {
+                    String[] p = kv.split("=", 2);
+                    if (p.length != 2) {
+                        throw new IllegalArgumentException("--settings wants k=v,k=v: " + kv);
+                    }
+                    b.put(p[0].trim(), p[1].trim());
+                }
             }
             Settings settings = b.build();
             if (!loggingConfigured) {
@@ -118,6 +137,7 @@ public final class EngineMain {
             if (!args[i].startsWith("--") || i + 1 >= args.length) {
                 throw new IllegalArgumentException("usage: --home DIR [--nodes N] [--host ADDR] [--http-port P]"
                         + " [--transport-port P] [--cluster-name NAME] [--log-level LEVEL]"
+                        + " [--only-node I] [--settings k=v,k=v]"
                         + " [--exit-when-started true]");
             }
             out.put(args[i].substring(2), args[++i]);
