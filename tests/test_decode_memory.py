@@ -39,6 +39,7 @@ def test_concurrent_decodes_share_one_budget(tmp_path: Path) -> None:
         sys.path.insert(0, {str(ROOT)!r})
         from elastichash.model.contract import ModelSpec
         from elastichash.model.encoder import Encoder
+        from elastichash.model.session import ModelSession
         from elastichash.settings import ImageLimits, ModelSettings
 
         def status(field):
@@ -49,7 +50,7 @@ def test_concurrent_decodes_share_one_budget(tmp_path: Path) -> None:
         spec = ModelSpec("t", "1", "0" * 64, "input", 224, 256, (0.5, 0.5, 0.5),
                          (0.5, 0.5, 0.5), 256, tuple(range(64)), "code", None)
         limits = ImageLimits(decode_memory_bytes=200 * 1024 * 1024)
-        enc = Encoder(spec, None, [], ModelSettings(decode_workers=4), limits)
+        enc = Encoder(ModelSession(spec, None, []), ModelSettings(decode_workers=4), limits)
         data = Path({str(image)!r}).read_bytes()
         pool, _ = enc._pools()
         before = status("VmRSS")
