@@ -69,7 +69,7 @@ def processes(images: list[bytes], es_url: str, amqp: str, tmp: Path) -> float:
                     str(model)], check=True, cwd=ROOT)  # fmt: skip
     search_port, gateway_port = free_port(), free_port()
     health = [free_port(), free_port()]
-    es = {"INDEX__BACKEND": "elasticsearch", "INDEX__ENGINE__URL": es_url,
+    es = {"INDEX__BACKEND": "opensearch", "INDEX__ENGINE__URL": es_url,
           "INDEX__ENGINE__INDEX": index}
     queue = {"AMQP__URL": amqp, "AMQP__PREFIX": prefix}
     roles: list[tuple[str, str, dict[str, str]]] = [
