@@ -185,11 +185,28 @@ def _role_env(command: str, prefix: str, url: str, model: str, **extra: str) -> 
     return env
 
 
+def _closed_port() -> int:
+    import random
+    import socket
+
+    for port in random.sample(range(10000, 30000), 500):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 @pytest.mark.parametrize("command", ["gateway", "encoder-worker", "indexer-worker"])
 async def test_a_role_that_cannot_reach_the_broker_says_so_in_one_line_and_exits_2(
     command: str, model_file: object
 ) -> None:
-    closed = broker_port()  # nothing listens there
+    # Nothing listens there. Outside the ephemeral range: a connect to a free ephemeral port
+    # can pick that very port as its source and connect to itself (then the client waits
+    # for a broker's answer that never comes).
+    closed = _closed_port()
     env = _role_env(
         command, "nobroker", f"amqp://guest:guest@127.0.0.1:{closed}/", str(model_file)
     )
