@@ -65,29 +65,38 @@ class IndexerWorker:
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
         intake = Batched(amqp.RK_INDEX, self._on_batch, self.prefetch, s.batch_max, s.batch_ms)
-        probe = asyncio.create_task(self._probe_index(stop))
+        # The probe ends on its own event, not by cancellation alone: on 3.11, wait_for
+        # swallows a cancel that lands as the awaited call finishes (seen when the broker and
+        # the index both refuse at once), and an uncancelled probe would hang the exit.
+        done = asyncio.Event()
+        probe = asyncio.create_task(self._probe_index(stop, done))
         try:
             return await self.runtime.run([intake], stop)
         finally:
+            done.set()
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probe
 
-    async def _probe_index(self, stop: asyncio.Event) -> None:
+    async def _probe_index(self, stop: asyncio.Event, done: asyncio.Event) -> None:
         """Readiness follows the index too: an engine that is down or red makes the indexer
         unready (it holds its messages meanwhile), not only a lost broker."""
         period = self.settings.index_probe_s
-        while not stop.is_set():
+        while not (stop.is_set() or done.is_set()):
             try:
-                ok = await asyncio.wait_for(self.index.ready(), timeout=max(period, 2.0))
+                async with asyncio.timeout(max(period, 2.0)):
+                    ok = await self.index.ready()
             except Exception as exc:  # any failure to answer is "not ready"
                 log.debug("index readiness probe failed: %r", exc)
                 ok = False
+            if done.is_set():
+                return
             if ok != self.index_ready:
                 log.warning("index %s", "ready again" if ok else "not ready: readiness fails")
             self.index_ready = ok
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=period)
+                async with asyncio.timeout(period):
+                    await done.wait()
 
     def _decode(self, message: Msg) -> IndexDoc | IndexFailure:
         try:

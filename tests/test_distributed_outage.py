@@ -256,3 +256,38 @@ async def test_a_search_service_whose_port_is_taken_says_so_and_exits_2(tmp_path
     assert "Traceback" not in err, err
     assert f"port {port} is in use" in err
     assert "EH_SEARCH_PORT" in err
+
+
+class _QuickIndex:
+    """An index that answers its readiness call at once, so the probe is nearly always just
+    finishing a call: the moment a cancel can be lost (asyncio.wait_for on 3.11 returns the
+    finished call's result instead of raising), as when broker and index refuse together."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def ready(self) -> bool:
+        self.calls += 1
+        return False
+
+
+async def test_an_indexer_exits_on_an_unreachable_broker_however_its_index_probe_is_timed(
+) -> None:
+    from elastichash.errors import Unavailable
+    from indexer_worker.config import IndexerWorkerSettings
+    from indexer_worker.worker import IndexerWorker
+
+    url = f"amqp://guest:guest@127.0.0.1:{_closed_port()}/"
+    index = _QuickIndex()
+    for _ in range(40):
+        settings = IndexerWorkerSettings(
+            amqp=AmqpSettings(url=url, publish_timeout_s=3),
+            health_port=broker_port(),
+            health_host="127.0.0.1",
+            index_probe_s=1e-6,
+        )
+        worker = IndexerWorker(settings, index)  # type: ignore[arg-type]
+        async with asyncio.timeout(10):  # a lost cancel hung the exit for good
+            with pytest.raises(Unavailable, match="cannot connect to the broker"):
+                await worker.run(asyncio.Event())
+    assert index.calls >= 40
