@@ -23,9 +23,11 @@ from tests.container_checks import (
     MARKS,
     indexed_count,
     searchable_by_upload_and_id,
+    searchable_by_words,
     settled_count,
     status,
     upload,
+    words_supported,
 )
 from tests.distributed_fixtures import images, wait_for
 
@@ -38,9 +40,9 @@ PER_REQUEST = 20
 # Host ports of this test's stack, apart from a user's stack (8080) and the suite's services.
 STACK_ENV = {
     "EH_STACK_PROJECT": "ehtest",
-    "EH_HTTP_PORT": "24080",
-    "OPENSEARCH_PORT": "24092",
-    "RABBITMQ_UI_PORT": "24672",
+    "EH_HTTP_PORT": "33080",
+    "OPENSEARCH_PORT": "33092",
+    "RABBITMQ_UI_PORT": "33672",
 }
 
 
@@ -126,3 +128,7 @@ async def test_200_images_survive_an_encoder_kill_and_are_searchable_by_upload_a
         assert set(statuses) == {"indexed"}
 
         await searchable_by_upload_and_id(http, stack.url, items)
+        if await words_supported(http, stack.url):  # the engine: issue 11
+            await searchable_by_words(http, stack.url, items)
+        else:
+            print("search by words: the engine does not serve it yet (issue 11); not checked")
