@@ -148,10 +148,6 @@ class EngineContract:
         self, engine_index: EngineIndex
     ) -> None:
         code, short = bytes(32), bytes(8)
-        for extra in ({"text": "cat"},):
-            with pytest.raises(UnsupportedQuery) as exc:
-                await engine_index.search(SearchQuery(code=code, short=short, **extra))
-            assert exc.value.field in extra
         if BIT_VECTORS not in engine_index.features:
             with pytest.raises(UnsupportedQuery, match=r"8\.15"):
                 await engine_index.search(SearchQuery(code=code, short=short, strategy="dense_bit"))
