@@ -19,11 +19,10 @@ from elastichash.errors import ModelMismatch
 from elastichash.index.base import Document, SearchQuery
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.es import EngineIndex
-from elastichash.index.es import bootstrap as es_bootstrap
 from elastichash.index.es import query as es_query
 from elastichash.index.es.mapping import LABEL_SCORES
 from elastichash.model.labels import vocabulary
-from tests.engines import Engine, drop, make_index
+from tests.engines import Engine, drop, make_index, older_index, through_search_service
 
 pytest_plugins = ["tests.engines"]
 
@@ -154,45 +153,21 @@ async def test_an_unknown_word_and_a_replaced_label_find_nothing(
 
 
 async def test_an_index_without_label_scores_gains_them_and_keeps_its_model(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine,
 ) -> None:
     docs = make_docs(np.random.default_rng(3))[:60]
-    old_mapping, old_source = es_bootstrap.retrieval_mapping, es_query.document_source
-
-    def without(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        out: dict[str, Any] = old_mapping(*args, **kwargs)
-        del out["properties"][LABEL_SCORES]
-        return out
-
-    def source_without(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        out: dict[str, Any] = old_source(*args, **kwargs)
-        out.pop(LABEL_SCORES, None)
-        return out
-
-    monkeypatch.setattr(es_bootstrap, "retrieval_mapping", without)
-    monkeypatch.setattr(es_query, "document_source", source_without)
-    first = make_index(engine)
-    await first.open()
-    old = first.concrete
     model = _Model("elastichash-default", "elastichash-default:1:aaaaaaaaaaaa")
-    await first.bind_model("visual", model)
-    assert all(r.ok for r in await first.upsert(docs))
-    await first.close()
-    monkeypatch.undo()
-    second = EngineIndex(engine.url, first.names.alias, kind=engine.kind,
-                         nbs_index=first.names.nbs, layout=first.layout, bulk=first.bulk)
-    await second.open()
-    try:
-        assert second.concrete == f"{first.names.alias}-v2" != old
+
+    async def bind(idx: EngineIndex) -> None:
+        await idx.bind_model("visual", model)
+
+    async with older_index(engine, LABEL_SCORES, docs, before_write=bind) as (second, old):
+        assert second.concrete == f"{second.names.alias}-v2" != old
         await second.refresh()
         got = await second.search(SearchQuery(text="dog", k=100))
         assert [(h.distance, h.id) for h in got.hits] == reference(docs, "dog")
         assert await second.model() == ("visual", model.fingerprint)
         await second.bind_model("visual", model)  # the same model: fine
-        await second.client.delete_index(old)
-    finally:
-        await drop(second)
-        await second.close()
 
 
 class _Model:
@@ -271,25 +246,12 @@ async def test_a_gateway_binds_an_engine_index_through_the_search_service(
 ) -> None:
     """The wiring of docker-compose: the gateway's RemoteIndex asks the search service to bind
     its engine index; another model is refused with the engine's message, as a 409."""
-    from aiohttp.test_utils import TestServer
-
-    from elastichash.index.remote import RemoteIndex
-    from search_service.app import create_app
-    from search_service.config import SearchServiceSettings
-
     lite0 = _Model("efficientnet-lite0", "efficientnet-lite0:1:eeeeeeeeeeee")
-    served = EngineIndex(engine_index.url, engine_index.names.alias, kind=engine_index.kind,
-                         nbs_index=engine_index.names.nbs)
-    async with TestServer(create_app(SearchServiceSettings(), index=served)) as server:
-        remote = RemoteIndex(str(server.make_url("/")).rstrip("/"))
-        await remote.open()
-        try:
-            await remote.bind_model("efficientnet-lite0", lite0)
-            await remote.bind_model("efficientnet-lite0", lite0)
-            with pytest.raises(ModelMismatch) as err:
-                await remote.bind_model("visual", _Model("elastichash-default", "v:1:ff"))
-        finally:
-            await remote.close()
+    async with through_search_service(engine_index) as remote:
+        await remote.bind_model("efficientnet-lite0", lite0)
+        await remote.bind_model("efficientnet-lite0", lite0)
+        with pytest.raises(ModelMismatch) as err:
+            await remote.bind_model("visual", _Model("elastichash-default", "v:1:ff"))
     assert "holds codes of model 'efficientnet-lite0'" in err.value.message
     assert "'visual' (v:1:ff)" in err.value.message
     assert await engine_index.model() == ("efficientnet-lite0", lite0.fingerprint)
