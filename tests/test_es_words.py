@@ -241,17 +241,31 @@ def test_words_alone_rank_by_the_best_label_score_in_a_nested_query() -> None:
     assert src[LABEL_SCORES] == [{"id": "n1", "score": 0.5}]
 
 
-async def test_a_gateway_binds_an_engine_index_through_the_search_service(
+async def test_a_gateway_binds_and_searches_an_engine_index_through_the_search_service(
     engine_index: EngineIndex,
 ) -> None:
     """The wiring of docker-compose: the gateway's RemoteIndex asks the search service to bind
-    its engine index; another model is refused with the engine's message, as a 409."""
+    its engine index (another model is refused with the engine's message, as a 409) and
+    searches it by words as directly."""
     lite0 = _Model("efficientnet-lite0", "efficientnet-lite0:1:eeeeeeeeeeee")
+    docs = make_docs(np.random.default_rng(7))[:80]
     async with through_search_service(engine_index) as remote:
         await remote.bind_model("efficientnet-lite0", lite0)
         await remote.bind_model("efficientnet-lite0", lite0)
         with pytest.raises(ModelMismatch) as err:
             await remote.bind_model("visual", _Model("elastichash-default", "v:1:ff"))
+        assert (await remote.capabilities()).text
+        await remote.upsert(docs)
+        await engine_index.refresh()
+        for query in (SearchQuery(text="dog", k=15, offset=2),
+                      SearchQuery(text="vehicle", code=docs[0].code, short=docs[0].short),
+                      SearchQuery(text="animal", filter={"album": "b"})):
+            got = await remote.search(query)
+            want = await engine_index.search(query)
+            assert [(h.distance, h.id) for h in got.hits] == [
+                (h.distance, h.id) for h in want.hits]
+            assert (got.total, got.strategy) == (want.total, want.strategy)
+            assert got.hits, query
     assert "holds codes of model 'efficientnet-lite0'" in err.value.message
     assert "'visual' (v:1:ff)" in err.value.message
     assert await engine_index.model() == ("efficientnet-lite0", lite0.fingerprint)
