@@ -8,7 +8,7 @@
 #
 # Docker is used when an engine answers (`docker info`); otherwise podman, installed from
 # Debian when missing, with deploy/local/containers.conf (the sandbox settings) and images
-# built FROM a local Debian bookworm base made by debootstrap: no registry is needed at all.
+# built FROM a local Debian bookworm base made by mmdebstrap: no registry is needed at all.
 # CONTAINER_ENGINE=docker|podman forces one. EH_HTTP_PORT sets the gateway's host port.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,9 +19,9 @@ BASE_IMAGE=${EH_BASE_IMAGE:-localhost/elastichash-base:bookworm}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # What the local base holds: python3 is 3.11 on bookworm, as in python:3.11-slim.
 BASE_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates,tini
-BASE_RECIPE=2  # bump when the recipe below changes: a base with another recipe is rebuilt
+BASE_RECIPE=3  # bump when the recipe below changes: a base with another recipe is rebuilt
 HEALTH_TIMEOUT_S=${EH_STACK_TIMEOUT_S:-600}
-BUILD_TIMEOUT_S=${EH_BUILD_TIMEOUT_S:-1200}  # one image build; debootstrap and apt get 900 s
+BUILD_TIMEOUT_S=${EH_BUILD_TIMEOUT_S:-1200}  # one image build; mmdebstrap and apt get 900 s
 
 log() { echo "containers: $*" >&2; }
 die() { echo "containers: error: $*" >&2; exit 1; }
@@ -44,7 +44,7 @@ setup_podman() {
   local missing=()
   command -v podman >/dev/null || missing+=(podman)
   command -v runc >/dev/null || missing+=(runc)
-  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
   # Name resolution between containers on a bridge network, and the rootless helpers.
   [[ -x /usr/lib/podman/aardvark-dns || -x /usr/libexec/podman/aardvark-dns ]] \
     || missing+=(aardvark-dns)
@@ -57,9 +57,10 @@ setup_podman() {
   export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/local/containers.conf}
 }
 
-# The local base image: Debian bookworm minbase with Python 3.11, made by debootstrap and
-# imported, so that builds need no registry. Kept in podman's store; rebuilt only when absent
-# or made by another recipe.
+# The local base image: Debian bookworm minbase with Python 3.11, made by mmdebstrap (one apt
+# run with parallel downloads: about twice as fast as debootstrap) and imported, so that
+# builds need no registry. Kept in podman's store; rebuilt only when absent or made by
+# another recipe.
 ensure_base() {
   local have
   have=$(podman image inspect --format '{{index .Labels "elastichash.base-recipe"}}' \
@@ -67,35 +68,33 @@ ensure_base() {
   if [[ $have == "$BASE_RECIPE" ]]; then
     return 0
   fi
-  log "building the local base image $BASE_IMAGE with debootstrap (a few minutes, once)"
-  local dir
+  log "building the local base image $BASE_IMAGE with mmdebstrap (a minute or two, once)"
+  local dir t0=$SECONDS security=${DEBIAN_MIRROR%/debian}/debian-security
   dir=$(mktemp -d /var/tmp/eh-base.XXXXXX)
-  # shellcheck disable=SC2064
-  trap "rm -rf '$dir'" RETURN
-  local t0=$SECONDS
-  timeout --foreground -k 10 900 $SUDO debootstrap --variant=minbase \
-    --include="$BASE_PACKAGES" bookworm "$dir" "$DEBIAN_MIRROR" >"$dir.log" 2>&1 \
-    || { tail -20 "$dir.log" >&2; rm -f "$dir.log"; die "debootstrap failed (or took over 900 s)"; }
-  rm -f "$dir.log"
-  cat >"$dir/etc/apt/sources.list" <<EOF
-deb $DEBIAN_MIRROR bookworm main
-deb $DEBIAN_MIRROR bookworm-updates main
-deb ${DEBIAN_MIRROR%/debian}/debian-security bookworm-security main
-EOF
-  # Trust what this host trusts (an HTTPS proxy's CA, say), and make pip use the system
-  # bundle: the pip that venv bundles on bookworm would otherwise use only its own.
-  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-    cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
-    chroot "$dir" update-ca-certificates >/dev/null 2>&1
+  # Hooks: trust what this host trusts (an HTTPS proxy's CA, say), and make pip use the
+  # system bundle: the pip that venv bundles on bookworm would otherwise use only its own.
+  # shellcheck disable=SC2016  # $1 is the hook's: the new root
+  if ! timeout --foreground -k 10 900 $SUDO mmdebstrap --variant=minbase \
+    --include="$BASE_PACKAGES" \
+    --customize-hook='for c in /usr/local/share/ca-certificates/*.crt; do
+        if [ -e "$c" ]; then cp "$c" "$1/usr/local/share/ca-certificates/"; fi; done
+      chroot "$1" update-ca-certificates >/dev/null 2>&1' \
+    --customize-hook='printf "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n" >"$1/etc/pip.conf"' \
+    bookworm "$dir/base.tar" "deb $DEBIAN_MIRROR bookworm main" \
+    "deb $DEBIAN_MIRROR bookworm-updates main" "deb $security bookworm-security main" \
+    >"$dir/log" 2>&1; then
+    tail -20 "$dir/log" >&2
+    rm -rf "$dir"
+    die "mmdebstrap failed (or took over 900 s): the base image was not made"
   fi
-  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$dir/etc/pip.conf"
-  rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb
-  tar -C "$dir" -c . | timeout --foreground -k 10 600 podman import \
+  timeout --foreground -k 10 600 podman import -q \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["/bin/bash"]' \
     --change "LABEL elastichash.base-recipe=$BASE_RECIPE" \
-    - "$BASE_IMAGE" >/dev/null || die "podman import of the base image failed"
+    "$dir/base.tar" "$BASE_IMAGE" >/dev/null \
+    || { rm -rf "$dir"; die "podman import of the base image failed"; }
+  rm -rf "$dir"
   log "base image $BASE_IMAGE ready in $((SECONDS - t0)) s"
 }
 

@@ -87,19 +87,6 @@ async def searchable_by_upload_and_id(
         assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
 
 
-async def words_supported(http: aiohttp.ClientSession, url: str) -> bool:
-    """Whether the stack's index searches by words. The stack's search service runs on the
-    engine, which gets words search with issue 11: until then it refuses ``text`` with
-    ``unsupported_query`` (the check below runs as soon as it does not)."""
-    async with http.post(f"{url}/v1/search", json={"text": "dog"}) as resp:
-        body = await resp.json()
-    error = body.get("error") or {}
-    if (error.get("code"), error.get("field")) == ("unsupported_query", "text"):
-        return False
-    assert resp.status == 200, body
-    return True
-
-
 async def searchable_by_words(
     http: aiohttp.ClientSession, url: str, items: list[IngestItem]
 ) -> None:

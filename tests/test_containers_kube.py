@@ -2,7 +2,7 @@
 
 deploy/local/kube_play.py renders the overlay, leaves out what podman cannot run (it says
 what), and starts the rest on the local images; 200 images uploaded through the gateway must
-all be indexed once and be found by upload and by id. Always taken down afterwards.
+all be indexed once and be found by upload, by id and by words. Always taken down afterwards.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from tests.container_checks import (
     searchable_by_words,
     settled_count,
     upload,
-    words_supported,
 )
 from tests.distributed_fixtures import images, wait_for
 
@@ -63,7 +62,4 @@ async def test_kube_play_of_the_cpu_overlay_indexes_and_finds_200_images(gateway
         await wait_for(all_indexed, 600, f"all {N} images indexed")
         assert await settled_count(http, gateway) == N
         await searchable_by_upload_and_id(http, gateway, items)
-        if await words_supported(http, gateway):  # the engine: issue 11
-            await searchable_by_words(http, gateway, items)
-        else:
-            print("search by words: the engine does not serve it yet (issue 11); not checked")
+        await searchable_by_words(http, gateway, items)
