@@ -3,8 +3,8 @@
 docker-compose.yml brought up by scripts/containers.sh on the images `make images` built:
 200 images uploaded through the gateway, the encoder container killed mid-ingest and
 started again, then every image must be searchable (nothing lost, nothing twice), by upload,
-by id and by words (its labels, on the engine). Runs only when EH_TEST_CONTAINERS=1 (it builds and starts containers); the stack
-is always taken down, whatever happens.
+by id and by words (its labels, on the engine). Runs only when EH_TEST_CONTAINERS=1 (it
+builds and starts containers); the stack is always taken down, whatever happens.
 """
 
 from __future__ import annotations
