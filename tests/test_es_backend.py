@@ -162,6 +162,7 @@ class EngineContract:
         doc = make_docs(np.random.default_rng(1), 1)[0]
         assert [r.ok for r in await engine_index.upsert([doc])] == [True]
         assert (await engine_index.get(doc.id)) is not None
+        assert await engine_index.existing([doc.id, "missing"]) == {doc.id}  # realtime too
         assert (await engine_index.search(SearchQuery(
                 code=doc.code, short=doc.short
             ))).total == 0  # refresh_interval -1

@@ -108,6 +108,15 @@ async def test_upsert_replaces_the_code_and_the_old_code_is_not_found(tmp_path: 
     await idx.close()
 
 
+async def test_existing_names_the_indexed_ids_among_those_asked(index: EmbeddedIndex) -> None:
+    docs = make_docs(5)
+    await index.upsert(docs)
+    await index.delete([docs[1].id])
+    assert await index.existing([d.id for d in docs] + ["nope"]) == {
+        docs[0].id, docs[2].id, docs[3].id, docs[4].id}
+    assert await index.existing([]) == set()
+
+
 async def test_delete_is_durable_and_missing_ids_report_not_found(tmp_path: Path) -> None:
     docs = make_docs(40)
     idx = EmbeddedIndex(tmp_path)

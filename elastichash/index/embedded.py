@@ -315,6 +315,11 @@ class EmbeddedIndex:
     async def get(self, doc_id: str) -> Document | None:
         return await self._run(self._readers, lambda: self._store.get(doc_id))
 
+    async def existing(self, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        return await self._run(self._readers, lambda: self._store.existing(ids))
+
     async def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
         """Large-view JPEGs (standalone mode stores them beside the thumbnails)."""
         if previews:
