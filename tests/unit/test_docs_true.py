@@ -89,3 +89,20 @@ def test_every_endpoint_the_docs_name_is_routed(method: str | None, path: str) -
 def test_the_docs_name_the_delete_endpoint() -> None:
     assert ("DELETE", "/v1/images/x") in named_endpoints(README)
     assert isinstance(create_app(GatewaySettings()), web.Application)
+
+
+def named_test_paths() -> set[str]:
+    """``tests/...`` paths the README and docs/ name (globs such as ``test_amqp_*.py`` too)."""
+    texts = [README, *(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))]
+    found: set[str] = set()
+    for text in texts:
+        for m in re.finditer(r"(?<![\w/])tests/[\w*./-]*\w/?", text):
+            found.add(m.group(0))
+    return found
+
+
+def test_every_test_path_the_docs_name_exists() -> None:
+    named = named_test_paths()
+    assert "tests/integration/test_es_backend.py" in named, sorted(named)
+    missing = sorted(p for p in named if not list(ROOT.glob(p.rstrip("/"))))
+    assert not missing, f"the docs name test paths that do not exist: {missing}"
