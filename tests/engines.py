@@ -12,16 +12,21 @@ Tests that need the real engine are skipped when none is configured, except in C
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from elastichash.index.base import Document
 from elastichash.index.es import EngineIndex
 from elastichash.index.es.bootstrap import Layout
 from elastichash.index.es.bulk import BulkPolicy
+from elastichash.index.remote import RemoteIndex
 from tests.esserver.server import EsTestServer
 
 URL_FILE = Path(__file__).resolve().parent.parent / ".services" / "engine.url"
@@ -88,3 +93,65 @@ def warm(engine: Engine) -> Engine:
         asyncio.run(build())
         _WARM.add(engine.url)
     return engine
+
+
+@contextlib.asynccontextmanager
+async def through_search_service(idx: EngineIndex) -> AsyncIterator[RemoteIndex]:
+    """The wiring of docker-compose: a search service serving ``idx``'s index (its own
+    EngineIndex on the same alias), and the RemoteIndex a gateway would talk to it with."""
+    from aiohttp.test_utils import TestServer
+
+    from search_service.app import create_app
+    from search_service.config import SearchServiceSettings
+
+    served = EngineIndex(idx.url, idx.names.alias, kind=idx.kind, nbs_index=idx.names.nbs)
+    async with TestServer(create_app(SearchServiceSettings(), index=served)) as server:
+        remote = RemoteIndex(str(server.make_url("/")).rstrip("/"))
+        await remote.open()
+        try:
+            yield remote
+        finally:
+            await remote.close()
+
+
+@contextlib.asynccontextmanager
+async def older_index(
+    engine: Engine, field: str, docs: list[Document],
+    before_write: Callable[[EngineIndex], Awaitable[None]] | None = None,
+) -> AsyncIterator[tuple[EngineIndex, str]]:
+    """An index made by an older release whose mapping (and documents) lacked ``field``,
+    holding ``docs``; yields (the index opened again by this release, the older concrete
+    index), then deletes both."""
+    from elastichash.index.es import bootstrap as es_bootstrap
+    from elastichash.index.es import query as es_query
+
+    old_mapping, old_source = es_bootstrap.retrieval_mapping, es_query.document_source
+
+    def mapping_without(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        out: dict[str, Any] = old_mapping(*args, **kwargs)
+        del out["properties"][field]
+        return out
+
+    def source_without(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        out: dict[str, Any] = old_source(*args, **kwargs)
+        out.pop(field, None)
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(es_bootstrap, "retrieval_mapping", mapping_without)
+        patch.setattr(es_query, "document_source", source_without)
+        first = make_index(engine)
+        await first.open()
+        if before_write is not None:
+            await before_write(first)
+        assert all(r.ok for r in await first.upsert(docs))
+        await first.close()
+    second = EngineIndex(engine.url, first.names.alias, kind=engine.kind,
+                         nbs_index=first.names.nbs, layout=first.layout, bulk=first.bulk)
+    await second.open()
+    try:
+        yield second, first.concrete
+    finally:
+        await second.client.delete_index(first.concrete)
+        await drop(second)
+        await second.close()

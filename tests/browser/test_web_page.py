@@ -549,6 +549,51 @@ def test_filter_chips_search_within_an_album(
     expect(tiles).not_to_have_count(2)
 
 
+def _labels(base: str, image_id: str) -> list[dict[str, Any]]:
+    status, body = _get(f"{base}/v1/images/{image_id}")
+    assert status == 200, body
+    labels: list[dict[str, Any]] = json.loads(body).get("metadata", {}).get("labels") or []
+    return labels
+
+
+def test_the_words_box_finds_images_by_label_and_the_large_view_shows_them(
+        page: Page, base_url: str, seeded: dict[str, Any]) -> None:
+    from collections import Counter
+
+    from elastichash.model.labels import vocabulary
+
+    labelled = {i: ls for i in seeded["ids"] if (ls := _labels(base_url, i))}
+    assert labelled, "the default model gives labels"
+    name = Counter(ls[0]["name"] for ls in labelled.values()).most_common(1)[0][0]
+    classes, _, _ = vocabulary().resolve(name)
+    carrying = {i for i, ls in labelled.items() if any(lab["id"] in classes for lab in ls)}
+
+    page.fill("#search-text", name)
+    page.keyboard.press("Enter")
+    expect(page.locator(".results")).not_to_have_attribute("aria-busy", "true")
+    tiles = page.locator("#gallery .tile")
+    expect(tiles.first).to_be_visible()
+    shown = tiles.evaluate_all("els => els.map(e => e.dataset.id)")
+    assert carrying <= set(shown), (name, carrying, shown)
+    for image_id in shown:  # every image shown carries a class the words name
+        assert any(lab["id"] in classes for lab in _labels(base_url, image_id)), image_id
+    # best label score first, as the API ranks them
+    best = [max(lab["score"] for lab in _labels(base_url, i) if lab["id"] in classes)
+            for i in shown]
+    assert best == sorted(best, reverse=True)
+
+    tiles.first.locator(".tile-open").click()
+    viewer = page.locator("#viewer")
+    expect(viewer).to_be_visible()
+    expect(viewer).to_have_attribute("data-id", shown[0])
+    terms = page.locator("#viewer-meta dt")
+    expect(terms.filter(has_text="Labels")).to_have_count(1)
+    shown_labels = page.locator("#viewer-meta dt:text-is('Labels') + dd")
+    for lab in _labels(base_url, shown[0]):  # each label with its score in percent
+        expect(shown_labels).to_contain_text(re.compile(rf"{re.escape(lab['name'])} \d+%"))
+    _shot(page, "words-search.png")
+
+
 def test_one_progress_bar_counts_the_run_and_clear_waits_until_nothing_runs(
         page: Page, tmp_path: Path) -> None:
     paths = []

@@ -1,7 +1,7 @@
 """The whole distributed system as subprocesses: gateway, two encoders, one indexer and the
 search service over a real RabbitMQ, with the real search engine as the index (the embedded
 index where no engine is configured, outside CI). 500 images in over HTTP; every one
-searchable, none twice."""
+searchable, none twice; the engine index records the gateway's model."""
 
 from __future__ import annotations
 
@@ -66,6 +66,17 @@ async def test_500_images_over_http_are_each_searchable_exactly_once(
     for svc in workers:
         await c.ready(svc)
     await c.ready(gateway)
+    if index_env is not None:  # the gateway bound the engine index to its model at start
+        from elastichash.model.contract import load_spec
+
+        engine = EngineIndex(index_env["EH_SEARCH_INDEX__ENGINE__URL"],
+                             index_env["EH_SEARCH_INDEX__ENGINE__INDEX"],
+                             kind=index_env["EH_SEARCH_INDEX__BACKEND"], nbs_index=NBS_INDEX)
+        await engine.open()
+        try:
+            assert (await engine.model()) == (str(c.model), load_spec(c.model).fingerprint)
+        finally:
+            await engine.close()
     items = images(range(20_000, 20_000 + N))
 
     async with aiohttp.ClientSession() as http:

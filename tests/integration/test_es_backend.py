@@ -24,7 +24,7 @@ from elastichash.index.es.client import WrongEngine
 from elastichash.index.es.mapping import BIT_VECTORS
 from elastichash.index.es.neighbours import NBS_DOCS
 from elastichash.index.es.script import HAMMING_SCRIPT_ID, HAMMING_SCRIPT_SOURCE
-from tests.engines import Engine, drop, make_index
+from tests.engines import Engine, drop, make_index, through_search_service
 
 N_DOCS = 600
 N_QUERIES = 200
@@ -146,10 +146,6 @@ class EngineContract:
         self, engine_index: EngineIndex
     ) -> None:
         code, short = bytes(32), bytes(8)
-        for extra in ({"text": "cat"},):
-            with pytest.raises(UnsupportedQuery) as exc:
-                await engine_index.search(SearchQuery(code=code, short=short, **extra))
-            assert exc.value.field in extra
         if BIT_VECTORS not in engine_index.features:
             with pytest.raises(UnsupportedQuery, match=r"8\.15"):
                 await engine_index.search(SearchQuery(code=code, short=short, strategy="dense_bit"))
@@ -255,25 +251,12 @@ class EngineContract:
         """The distributed wiring of docker-compose: gateway -> RemoteIndex -> search service ->
         the engine. RemoteIndex.count() reads the service's stats, which every backend must
         answer with a 'count'."""
-        from aiohttp.test_utils import TestServer
-
-        from elastichash.index.remote import RemoteIndex
-        from search_service.app import create_app
-        from search_service.config import SearchServiceSettings
-
         docs = make_docs(np.random.default_rng(9), 3)
         await engine_index.upsert(docs)
         await engine_index.refresh()
-        served = EngineIndex(engine_index.url, engine_index.names.alias, kind=engine_index.kind,
-                             nbs_index=engine_index.names.nbs)
-        async with TestServer(create_app(SearchServiceSettings(), index=served)) as server:
-            remote = RemoteIndex(str(server.make_url("/")).rstrip("/"))
-            await remote.open()
-            try:
-                assert await remote.count() == 3
-                assert (await remote.stats())["count"] == 3
-            finally:
-                await remote.close()
+        async with through_search_service(engine_index) as remote:
+            assert await remote.count() == 3
+            assert (await remote.stats())["count"] == 3
 
 
 class TestStandIn(EngineContract):

@@ -7,7 +7,6 @@ reindex-behind-alias path, values included."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,11 +14,10 @@ import pytest
 from elastichash.index.base import SearchQuery
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.es import EngineIndex
-from elastichash.index.es import bootstrap as es_bootstrap
 from elastichash.index.es import query as es_query
 from elastichash.index.es.mapping import BIT_VECTORS, FILTER_OBJECT
 from tests.datasets import FILTERS, make_docs, passes
-from tests.engines import Engine, drop, make_index
+from tests.engines import Engine, older_index
 
 
 @pytest.fixture(params=["stand-in", "real engine"])
@@ -67,34 +65,11 @@ async def test_filtered_search_equals_the_embedded_backend(
 
 
 async def test_an_index_without_the_filter_object_is_reindexed_with_its_values(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine,
 ) -> None:
     docs = make_docs(np.random.default_rng(8))[:60]
-    old_mapping, old_source = es_bootstrap.retrieval_mapping, es_query.document_source
-
-    def without_filter(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        out: dict[str, Any] = old_mapping(*args, **kwargs)
-        del out["properties"][FILTER_OBJECT]
-        return out
-
-    def source_without_filter(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        out: dict[str, Any] = old_source(*args, **kwargs)
-        out.pop(FILTER_OBJECT, None)
-        return out
-
-    monkeypatch.setattr(es_bootstrap, "retrieval_mapping", without_filter)
-    monkeypatch.setattr(es_query, "document_source", source_without_filter)
-    first = make_index(engine)
-    await first.open()
-    old = first.concrete
-    assert all(r.ok for r in await first.upsert(docs))
-    await first.close()
-    monkeypatch.undo()
-    second = EngineIndex(engine.url, first.names.alias, kind=engine.kind,
-                         nbs_index=first.names.nbs, layout=first.layout, bulk=first.bulk)
-    await second.open()
-    try:
-        assert second.concrete == f"{first.names.alias}-v2" != old
+    async with older_index(engine, FILTER_OBJECT, docs) as (second, old):
+        assert second.concrete == f"{second.names.alias}-v2" != old
         await second.refresh()
         spec = {"album": ["album-1", "album-2", "album-3"], "width": {"gte": 500}}
         q = docs[0]
@@ -106,10 +81,6 @@ async def test_an_index_without_the_filter_object_is_reindexed_with_its_values(
         assert want
         assert [(h.distance, h.id) for h in res.hits] == want
         assert [await second.get(d.id) for d in docs] == docs
-        await second.client.delete_index(old)
-    finally:
-        await drop(second)
-        await second.close()
 
 
 def test_a_filter_becomes_term_terms_and_range_clauses() -> None:
