@@ -114,11 +114,11 @@ class Local:
 
 
 async def bind(index: Any, model: ModelSettings, encoder: Any) -> None:
-    """Refuse (ModelMismatch) an embedded index that holds another model's codes."""
-    from elastichash.index.embedded import EmbeddedIndex
-
-    if isinstance(index, EmbeddedIndex):
-        await index.bind_model(model.model, encoder.spec)
+    """Refuse (ModelMismatch) an index that holds another model's codes; record the model
+    in one that holds none (every backend that stores codes: embedded, engines)."""
+    bind_model = getattr(index, "bind_model", None)
+    if bind_model is not None:
+        await bind_model(model.model, encoder.spec)
 
 
 @asynccontextmanager
@@ -249,7 +249,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 def run_duplicates(args: argparse.Namespace) -> int:
     from elastichash.errors import InvalidInput
-    from elastichash.index import wire
+    from elastichash.index import service_json
     from elastichash.index.factory import make_index
 
     async def go() -> int:
@@ -262,7 +262,7 @@ def run_duplicates(args: argparse.Namespace) -> int:
         finally:
             await index.close()
         if args.json:
-            print(json.dumps(wire.duplicates_to_json(res)))
+            print(json.dumps(service_json.duplicates_to_json(res)))
             return 0
         print(f"{res.total} groups, {res.images} images, {res.pairs} pairs within distance "
               f"{res.max_distance} ({res.took_ms:.0f} ms)")
