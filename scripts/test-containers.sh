@@ -56,5 +56,6 @@ log "images ready in $((SECONDS - t)) s"
 STAGE=tests
 t=$SECONDS
 EH_TEST_CONTAINERS=1 timeout -k 60 "$TESTS_TIMEOUT_S" "$VENV/bin/python" -m pytest -q -s \
-  -p no:cacheprovider tests/test_containers.py tests/test_containers_kube.py
+  -p no:cacheprovider tests/integration/test_containers.py \
+  tests/integration/test_containers_kube.py
 log "tests done in $((SECONDS - t)) s"

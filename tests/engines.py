@@ -1,4 +1,4 @@
-"""The search engines the backend tests run against, and their fixtures.
+"""The search engines the backend tests run against (their fixtures are in ``tests/conftest.py``).
 
 - the stand-in: the protocol test server (``tests/esserver``), speaking Elasticsearch 8, kept
   for the fault injection a real engine cannot do;
@@ -7,7 +7,6 @@
 
 Tests that need the real engine are skipped when none is configured, except in CI
 (``CI=true``), where a missing engine fails them: the backend must be proven on Lucene.
-Load with ``pytest_plugins = ["tests.engines"]``.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,34 +93,6 @@ def warm(engine: Engine) -> Engine:
         asyncio.run(build())
         _WARM.add(engine.url)
     return engine
-
-
-@pytest.fixture(scope="session")
-def stand_in() -> Iterator[Engine]:
-    server = EsTestServer().start()
-    yield warm(Engine("elasticsearch", server.url, server))
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def real_engine() -> Engine:
-    found = configured()
-    if found is None:
-        missing_engine("real engine")
-    assert found is not None
-    return warm(Engine(*found))
-
-
-@pytest.fixture
-async def engine_index(engine: Engine) -> AsyncIterator[EngineIndex]:
-    """A fresh index on ``engine`` (a fixture the test module or class provides)."""
-    idx = make_index(engine)
-    await idx.open()
-    yield idx
-    if engine.server is not None:
-        engine.server.faults.clear()
-    await drop(idx)
-    await idx.close()
 
 
 @contextlib.asynccontextmanager

@@ -407,6 +407,12 @@ class Store:
         fields = {f.name: _from_column(f, v) for f, v in zip(COLUMNS, r[4:], strict=True)}
         return Document(id=r[0], code=bytes(r[1]), short=bytes(r[2]), thumbnail=thumb, **fields)
 
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        cur = self.reader().execute(
+            f"SELECT id FROM docs WHERE id IN {_IN_JSON}", (json.dumps(list(ids)),)
+        )
+        return {r[0] for r in cur.fetchall()}
+
     def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
         """Store large-view JPEGs of documents that exist (others are skipped)."""
         conn = self.writer

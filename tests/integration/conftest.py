@@ -1,0 +1,70 @@
+"""Fixtures of the integration tests: the shared RabbitMQ (a unique topology prefix per test,
+deleted after), a private RabbitMQ node a test may stop and start, and the services run as
+real subprocesses (``tests/distributed.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.broker import (
+    BROKER_HOST,
+    BROKER_PORT,
+    BROKER_URL,
+    PrivateBroker,
+    port_open,
+    rabbitmq_installed,
+    wait_amqp,
+)
+from tests.distributed import Cluster
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """The shared broker; tests that need it are skipped (not failed) when none answers."""
+    if not port_open(BROKER_HOST, BROKER_PORT):
+        pytest.skip(f"no RabbitMQ at {BROKER_HOST}:{BROKER_PORT} (the test command starts one)")
+    asyncio.run(wait_amqp(BROKER_URL, 10))
+    return BROKER_URL
+
+
+@pytest.fixture
+async def amqp_prefix(rabbitmq_url: str) -> AsyncIterator[str]:
+    """A unique topology prefix for one test; its queues and exchanges are deleted after."""
+    prefix = f"ehtest-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    from elastichash.amqp import delete_topology
+
+    await delete_topology(rabbitmq_url, prefix)
+
+
+@pytest.fixture
+async def private_broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PrivateBroker]:
+    if not rabbitmq_installed():
+        pytest.skip("rabbitmq-server not installed")
+    broker = PrivateBroker(tmp_path_factory.mktemp("rmq"))
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await asyncio.to_thread(broker.stop)
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path, model_path: Path) -> Iterator[Callable[[str, str], Cluster]]:
+    """Makes service clusters (started by the test) that are all stopped after it."""
+    made: list[Cluster] = []
+
+    def make(amqp_url: str, prefix: str) -> Cluster:
+        c = Cluster(tmp_path / f"c{len(made)}", amqp_url, prefix, model_path)
+        c.tmp.mkdir(parents=True)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop_all()
