@@ -87,8 +87,14 @@ class _Batch:
         accepted = AcceptedImage(id=image_id, filename=filename, url=url,
                                  status_url=f"/v1/images/{image_id}")
         if given_id is None and await self._indexed(image_id):
-            # The same bytes are indexed already (a content id): answer so, and keep the
-            # document (its source) as it is instead of queueing a copy that replaces it.
+            # The same bytes are indexed already (a content id): answer so, and add the new
+            # source to the document's sources instead of queueing a copy that replaces it.
+            if source:
+                try:
+                    await self.app[COMPONENTS].index.add_source(image_id, source)
+                except ElasticHashError as exc:
+                    self.error(exc, filename=filename, url=url)
+                    return
             self.items.append((None, accepted.model_copy(update={"status": "indexed"})))
             return
         # Derived fields next to the client's collection fields: all filterable.
@@ -307,6 +313,7 @@ async def get_image(request: web.Request) -> web.Response:
         of = doc.metadata.get("duplicate_of")
         return json_model(ImageStatus(
             id=image_id, status="indexed", source=doc.source,
+            sources=list(doc.sources) or ([doc.source] if doc.source else []),
             thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata,
             duplicate_of=of if isinstance(of, str) else None))
     raise NotFound(f"no image with id {image_id}")
@@ -344,11 +351,11 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
 
 
 async def get_preview(request: web.Request) -> web.StreamResponse:
-    """The large-view JPEG where one is stored (standalone), else the thumbnail's address."""
+    """The large-view JPEG where one is stored (an image larger than its thumbnail, made by
+    the encoder in either mode), else the thumbnail's address."""
     image_id = check_id(request.match_info["id"])
     index = request.app[COMPONENTS].index
-    getter = getattr(index, "get_preview", None)
-    data = await getter(image_id) if getter is not None else None
+    data = await index.get_preview(image_id)
     if data is None:
         doc = await index.get(image_id)
         if doc is None:
