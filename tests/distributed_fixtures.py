@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,6 +228,34 @@ class Cluster:
 
 
 @pytest.fixture
+async def index_env() -> AsyncIterator[dict[str, str] | None]:
+    """The search service's index settings: a fresh index on the real engine, dropped after
+    (None: the embedded index, where no engine is configured, outside CI)."""
+    from elastichash.index.es import EngineIndex
+    from tests.engines import NBS_INDEX, configured, drop, missing_engine
+
+    found = configured()
+    if found is None:
+        if os.environ.get("CI"):
+            missing_engine("distributed end-to-end")
+        yield None
+        return
+    kind, url = found
+    alias = f"eh-test-e2e-{uuid.uuid4().hex[:8]}"
+    yield {
+        "EH_SEARCH_INDEX__BACKEND": kind,
+        "EH_SEARCH_INDEX__ENGINE__URL": url,
+        "EH_SEARCH_INDEX__ENGINE__INDEX": alias,
+        "EH_SEARCH_INDEX__ENGINE__NBS_INDEX": NBS_INDEX,
+        "EH_SEARCH_INDEX__ENGINE__REFRESH_INTERVAL": "200ms",
+    }
+    idx = EngineIndex(url, alias, kind=kind, nbs_index=NBS_INDEX)
+    await idx.open()
+    await drop(idx)
+    await idx.close()
+
+
+@pytest.fixture
 def cluster_factory(tmp_path: Path, model_file: Path) -> Iterator[Callable[[str, str], Cluster]]:
     made: list[Cluster] = []
 
@@ -361,6 +390,7 @@ __all__ = [
     "cluster_factory",
     "dead_letters",
     "images",
+    "index_env",
     "index_message_ids",
     "model_file",
     "publish",

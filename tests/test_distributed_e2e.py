@@ -6,14 +6,11 @@ searchable, none twice."""
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
-from elastichash.index.es import EngineIndex
 from elastichash.index.remote import RemoteIndex
 from tests.distributed_fixtures import (
     Cluster,
@@ -21,40 +18,16 @@ from tests.distributed_fixtures import (
     cluster_factory,
     dead_letters,
     images,
+    index_env,
     model_file,
     wait_for,
 )
-from tests.engines import NBS_INDEX, configured, drop, missing_engine
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
-__all__ = ["cluster_factory", "model_file"]
+__all__ = ["cluster_factory", "index_env", "model_file"]
 
 N = 500
 PER_REQUEST = 50
-
-
-@pytest.fixture
-async def index_env() -> AsyncIterator[dict[str, str] | None]:
-    """The search service's index settings: a fresh index on the real engine, dropped after."""
-    found = configured()
-    if found is None:
-        if os.environ.get("CI"):
-            missing_engine("distributed end-to-end")
-        yield None
-        return
-    kind, url = found
-    alias = f"eh-test-e2e-{uuid.uuid4().hex[:8]}"
-    yield {
-        "EH_SEARCH_INDEX__BACKEND": kind,
-        "EH_SEARCH_INDEX__ENGINE__URL": url,
-        "EH_SEARCH_INDEX__ENGINE__INDEX": alias,
-        "EH_SEARCH_INDEX__ENGINE__NBS_INDEX": NBS_INDEX,
-        "EH_SEARCH_INDEX__ENGINE__REFRESH_INTERVAL": "200ms",
-    }
-    idx = EngineIndex(url, alias, kind=kind, nbs_index=NBS_INDEX)
-    await idx.open()
-    await drop(idx)
-    await idx.close()
 
 
 async def test_500_images_over_http_are_each_searchable_exactly_once(

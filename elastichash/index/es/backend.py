@@ -174,9 +174,11 @@ class EngineIndex:
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
         by_id: dict[str, WriteResult] = {}
         latest: dict[str, Document] = {}
-        for doc in docs:  # a repeated id: the last one wins, as it would in sequence
+        for doc in docs:  # a repeated id: the last one wins, unless an earlier one is newer
             try:
                 q.check_codes(doc.code, doc.short)
+                if doc.id in latest and latest[doc.id].version > doc.version:
+                    continue
                 latest[doc.id] = doc
                 by_id.pop(doc.id, None)
             except InvalidInput as exc:
