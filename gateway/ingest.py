@@ -23,9 +23,9 @@ from elastichash.ids import check_id, content_id
 from elastichash.index.filters import INGEST_FIELDS, ingest_metadata
 from elastichash.index.incoming import skipped_duplicate_of
 from elastichash.pipeline import IngestItem
+from elastichash.serving.body import Body
 from elastichash.validate import inspect_image
 from elastichash.web_errors import close_after, error_response
-from gateway.body import Body
 from gateway.http import client_key, json_model
 from gateway.schemas import (
     AcceptedImage,

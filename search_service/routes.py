@@ -13,6 +13,7 @@ from elastichash.index import duplicates as dup
 from elastichash.index import wire
 from elastichash.index.base import SCAN_BATCH
 from elastichash.index.schema import MAX_SOURCE_CHARS
+from elastichash.serving.body import Body
 from search_service.keys import INDEX_KEY, METRICS_KEY, SETTINGS_KEY
 
 __all__ = ["add_routes"]
@@ -22,10 +23,10 @@ MAX_SCAN_PAGE = 10_000
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError, LookupError):  # bad JSON, charset, absurd nesting
-        raise InvalidInput("the request body must be JSON", field="body") from None
+    """The JSON object of the body, read under the service's limits (bytes counted as they
+    arrive, a stalled or trickling body cut off with a 408)."""
+    settings = request.app[SETTINGS_KEY]
+    body = await Body(request, settings.max_body_bytes, settings.body).json()
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object", field="body")
     return body

@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from elastichash.serving.server import GuardedRunner, bind, start
+from elastichash.settings import BodySettings, ServerSettings
 from gateway.app import create_app
-from gateway.config import BodySettings, ServerSettings
-from gateway.server import GuardedRunner, bind, start
 from gateway.state import SETTINGS
 from tests.gateway_fixtures import (
     gateway_client,
