@@ -72,5 +72,6 @@ class GatewaySettings(BaseSettings):
     # Standalone mode only (distributed mode's backlog lives in the broker).
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     # Standalone mode: a preview of this many pixels on the long side is stored for the page's
-    # large view (0: none; the view then shows the 256-pixel thumbnail).
+    # large view (0: none; the view then shows the 256-pixel thumbnail). In distributed mode
+    # the encoder worker makes it (EH_ENCODER_PREVIEW_PX).
     preview_px: int = 1280
