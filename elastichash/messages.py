@@ -215,6 +215,11 @@ def decode_index(body: bytes) -> IndexDoc | IndexFailure:
     version = raw.get("v") if isinstance(raw, dict) else None
     if isinstance(raw, dict) and "v" in raw and (type(version) is not int or version != 1):
         raise BadMessage("unsupported_version", f"index schema version {version!r} unknown")
+    for name, cap in (("thumbnail", MAX_THUMBNAIL_BYTES), ("preview", MAX_PREVIEW_BYTES)):
+        value = raw.get(name) if isinstance(raw, dict) else None
+        if isinstance(value, str) and len(value) > cap * 4 // 3 + 4:  # a whole image in its place
+            raise BadMessage("too_large", f"{name} of about {len(value) * 3 // 4} bytes over "
+                                          f"the {cap} cap")
     try:
         parsed = _INDEX_ADAPTER.validate_python(raw, strict=True)
     except ValidationError as exc:
