@@ -30,7 +30,7 @@ stack-down:
 # The tests take their stacks down themselves; the last two lines make sure, even if pytest died.
 test-containers: setup-dev images
 	EH_TEST_CONTAINERS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
-	  tests/test_containers.py tests/test_containers_kube.py; rc=$$?; \
+	  tests/integration/test_containers.py tests/integration/test_containers_kube.py; rc=$$?; \
 	EH_STACK_PROJECT=ehtest scripts/containers.sh down >/dev/null 2>&1; \
 	$(VENV)/bin/python deploy/local/kube_play.py down >/dev/null 2>&1; exit $$rc
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Offline checks of the deployment files; tests/test_deploy.py asserts on these.
+"""Offline checks of the deployment files; tests/unit/test_deploy.py asserts on these.
 
     python deploy/check.py      # prints every problem, exit status 1 if there is any
 

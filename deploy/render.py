@@ -13,7 +13,7 @@ rendering it differently from kustomize:
 - ``namespace``.
 
 Order of transformations, as in kustomize: resources, labels, patches, images, namespace.
-tests/test_deploy.py compares the output with ``kubectl kustomize`` when kubectl is installed.
+tests/unit/test_deploy.py compares the output with ``kubectl kustomize`` when kubectl is installed.
 
     python deploy/render.py deploy/k8s/overlays/cpu > manifests.yaml
 """

@@ -54,6 +54,11 @@ async def distributed_components(settings: GatewaySettings) -> AsyncIterator[Com
     try:
         await pipeline.start()
         try:
+            # The index records the model whose codes it holds and refuses another (a remote
+            # index: the search service's engine or embedded index does, on this call).
+            bind_model = getattr(index, "bind_model", None)
+            if bind_model is not None:
+                await bind_model(pipeline.model_name, pipeline.spec)
             yield Components(pipeline=pipeline, index=index, backend=settings.index.backend)
         finally:
             await pipeline.stop()

@@ -238,6 +238,19 @@ class AmqpPipeline:
 
         return load_spec(resolve_settings(self.model_settings))
 
+    @property
+    def model_name(self) -> str:
+        """The model as named in the settings (a built-in name or a path)."""
+        from elastichash.model.registry import choose
+
+        return choose(self.model_settings)
+
+    @property
+    def spec(self) -> ModelSpec:
+        if self._spec is None:
+            raise Unavailable("model metadata not loaded yet")
+        return self._spec
+
     def short_of(self, code: bytes) -> bytes:
         spec = self._spec
         if spec is None:

@@ -9,8 +9,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from elastichash.errors import InvalidInput, NotFound, Unavailable
+from elastichash.index import binding, wire
 from elastichash.index import duplicates as dup
-from elastichash.index import wire
 from elastichash.index.base import SCAN_BATCH
 from elastichash.index.schema import MAX_SOURCE_CHARS
 from elastichash.serving.body import Body
@@ -54,6 +54,23 @@ async def duplicates(request: web.Request) -> web.Response:
 
 async def capabilities(request: web.Request) -> web.Response:
     return web.json_response((await request.app[INDEX_KEY].capabilities()).to_json())
+
+
+async def bind_model(request: web.Request) -> web.Response:
+    """Bind the index to the caller's model (the gateway's, at its start): record it in an
+    index that holds no model's codes yet, refuse another (409 ``model_mismatch``)."""
+    body = await _json_body(request)
+    fields = [body.get(k) for k in ("name", "spec_name", "fingerprint")]
+    if not all(isinstance(v, str) and 0 < len(v) <= 1000 for v in fields):
+        raise InvalidInput("give the model's name, spec_name and fingerprint as strings",
+                           field="body")
+    name, spec_name, fingerprint = (str(v) for v in fields)
+    index = request.app[INDEX_KEY]
+    bind = getattr(index, "bind_model", None)
+    if bind is None:  # a backend that keeps no codes of its own
+        return web.json_response({"bound": False})
+    await bind(name, binding.ModelRef(spec_name, fingerprint))
+    return web.json_response({"bound": True})
 
 
 async def codes(request: web.Request) -> web.Response:
@@ -217,6 +234,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/duplicates", duplicates)
     app.router.add_get("/v1/capabilities", capabilities)
     app.router.add_get("/v1/codes", codes)
+    app.router.add_put("/v1/model", bind_model)
     app.router.add_post("/v1/documents/_bulk", bulk)
     app.router.add_post("/v1/documents/_delete", bulk_delete)
     app.router.add_get("/v1/documents/{id}", get_document)

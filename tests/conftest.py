@@ -1,168 +1,70 @@
-"""Broker fixtures (shared): a readiness check of the RabbitMQ at 127.0.0.1:5672, unique
-topology prefixes cleaned up after each test, and a private RabbitMQ node on its own ports
-for the tests that restart the broker. Other fixtures live in the modules that use them."""
+"""Fixtures shared by the three test folders, and the folder markers.
+
+The tests are split by what they need: ``unit/`` runs in one process (in-process servers, the
+models the project builds), ``integration/`` talks to RabbitMQ, a search engine, containers or
+runs the services as subprocesses, ``browser/`` drives headless Chromium. Each test gets its
+folder's name as a marker (``pytest -m unit``). Fixtures are reached only through the
+``conftest.py`` files: here the ones more than one folder uses, in a folder's own
+``conftest.py`` the ones only it uses. Helpers that are not fixtures (images, the engines, the
+stand-in, the broker, the service processes) are plain modules beside this file.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-BROKER_HOST = "127.0.0.1"
-BROKER_PORT = 5672
-BROKER_URL = f"amqp://guest:guest@{BROKER_HOST}:{BROKER_PORT}/"
-_RMQ_LIB = Path("/usr/lib/rabbitmq/bin")
+from elastichash.index.es import EngineIndex
+from tests.engines import Engine, configured, drop, make_index, missing_engine, warm
+from tests.esserver.server import EsTestServer
+
+TESTS = Path(__file__).resolve().parent
+FOLDERS = ("unit", "integration", "browser")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def broker_port() -> int:
-    """A free port for a private broker: from ``EH_TEST_PORT_RANGE`` (``21000-21999``) when
-    set, so that brokers a test starts stay inside a range agreed on a shared machine."""
-    span = os.environ.get("EH_TEST_PORT_RANGE")
-    if not span:
-        return free_port()
-    low, high = (int(p) for p in span.split("-", 1))
-    import random
-
-    for port in random.sample(range(low, high + 1), min(200, high - low + 1)):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in EH_TEST_PORT_RANGE={span}")
-
-
-def _port_open(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    return False
-
-
-async def wait_amqp(url: str, deadline_s: float) -> None:
-    """Ready means an AMQP handshake succeeds, not just an open port."""
-    import aio_pika
-
-    end = time.monotonic() + deadline_s
-    last: Exception | None = None
-    while time.monotonic() < end:
-        try:
-            conn = await aio_pika.connect(url, timeout=2)
-            await conn.close()
-            return
-        except Exception as exc:  # not up yet
-            last = exc
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"broker at {url} not ready within {deadline_s}s: {last}")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0]
+        if folder in FOLDERS:
+            item.add_marker(folder)
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_url() -> str:
-    """The shared broker; tests that need it are skipped (not failed) when none answers."""
-    if not _port_open(BROKER_HOST, BROKER_PORT):
-        pytest.skip(f"no RabbitMQ at {BROKER_HOST}:{BROKER_PORT} (the test command starts one)")
-    asyncio.run(wait_amqp(BROKER_URL, 10))
-    return BROKER_URL
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model, built once per session, before any service process starts (so none
+    races to build it)."""
+    from elastichash.model.default import ensure_default_model
+
+    return ensure_default_model(tmp_path_factory.mktemp("model") / "default.onnx")
+
+
+@pytest.fixture(scope="session")
+def stand_in() -> Iterator[Engine]:
+    """The protocol stand-in (``tests/esserver``), in-process, for fault injection."""
+    server = EsTestServer().start()
+    yield warm(Engine("elasticsearch", server.url, server))
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_engine() -> Engine:
+    """The real engine the test command started (or ``OPENSEARCH_URL`` / ``ES_URL``)."""
+    found = configured()
+    if found is None:
+        missing_engine("real engine")
+    assert found is not None
+    return warm(Engine(*found))
 
 
 @pytest.fixture
-async def amqp_prefix(rabbitmq_url: str) -> AsyncIterator[str]:
-    """A unique topology prefix for one test; its queues and exchanges are deleted after."""
-    prefix = f"ehtest-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    from elastichash.amqp import delete_topology
-
-    await delete_topology(rabbitmq_url, prefix)
-
-
-@dataclass
-class PrivateBroker:
-    """A RabbitMQ node of its own (own ports, own data dir), which a test may stop and start."""
-
-    base: Path
-    name: str = field(default_factory=lambda: f"eh-test-{uuid.uuid4().hex[:8]}@localhost")
-    port: int = field(default_factory=broker_port)
-    dist_port: int = field(default_factory=broker_port)
-
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        (self.base / "plugins").write_text("")  # no management plugin: faster, fewer ports
-        (self.base / "env.conf").write_text("")  # ignore the system rabbitmq-env.conf
-        (self.base / "rabbit.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
-        env.update(
-            HOME=str(self.base),  # the CLI and the node share this dir's Erlang cookie
-            RABBITMQ_NODENAME=self.name,
-            RABBITMQ_NODE_PORT=str(self.port),
-            RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
-            RABBITMQ_LOG_BASE=str(self.base / "log"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "plugins"),
-            RABBITMQ_CONF_ENV_FILE=str(self.base / "env.conf"),
-            RABBITMQ_CONFIG_FILE=str(self.base / "rabbit.conf"),
-        )
-        return env
-
-    def _tool(self, name: str) -> str:
-        # The /usr/sbin wrappers switch to the rabbitmq user (who cannot write our tmp dir);
-        # the scripts behind them run as whoever calls them.
-        direct = _RMQ_LIB / name
-        found = str(direct) if direct.exists() else shutil.which(name)
-        if found is None:
-            pytest.skip(f"{name} not installed")
-        return found
-
-    async def start(self, deadline_s: float = 60) -> None:
-        await asyncio.to_thread(self._launch)
-        await wait_amqp(self.url, deadline_s)
-
-    def _launch(self) -> None:
-        subprocess.run(
-            [self._tool("rabbitmq-server"), "-detached"],
-            env=self._env(),
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-
-    def stop(self) -> None:
-        subprocess.run(
-            [self._tool("rabbitmqctl"), "-n", self.name, "stop"],
-            env=self._env(),
-            capture_output=True,
-            timeout=60,
-        )
-        end = time.monotonic() + 30
-        while _port_open("127.0.0.1", self.port) and time.monotonic() < end:
-            time.sleep(0.05)
-
-
-@pytest.fixture
-async def private_broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PrivateBroker]:
-    if shutil.which("rabbitmq-server") is None and not (_RMQ_LIB / "rabbitmq-server").exists():
-        pytest.skip("rabbitmq-server not installed")
-    broker = PrivateBroker(tmp_path_factory.mktemp("rmq"))
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        await asyncio.to_thread(broker.stop)
+async def engine_index(engine: Engine) -> AsyncIterator[EngineIndex]:
+    """A fresh index on ``engine`` (a fixture the test module or class provides)."""
+    idx = make_index(engine)
+    await idx.open()
+    yield idx
+    if engine.server is not None:
+        engine.server.faults.clear()
+    await drop(idx)
+    await idx.close()

@@ -1,4 +1,4 @@
-"""The search engines the backend tests run against, and their fixtures.
+"""The search engines the backend tests run against (their fixtures are in ``tests/conftest.py``).
 
 - the stand-in: the protocol test server (``tests/esserver``), speaking Elasticsearch 8, kept
   for the fault injection a real engine cannot do;
@@ -7,23 +7,26 @@
 
 Tests that need the real engine are skipped when none is configured, except in CI
 (``CI=true``), where a missing engine fails them: the backend must be proven on Lucene.
-Load with ``pytest_plugins = ["tests.engines"]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from elastichash.index.base import Document
 from elastichash.index.es import EngineIndex
 from elastichash.index.es.bootstrap import Layout
 from elastichash.index.es.bulk import BulkPolicy
+from elastichash.index.remote import RemoteIndex
 from tests.esserver.server import EsTestServer
 
 URL_FILE = Path(__file__).resolve().parent.parent / ".services" / "engine.url"
@@ -92,29 +95,63 @@ def warm(engine: Engine) -> Engine:
     return engine
 
 
-@pytest.fixture(scope="session")
-def stand_in() -> Iterator[Engine]:
-    server = EsTestServer().start()
-    yield warm(Engine("elasticsearch", server.url, server))
-    server.stop()
+@contextlib.asynccontextmanager
+async def through_search_service(idx: EngineIndex) -> AsyncIterator[RemoteIndex]:
+    """The wiring of docker-compose: a search service serving ``idx``'s index (its own
+    EngineIndex on the same alias), and the RemoteIndex a gateway would talk to it with."""
+    from aiohttp.test_utils import TestServer
+
+    from search_service.app import create_app
+    from search_service.config import SearchServiceSettings
+
+    served = EngineIndex(idx.url, idx.names.alias, kind=idx.kind, nbs_index=idx.names.nbs)
+    async with TestServer(create_app(SearchServiceSettings(), index=served)) as server:
+        remote = RemoteIndex(str(server.make_url("/")).rstrip("/"))
+        await remote.open()
+        try:
+            yield remote
+        finally:
+            await remote.close()
 
 
-@pytest.fixture(scope="session")
-def real_engine() -> Engine:
-    found = configured()
-    if found is None:
-        missing_engine("real engine")
-    assert found is not None
-    return warm(Engine(*found))
+@contextlib.asynccontextmanager
+async def older_index(
+    engine: Engine, field: str, docs: list[Document],
+    before_write: Callable[[EngineIndex], Awaitable[None]] | None = None,
+) -> AsyncIterator[tuple[EngineIndex, str]]:
+    """An index made by an older release whose mapping (and documents) lacked ``field``,
+    holding ``docs``; yields (the index opened again by this release, the older concrete
+    index), then deletes both."""
+    from elastichash.index.es import bootstrap as es_bootstrap
+    from elastichash.index.es import query as es_query
 
+    old_mapping, old_source = es_bootstrap.retrieval_mapping, es_query.document_source
 
-@pytest.fixture
-async def engine_index(engine: Engine) -> AsyncIterator[EngineIndex]:
-    """A fresh index on ``engine`` (a fixture the test module or class provides)."""
-    idx = make_index(engine)
-    await idx.open()
-    yield idx
-    if engine.server is not None:
-        engine.server.faults.clear()
-    await drop(idx)
-    await idx.close()
+    def mapping_without(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        out: dict[str, Any] = old_mapping(*args, **kwargs)
+        del out["properties"][field]
+        return out
+
+    def source_without(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        out: dict[str, Any] = old_source(*args, **kwargs)
+        out.pop(field, None)
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(es_bootstrap, "retrieval_mapping", mapping_without)
+        patch.setattr(es_query, "document_source", source_without)
+        first = make_index(engine)
+        await first.open()
+        if before_write is not None:
+            await before_write(first)
+        assert all(r.ok for r in await first.upsert(docs))
+        await first.close()
+    second = EngineIndex(engine.url, first.names.alias, kind=engine.kind,
+                         nbs_index=first.names.nbs, layout=first.layout, bulk=first.bulk)
+    await second.open()
+    try:
+        yield second, first.concrete
+    finally:
+        await second.client.delete_index(first.concrete)
+        await drop(second)
+        await second.close()

@@ -114,11 +114,11 @@ class Local:
 
 
 async def bind(index: Any, model: ModelSettings, encoder: Any) -> None:
-    """Refuse (ModelMismatch) an embedded index that holds another model's codes."""
-    from elastichash.index.embedded import EmbeddedIndex
-
-    if isinstance(index, EmbeddedIndex):
-        await index.bind_model(model.model, encoder.spec)
+    """Refuse (ModelMismatch) an index that holds another model's codes; record the model
+    in one that holds none (every backend that stores codes: embedded, engines)."""
+    bind_model = getattr(index, "bind_model", None)
+    if bind_model is not None:
+        await bind_model(model.model, encoder.spec)
 
 
 @asynccontextmanager

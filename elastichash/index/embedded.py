@@ -19,16 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from elastichash.codes import LONG_BYTES, SHORT_BYTES
-from elastichash.errors import InvalidInput, ModelMismatch, Unavailable
+from elastichash.errors import InvalidInput, Unavailable
 from elastichash.ids import check_id
+from elastichash.index import binding, filters, kernels
 from elastichash.index import duplicates as dup
-from elastichash.index import filters, kernels
 from elastichash.index.base import (
     SCAN_BATCH,
     Capabilities,
@@ -45,9 +45,6 @@ from elastichash.index.base import (
 from elastichash.index.memtable import Candidates, CodeTable, Snapshot
 from elastichash.index.query import PORTABLE_STRATEGIES
 from elastichash.index.store import Store
-
-if TYPE_CHECKING:
-    from elastichash.model.contract import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +81,7 @@ class _Groups:
     pairs: int
 
 
-META_MODEL_FINGERPRINT = "model_fingerprint"
-# the descriptor model's contract name (registry name "visual"), which made older indexes
-LEGACY_SPEC_NAME = "elastichash-default"
-
-
-def _mismatch(path: Path, held: str, held_fp: str, name: str, fp: str) -> str:
-    return (
-        f"the index at {path} holds codes of model {held!r} ({held_fp}), but the model in "
-        f"use is {name!r} ({fp}): codes of two models cannot be compared. Run "
-        f"`elastichash reindex --model {name}` to re-encode the images with it, or use "
-        f"--model {held}"
-    )
+META_MODEL_FINGERPRINT = binding.META_MODEL_FINGERPRINT
 
 
 class EmbeddedIndex:
@@ -319,33 +305,19 @@ class EmbeddedIndex:
             "open_seconds": round(self.open_seconds, 3),
         }
 
-    async def bind_model(self, name: str, spec: ModelSpec) -> None:
-        """Record the model whose codes this index holds, or refuse another one.
-
-        An index made before models were recorded holds codes of the descriptor model, the
-        default then (``visual``); it is bound to it on first use.
-        """
+    async def bind_model(self, name: str, spec: binding.ModelIdentity) -> None:
+        """Record the model whose codes this index holds, or refuse another one
+        (``ModelMismatch``; see :mod:`elastichash.index.binding`)."""
         from elastichash.model import registry
 
         def run() -> None:
-            fp = self._store.get_meta(META_MODEL_FINGERPRINT)
-            held = self._store.get_meta(registry.META_MODEL_NAME)
-            recorded = fp is not None
-            if fp is None and self.table.snapshot.n_alive > 0:
-                if spec.name == LEGACY_SPEC_NAME:
-                    fp, held = spec.fingerprint, registry.LEGACY
-                else:
-                    raise ModelMismatch(_mismatch(self.path, registry.LEGACY, "descriptor",
-                                                  name, spec.fingerprint))
-            if fp is not None and fp != spec.fingerprint:
-                raise ModelMismatch(_mismatch(self.path, held or "?", fp, name,
-                                              spec.fingerprint))
-            if not recorded:
-                self._store.set_meta(registry.META_MODEL_NAME, held or name)
-                self._store.set_meta(META_MODEL_FINGERPRINT, spec.fingerprint)
-            elif held != name and name in registry.BUILTINS:
-                # the same model, now named by its registry name
-                self._store.set_meta(registry.META_MODEL_NAME, name)
+            record = binding.bind(
+                self._store.get_meta(registry.META_MODEL_NAME),
+                self._store.get_meta(META_MODEL_FINGERPRINT),
+                self.table.snapshot.n_alive > 0, name, spec, f"the index at {self.path}")
+            if record is not None:
+                self._store.set_meta(registry.META_MODEL_NAME, record.name)
+                self._store.set_meta(META_MODEL_FINGERPRINT, record.fingerprint)
 
         await self._run(self._writer, run)
 
@@ -410,9 +382,18 @@ class EmbeddedIndex:
         assert query.text is not None
         classes, _, _ = vocabulary().resolve(query.text)
         code = query.code
+        clauses = filters.parse(query.filter) if query.filter is not None else None
 
         def run() -> SearchResult:
             matched = self._store.rows_with_labels(sorted(classes)) if classes else []
+            if clauses is not None and matched:
+                snap = self._begin_view()
+                try:
+                    mask = self._filter_mask(snap, clauses) & snap.alive[: snap.n]
+                    passing = set(snap.rows[: snap.n][mask].tolist())
+                finally:
+                    self._store.end_read()
+                matched = [m for m in matched if m[0] in passing]
             if code is None:
                 page = matched[query.offset : query.offset + query.k]
                 fields = self._store.fields_for([r for r, _ in page])

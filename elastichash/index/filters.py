@@ -180,6 +180,20 @@ def field_values(name: str, source: str | None, metadata: dict[str, Any]) -> lis
     return out
 
 
+def label_scores(metadata: Any) -> list[tuple[str, float]]:
+    """(class id, score) of a document's model labels (metadata "labels", a list of
+    {"id", "name", "score"}): what a search by words ranks by, on every backend. Entries
+    without a string id are skipped; a missing score counts as 0."""
+    out: list[tuple[str, float]] = []
+    raw = metadata.get("labels") if isinstance(metadata, dict) else None
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            score = item.get("score")
+            usable = isinstance(score, (int, float)) and math.isfinite(score)
+            out.append((item["id"], float(score or 0.0) if usable else 0.0))
+    return out
+
+
 class Columns:
     """Filterable values of every document, by SQLite row, held in numpy arrays.
 

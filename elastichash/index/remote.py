@@ -15,7 +15,13 @@ from urllib.parse import quote
 
 import aiohttp
 
-from elastichash.errors import InvalidInput, NotFound, Unavailable, UnsupportedQuery
+from elastichash.errors import (
+    InvalidInput,
+    ModelMismatch,
+    NotFound,
+    Unavailable,
+    UnsupportedQuery,
+)
 from elastichash.index import wire
 from elastichash.index.base import (
     SCAN_BATCH,
@@ -28,6 +34,7 @@ from elastichash.index.base import (
     SearchResult,
     WriteResult,
 )
+from elastichash.index.binding import ModelIdentity
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +126,8 @@ class RemoteIndex:
                 message = f"search service {method} {path}: {resp.status} {detail}"
                 if resp.status == 404:
                     raise NotFound(message, field=err.get("field"))
+                if err.get("code") == ModelMismatch.code:
+                    raise ModelMismatch(str(detail))  # names both models and what to do
                 if 400 <= resp.status < 500 and resp.status != 429:
                     # Keep the service's stable code where the client knows it.
                     cls = UnsupportedQuery if err.get("code") == UnsupportedQuery.code else (
@@ -161,6 +170,11 @@ class RemoteIndex:
     async def search(self, query: SearchQuery) -> SearchResult:
         # The service checks the query against its index's capabilities: one check, there.
         return wire.result_from_json(await self._call("POST", "/v1/search", json=query.to_json()))
+
+    async def bind_model(self, name: str, spec: ModelIdentity) -> None:
+        """Bind the service's index to this model (``ModelMismatch`` for another one)."""
+        await self._call("PUT", "/v1/model", json={
+            "name": name, "spec_name": spec.name, "fingerprint": spec.fingerprint})
 
     async def capabilities(self) -> Capabilities:
         return Capabilities.from_json(await self._call("GET", "/v1/capabilities"))

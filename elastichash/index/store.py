@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from elastichash.codes import LONG_BYTES, SHORT_BYTES
 from elastichash.index.base import Document, Failure
+from elastichash.index.filters import label_scores
 from elastichash.index.schema import FIELDS, FieldSpec, with_source
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def _v4_labels(conn: sqlite3.Connection) -> None:
     ).fetchall():
         meta = json.loads(metadata)
         conn.executemany("INSERT INTO labels(row, label, score) VALUES (?, ?, ?)",
-                         [(row, lab, sc) for lab, sc in _labels_of(meta)])
+                         [(row, lab, sc) for lab, sc in label_scores(meta)])
 
 
 def _v5_versions(conn: sqlite3.Connection) -> None:
@@ -216,17 +217,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 def doc_labels(doc: Document) -> list[tuple[str, float]]:
     """(class id, score) of a document's labels (metadata "labels"); malformed entries skipped."""
-    return _labels_of(doc.metadata)
-
-
-def _labels_of(metadata: Any) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
-    raw = metadata.get("labels") if isinstance(metadata, dict) else None
-    for item in raw if isinstance(raw, list) else []:
-        if isinstance(item, dict) and isinstance(item.get("id"), str):
-            score = item.get("score")
-            out.append((item["id"], float(score) if isinstance(score, (int, float)) else 0.0))
-    return out
+    return label_scores(doc.metadata)
 
 
 class Store:

@@ -201,7 +201,8 @@ def release_freed_buffers() -> None:
     """Serve allocations of 1 MiB and more straight from mmap, process-wide, so a finished
     decode's pixel buffers go back to the OS. glibc otherwise raises its mmap threshold after
     the first such buffer is freed and keeps later ones in per-thread arenas: four decode
-    threads then held 475 MB of RSS for 130 MB of live decodes (tests/test_decode_memory.py)."""
+    threads then held 475 MB of RSS for 130 MB of live decodes
+    (tests/unit/test_decode_memory.py)."""
     global _released
     if _released or not sys.platform.startswith("linux"):
         return

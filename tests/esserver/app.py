@@ -123,6 +123,8 @@ def create_app(cluster: Cluster, faults: Faults, log: list[tuple[str, str]]) -> 
         ("GET", "/{index}/_stats", h.stats, {"level"}),
         ("GET", "/{index}/_stats/{metric}", h.stats, {"level"}),
         ("GET", "/{index}/_mapping", h.get_mapping, h.MULTI_PARAMS),
+        ("PUT", "/{index}/_mapping", h.put_mapping, h.MULTI_PARAMS | {"timeout",
+                                                                      "master_timeout"}),
         ("GET", "/{index}/_settings", h.get_settings, {"flat_settings", "include_defaults"}),
         ("PUT", "/{index}/_settings", h.put_settings, {"timeout", "master_timeout",
                                                        "preserve_existing"}),

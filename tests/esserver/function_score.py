@@ -1,4 +1,5 @@
-"""``function_score`` with ``script_score`` functions, weights, score and boost modes."""
+"""``function_score`` with ``script_score`` and ``field_value_factor`` functions, weights,
+score and boost modes."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ if TYPE_CHECKING:
     from tests.esserver.query import Compiler, Matcher
 
 KEYS = {"query", "functions", "score_mode", "boost_mode", "max_boost", "min_score", "boost",
-        "script_score", "weight", "filter"}
-FUNCTION_KEYS = {"filter", "weight", "script_score"}
+        "script_score", "weight", "filter", "field_value_factor"}
+FUNCTION_KEYS = {"filter", "weight", "script_score", "field_value_factor"}
+FVF_KEYS = {"field", "factor", "modifier", "missing"}
 SCORE_MODES = {"multiply", "sum", "avg", "first", "max", "min"}
 BOOST_MODES = {"multiply", "replace", "sum", "avg", "max", "min"}
 
@@ -35,8 +37,31 @@ def _function(c: Compiler, spec: dict[str, Any]) -> tuple[Any, Fn | None, float]
     if "script_score" in spec:
         ss = check_keys("script_score", spec["script_score"], {"script"})
         fn = compile_script(ss["script"], c.cluster)
+    if "field_value_factor" in spec:
+        fn = _field_value_factor(spec["field_value_factor"])
     weight = float(spec.get("weight", 1.0))
     return filt, fn, weight
+
+
+def _field_value_factor(spec: Any) -> Fn:
+    check_keys("field_value_factor", spec, FVF_KEYS)
+    field, factor = spec.get("field"), float(spec.get("factor", 1.0))
+    if not isinstance(field, str):
+        raise parsing("[field_value_factor] requires a [field]")
+    if spec.get("modifier", "none") != "none":
+        raise illegal("test server: field_value_factor supports modifier none only")
+    missing = spec.get("missing")
+
+    def run(doc: StoredDoc, _score: float) -> float:
+        got = doc.fields.get(field)
+        if not got:
+            if missing is None:
+                raise EsError(400, "illegal_argument_exception",
+                              f"Missing value for field [{field}]")
+            return float(missing) * factor
+        return float(min(got)) * factor  # the first doc value: the smallest
+
+    return run
 
 
 def _combine(mode: str, values: list[float], weights: list[float]) -> float:
@@ -62,7 +87,8 @@ def q_function_score(c: Compiler, body: Any) -> Matcher:
                       "now encountering [script_score].")
     specs = body.get("functions")
     if specs is None:
-        specs = [{k: body[k] for k in ("script_score", "weight", "filter") if k in body}]
+        specs = [{k: body[k] for k in ("script_score", "weight", "filter", "field_value_factor")
+                  if k in body}]
         specs = [s for s in specs if s]
     functions = [_function(c, s) for s in specs]
     score_mode = body.get("score_mode", "multiply")

@@ -10,7 +10,7 @@ from aiohttp import web
 from tests.esserver import search as search_mod
 from tests.esserver.bulk import bulk
 from tests.esserver.errors import EsError, illegal, index_not_found, parsing
-from tests.esserver.mapping import parse_document
+from tests.esserver.mapping import parse_document, validate_mapping
 from tests.esserver.scripts import check_source
 from tests.esserver.state import (
     KNOWN_SETTINGS,
@@ -174,6 +174,25 @@ async def stats(request: web.Request) -> Result:
 async def get_mapping(request: web.Request) -> Result:
     targets = _cluster(request).resolve(request.match_info["index"])
     return 200, {t.name: {"mappings": t.mappings} for t in targets}
+
+
+async def put_mapping(request: web.Request) -> Result:
+    """Add fields and replace ``_meta``; a field's existing mapping cannot change."""
+    targets = _cluster(request).resolve(request.match_info["index"])
+    body = await _json(request)
+    validate_mapping(body)
+    for t in targets:
+        have = t.mappings.get("properties", {})
+        for name, spec in body.get("properties", {}).items():
+            if name in have and have[name] != spec:
+                raise illegal(f"mapper [{name}] cannot be changed from type "
+                              f"[{have[name].get('type', 'object')}] to "
+                              f"[{spec.get('type', 'object')}]")
+    for t in targets:
+        t.mappings.setdefault("properties", {}).update(body.get("properties", {}))
+        if "_meta" in body:
+            t.mappings["_meta"] = body["_meta"]
+    return 200, {"acknowledged": True}
 
 
 def _nest(flat: dict[str, str]) -> dict[str, Any]:

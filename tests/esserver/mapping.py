@@ -1,6 +1,7 @@
 """Mapping validation at index creation, and strict parsing of documents against a mapping.
 
-A parsed document keeps only what search can see: values of indexed or doc-valued fields.
+A parsed document keeps only what search can see: values of indexed or doc-valued fields;
+a ``nested`` field keeps one field map per object, for the nested query.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ PARAMS: dict[str, set[str]] = {
     "binary": {"type", "doc_values", "store"},
     "dense_vector": {"type", "dims", "element_type", "index", "similarity", "index_options"},
     "object": {"type", "properties", "enabled", "dynamic"},
+    "nested": {"type", "properties", "dynamic", "include_in_parent", "include_in_root"},
 }
 ROOT_KEYS = {"dynamic", "properties", "_source", "_meta"}
 INT_RANGE = {"long": 63, "integer": 31}
@@ -57,7 +59,7 @@ def _validate_props(props: dict[str, Any]) -> None:
                                    "a multiple of 8 for [bit] element type")
             if spec.get("index", True) and spec.get("similarity", "l2_norm") != "l2_norm":
                 raise mapper_error(f"[similarity] must be [l2_norm] for [bit] field [{name}]")
-        if ftype == "object":
+        if ftype in ("object", "nested"):
             _validate_props(spec.get("properties", {}))
 
 
@@ -160,6 +162,20 @@ def _walk(props: dict[str, Any], dynamic: str, obj: dict[str, Any], prefix: str,
                 raise _doc_error(path, "object", doc_id, value)
             sub_dynamic = str(spec.get("dynamic", dynamic)).lower()
             _walk(spec.get("properties", {}), sub_dynamic, value, path + ".", doc_id, fields)
+        elif ftype == "nested":
+            # Each object is a hidden document of its own, searched by the nested query only:
+            # kept as a list of field maps (full paths), none of them visible at the top.
+            objects = value if isinstance(value, list) else [value]
+            children = []
+            for child in objects:
+                if not isinstance(child, dict):
+                    raise _doc_error(path, "nested", doc_id, child)
+                child_fields: dict[str, list[Any]] = {}
+                sub_dynamic = str(spec.get("dynamic", dynamic)).lower()
+                _walk(spec.get("properties", {}), sub_dynamic, child, path + ".", doc_id,
+                      child_fields)
+                children.append(child_fields)
+            fields[path] = children
         elif ftype == "binary":
             try:
                 base64.b64decode(str(value), validate=True)

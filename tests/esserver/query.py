@@ -3,8 +3,8 @@
 Implements what the backend sends, with Elasticsearch's semantics: match_all, exists, ids,
 term, terms (values or lookup from another index's ``_source``), range (numbers), bool (must,
 filter, should, must_not, minimum_should_match), constant_score, function_score
-(script_score functions, weight, score_mode, boost_mode, max_boost, min_score) and the
-script_score query.
+(script_score and field_value_factor functions, weight, score_mode, boost_mode, max_boost,
+min_score), nested (score_mode avg, max, min, sum, none) and the script_score query.
 """
 
 from __future__ import annotations
@@ -189,6 +189,30 @@ class Compiler:
                 raise illegal(f"script_score script returned an invalid score [{score}] for doc "
                               "[0]. Must be a non-negative score!")
             return None if min_score is not None and score < float(min_score) else score
+
+        return match
+
+    def _q_nested(self, body: Any) -> Matcher:
+        check_keys("nested", body, {"path", "query", "score_mode", "ignore_unmapped", "boost"})
+        if "path" not in body or "query" not in body:
+            raise parsing("[nested] requires 'path' and 'query' field")
+        path = body["path"]
+        specs = [s for s in (field_spec(t.mappings, path) for t in self.targets) if s]
+        if not specs or any(s.get("type") != "nested" for s in specs):
+            raise EsError(400, "query_shard_exception",
+                          f"[nested] nested object under path [{path}] is not of nested type")
+        inner = self.compile(body["query"])
+        mode = body.get("score_mode", "avg")
+        combine = {"avg": lambda v: sum(v) / len(v), "max": max, "min": min, "sum": sum,
+                   "none": lambda v: 0.0}.get(mode)
+        if combine is None:
+            raise illegal(f"No ScoreMode found for name [{mode}]")
+        boost = float(body.get("boost", 1.0))
+
+        def match(doc: StoredDoc) -> float | None:
+            scores = [s for child in doc.fields.get(path) or []
+                      if (s := inner(StoredDoc(b"{}", child, 0, 0))) is not None]
+            return f32(combine(scores) * boost) if scores else None
 
         return match
 

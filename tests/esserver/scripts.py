@@ -73,7 +73,7 @@ def compile_script(spec: Any, cluster: Cluster) -> ScriptFn:
         stored = cluster.scripts.get(spec["id"])
         if stored is None:
             # The shards fail to build the query: a 400 for the whole search, as on a real
-            # engine (found by tests/test_engine_differential.py; it was a 404 here).
+            # engine (found by tests/integration/test_engine_differential.py; it was a 404 here).
             missing = f"unable to find script [{spec['id']}] in cluster state"
             raise EsError(400, "search_phase_execution_exception", "all shards failed",
                           caused_by={"type": "query_shard_exception",

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from elastichash.errors import InvalidInput, Unavailable
-from elastichash.index import filters
+from elastichash.index import binding, filters
 from elastichash.index.base import (
     SCAN_BATCH,
     STRATEGIES,
@@ -160,6 +160,32 @@ class EngineIndex:
             self.names.alias, self.concrete, sorted(self.features) or "none",
         )
 
+    async def bind_model(self, name: str, spec: binding.ModelIdentity) -> None:
+        """Record the model whose codes this index holds in the mapping's ``_meta``, or refuse
+        another one (``ModelMismatch``; see :mod:`elastichash.index.binding`). Call after
+        :meth:`open`. A reindex behind the alias carries the record to the new index."""
+        meta = await self._meta()
+        fp = meta.get(binding.META_MODEL_FINGERPRINT)
+        record = binding.bind(
+            meta.get(binding.META_MODEL_NAME), fp,
+            fp is None and await self.count() > 0, name, spec,
+            f"the {_NAMES[self.kind]} index {self.names.alias} at {self.url}", engine=True)
+        if record is not None:
+            await self.client.put_mapping(self.concrete, {"_meta": {
+                **meta, binding.META_MODEL_NAME: record.name,
+                binding.META_MODEL_FINGERPRINT: record.fingerprint}})
+            log.info("index %s bound to model %s (%s)", self.concrete, record.name,
+                     record.fingerprint)
+
+    async def model(self) -> tuple[str | None, str | None]:
+        """(name, fingerprint) of the model this index is bound to, if any."""
+        meta = await self._meta()
+        return meta.get(binding.META_MODEL_NAME), meta.get(binding.META_MODEL_FINGERPRINT)
+
+    async def _meta(self) -> dict[str, Any]:
+        mapping = (await self.client.get_mapping(self.concrete))[self.concrete]["mappings"]
+        return dict(mapping.get("_meta") or {})
+
     async def close(self) -> None:
         if self._client is not None and self._own_client:
             await self._client.close()
@@ -251,7 +277,7 @@ class EngineIndex:
         server = f"{_NAMES[self.kind]} {self.version[0]}.{self.version[1]}"
         why = (("dense_bit", f"needs Elasticsearch >= 8.15 and an index created with it "
                              f"(server: {server})"),)
-        return Capabilities(served, self.strategy, filter=True, why_not=why)
+        return Capabilities(served, self.strategy, filter=True, text=True, why_not=why)
 
     async def scan(
         self, *, batch: int = SCAN_BATCH, after: str | None = None
@@ -272,9 +298,11 @@ class EngineIndex:
 
     async def search(self, query: SearchQuery) -> SearchResult:
         strategy = (await self.capabilities()).check(query)
+        clauses = filters.parse(query.filter) if query.filter is not None else None
+        if query.text is not None:
+            return await self._search_words(query, clauses)
         code, short = query.codes()
         k, offset, max_distance = query.k, query.offset, query.max_distance
-        clauses = filters.parse(query.filter) if query.filter is not None else None
         if strategy == "auto":
             # A count per query would double the requests; ES serves large collections, and
             # two_stage there is what ElasticHash designed the index for.
@@ -297,6 +325,28 @@ class EngineIndex:
             took_ms=(time.perf_counter() - started) * 1000.0,
             strategy=strategy,
         )
+
+    async def _search_words(
+        self, query: SearchQuery, clauses: list[filters.Clause] | None
+    ) -> SearchResult:
+        """Images whose labels the words name (WordNet: a word names every class below it),
+        by label score, or by Hamming distance when a code comes with the words; the same
+        answer as the embedded index's."""
+        from elastichash.model.labels import vocabulary
+
+        assert query.text is not None
+        started = time.perf_counter()
+        classes, _, _ = vocabulary().resolve(query.text)
+        strategy = "words" if query.code is None else "words+exact"
+        if not classes:  # no word names a class: nothing can match
+            return SearchResult([], 0, 0, (time.perf_counter() - started) * 1000.0, strategy)
+        body = q.words_request(sorted(classes), query.code, k=query.k, offset=query.offset,
+                               max_distance=query.max_distance, clauses=clauses)
+        with _outage_is_unavailable("search"):
+            resp = await self.client.search(self.names.alias, body)
+        hits, total = q.hits_from_response(dict(resp), words=query.code is None)
+        return SearchResult(hits, total, total, (time.perf_counter() - started) * 1000.0,
+                            strategy)
 
     async def _count(self, query: dict[str, Any] | None) -> int | None:
         if query is None:

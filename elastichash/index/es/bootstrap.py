@@ -112,6 +112,8 @@ async def ensure_retrieval(
         target = next_concrete(names.alias, current)
         log.warning("mapping of %s changed (%s): reindexing into %s",
                     current, ", ".join(changed), target)
+        if mapping.get("_meta"):  # what the index records about itself (its model) moves too
+            wanted = {**wanted, "_meta": mapping["_meta"]}
         await reindex_behind_alias(client, names.alias, current, target, wanted, layout)
         return target, bits
     if await client.exists(names.alias):

@@ -87,6 +87,10 @@ class EngineClient(Protocol):
         """``{concrete index: {"mappings": ...}}``."""
         ...
 
+    async def put_mapping(self, index: str, body: dict[str, Any]) -> None:
+        """Add fields or replace ``_meta`` (what an index records about itself)."""
+        ...
+
     async def get_settings(self, index: str) -> dict[str, Any]:
         """``{concrete index: {"settings": ...}}``."""
         ...

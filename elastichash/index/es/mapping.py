@@ -32,6 +32,17 @@ VERSION_FIELD = "version"
 # filters.field_values, so the engine compares exactly what the embedded index compares:
 # keywords as strings, numbers and dates as doubles (dates in unix seconds).
 FILTER_OBJECT = "filter"
+# The model's labels with their scores (metadata "labels"), one nested document per label, so
+# a search by words ranks by the best score among the labels it names (``query.words_body``):
+# a nested (id, score) pair keeps each score exact and beside its class on Elasticsearch 8/9
+# and OpenSearch 2/3 alike (rank_features would keep 9 significant bits, and a keyword list
+# loses which score goes with which class).
+LABEL_SCORES = "label_scores"
+
+
+def label_scores_mapping() -> dict[str, Any]:
+    return {"type": "nested", "properties": {"id": {"type": "keyword"},
+                                             "score": {"type": "double"}}}
 
 
 def filter_mapping() -> dict[str, Any]:
@@ -110,6 +121,7 @@ def retrieval_mapping(dense_bit: bool) -> dict[str, Any]:
         **{spec.name: field_mapping(spec) for spec in FIELDS},
         VERSION_FIELD: {"type": "long", "index": False, "doc_values": False},
         FILTER_OBJECT: filter_mapping(),
+        LABEL_SCORES: label_scores_mapping(),
     }
     if dense_bit:
         # Scored by script_score's hamming(); no HNSW graph to build (index: false).

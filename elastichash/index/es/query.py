@@ -28,6 +28,7 @@ from elastichash.index.es.mapping import (
     FILTER_OBJECT,
     HIT_SOURCE_FIELDS,
     ID_FIELD,
+    LABEL_SCORES,
     SUBCODE_FIELDS,
     VERSION_FIELD,
     WORD_FIELDS,
@@ -205,13 +206,54 @@ def strategy_request(
 MATCH_ALL: dict[str, Any] = {"match_all": {}}
 
 
-def hits_from_response(resp: dict[str, Any]) -> tuple[list[Hit], int]:
-    """(hits, total) from a search response built by this module."""
+# --- search by words ----------------------------------------------------------------------
+# The same ranking as the embedded label index (store.rows_with_labels): documents carrying
+# any of the classes, by their best score among them, ties by id; with a code, by Hamming
+# distance among those documents. The classes come from labels.vocabulary().resolve().
+
+
+def labelled(classes: list[str]) -> dict[str, Any]:
+    """Documents with a label among ``classes`` (filter context: no score)."""
+    return {"nested": {"path": LABEL_SCORES, "score_mode": "none",
+                       "query": {"terms": {f"{LABEL_SCORES}.id": classes}}}}
+
+
+def best_label_score(classes: list[str]) -> dict[str, Any]:
+    """Scores each document by its best label score among ``classes`` (a float32 of the
+    stored double, which keeps the order of the scores the model rounded to 4 decimals)."""
+    inner = {"function_score": {
+        "query": {"terms": {f"{LABEL_SCORES}.id": classes}},
+        "field_value_factor": {"field": f"{LABEL_SCORES}.score", "missing": 0},
+        "boost_mode": "replace",
+    }}
+    return {"nested": {"path": LABEL_SCORES, "score_mode": "max", "query": inner}}
+
+
+def words_request(
+    classes: list[str], code: bytes | None, *, k: int, offset: int,
+    max_distance: int | None, clauses: list[filters.Clause] | None = None,
+) -> dict[str, Any]:
+    """The search body of a search by words (``classes`` non-empty), with or without a code;
+    ``total`` of its answer counts every match (``max_distance`` applies with a code only)."""
+    where = filter_clauses(clauses)
+    if code is not None:
+        return exact_body(code, k=k, offset=offset, max_distance=max_distance,
+                          where=[labelled(classes), *where])
+    query = best_label_score(classes)
+    if where:
+        query = {"bool": {"must": [query], "filter": where}}
+    return _page(query, k, offset, None)
+
+
+def hits_from_response(resp: dict[str, Any], *, words: bool = False) -> tuple[list[Hit], int]:
+    """(hits, total) from a search response built by this module; ``words``: a search by
+    words alone, whose hits have no distance (0, as on the embedded index)."""
     out: list[Hit] = []
     for h in resp["hits"]["hits"]:
         src = h.get("_source") or {}
         fields = {s.name: _from_source(s, src.get(s.name)) for s in FIELDS if s.in_hits}
-        out.append(Hit(id=h["_id"], distance=LONG_BITS - round(h["sort"][0]), **fields))
+        distance = 0 if words else LONG_BITS - round(h["sort"][0])
+        out.append(Hit(id=h["_id"], distance=distance, **fields))
     return out, int(resp["hits"]["total"]["value"])
 
 
@@ -241,6 +283,9 @@ def document_source(doc: Document, *, dense_bit: bool) -> dict[str, Any]:
               if (found := filters.field_values(name, doc.source, doc.metadata))}
     if values:
         body[FILTER_OBJECT] = values
+    labels = filters.label_scores(doc.metadata)
+    if labels:
+        body[LABEL_SCORES] = [{"id": c, "score": score} for c, score in labels]
     if dense_bit:
         body[DENSE_BIT_FIELD] = doc.code.hex()
     return body

@@ -92,6 +92,10 @@ class Adapter:
         async with self._call():
             return dict(await self._client.indices.get_mapping(index=index))
 
+    async def put_mapping(self, index: str, body: dict[str, Any]) -> None:
+        async with self._call():
+            await self._client.indices.put_mapping(index=index, body=body)
+
     async def get_settings(self, index: str) -> dict[str, Any]:
         async with self._call():
             return dict(await self._client.indices.get_settings(index=index))

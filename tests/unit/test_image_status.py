@@ -1,0 +1,174 @@
+"""An image's status says what happened to its latest upload; uploading indexed bytes again
+says they are indexed and leaves the stored document as it was."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.imagegen import make_image
+from tests.standalone import (
+    form_with_files,
+    gateway_client,
+    standalone_settings,
+    wait_for,
+    wait_indexed,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def client(tmp_path: Path, model_path: Path) -> AsyncIterator[TestClient]:
+    async with gateway_client(standalone_settings(tmp_path, model_path), tmp_path) as c:
+        yield c
+
+
+async def test_a_failed_reupload_under_an_indexed_id_reads_failed_and_keeps_the_old_image(
+        client: TestClient) -> None:
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("good.jpg", make_image(1), "image/jpeg")], id="photo"))
+    assert resp.status == 202
+    await wait_indexed(client, ["photo"])
+    truncated = make_image(2, size=(640, 480))[:3000]  # a readable header, no pixels
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("bad.jpg", truncated, "image/jpeg")], id="photo"))
+    assert resp.status == 202, await resp.text()
+
+    async def settled() -> bool:
+        body = await (await client.get("/v1/images/photo")).json()
+        return bool(body["status"] != "queued")
+
+    await wait_for(settled, 60, "the re-upload to settle")
+    body = await (await client.get("/v1/images/photo")).json()
+    assert body["status"] == "failed", body
+    assert body["reason"] == "truncated"
+    assert "indexed earlier under this id is kept" in body["message"]
+    # The old image is still searchable under the id.
+    resp = await client.post("/v1/search", json={"id": "photo", "k": 1})
+    assert (await resp.json())["results"][0]["id"] == "photo"
+
+
+async def test_uploading_indexed_bytes_again_answers_indexed_and_keeps_the_source(
+        client: TestClient) -> None:
+    data = make_image(5)
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("first-name.jpg", data, "image/jpeg")]))
+    image_id = (await resp.json())["images"][0]["id"]
+    await wait_indexed(client, [image_id])
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("second-name.jpg", data, "image/jpeg"), ("new.jpg", make_image(6), "image/jpeg")]))
+    body = await resp.json()
+    assert resp.status == 202
+    assert [i["status"] for i in body["images"]] == ["indexed", "queued"]
+    assert body["images"][0]["id"] == image_id
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("third-name.jpg", data, "image/jpeg")]))
+    assert resp.status == 200  # nothing queued at all
+    assert (await resp.json())["images"][0]["status"] == "indexed"
+    status = await (await client.get(f"/v1/images/{image_id}")).json()
+    assert (status["status"], status["source"]) == ("indexed", "first-name.jpg")
+
+
+def _png_of_zero_size() -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
+
+
+async def test_answers_name_what_is_wrong_without_paths_or_heap_addresses(
+        client: TestClient, tmp_path: Path) -> None:
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("zero.png", _png_of_zero_size(), "image/png"),
+         ("junk.gif", b"GIF89a" + b"x" * 40, "image/gif")]))
+    body = await resp.json()
+    assert resp.status == 422, body
+    zero, junk = body["errors"]
+    assert "zero size" in zero["message"]
+    assert "cannot identify image file" in junk["message"]
+    assert " at 0x" not in junk["message"]
+    stats = await (await client.get("/v1/stats")).text()
+    assert str(tmp_path) not in stats
+
+
+async def test_thumbnails_of_reusable_ids_are_revalidated_not_cached_as_immutable(
+        client: TestClient) -> None:
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("a.jpg", make_image(7), "image/jpeg")], id="thumb-id"))
+    assert resp.status == 202
+    await wait_indexed(client, ["thumb-id"])
+    first = await client.get("/v1/images/thumb-id/thumbnail")
+    assert first.headers["Cache-Control"] == "no-cache"
+    etag = first.headers["ETag"]
+    again = await client.get("/v1/images/thumb-id/thumbnail", headers={"If-None-Match": etag})
+    assert again.status == 304
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("b.jpg", make_image(8), "image/jpeg")], id="thumb-id"))
+
+    async def replaced() -> bool:
+        resp = await client.get("/v1/images/thumb-id/thumbnail",
+                                headers={"If-None-Match": etag})
+        return resp.status == 200
+
+    await wait_for(replaced, 60, "the new thumbnail")
+
+
+async def test_stats_and_candidates_count_what_a_user_can_act_on(client: TestClient) -> None:
+    resp = await client.post("/v1/images", data=form_with_files(
+        [(f"s{i}.jpg", make_image(900 + i), "image/jpeg") for i in range(5)]))
+    ids = [i["id"] for i in (await resp.json())["images"]]
+    await wait_indexed(client, ids)
+    for image_id in ids[:2]:
+        assert (await client.delete(f"/v1/images/{image_id}")).status == 204
+    found = await (await client.post("/v1/search", json={"id": ids[2], "strategy": "exact"})
+                   ).json()
+    assert found["candidates"] == 3  # deleted slots are not candidates
+    stats = await (await client.get("/v1/stats")).json()
+    assert stats["count"] == 3
+    index = stats["index"]
+    assert index["memory_bytes_per_image"] == 57
+    assert 0 < index["memory_fixed_bytes"] < index["memory_bytes"]
+    assert "memory_bytes_per_code" not in index
+
+
+async def test_a_preview_sized_for_the_large_view_is_stored_and_served(
+        client: TestClient) -> None:
+    import io
+
+    from PIL import Image
+
+    big, small = make_image(31, size=(2000, 1500)), make_image(32)
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("big.jpg", big, "image/jpeg")], id="big"))
+    resp = await client.post("/v1/images", data=form_with_files(
+        [("small.jpg", small, "image/jpeg")], id="small"))
+    await wait_indexed(client, ["big", "small"])
+    preview = await client.get("/v1/images/big/preview")
+    assert preview.status == 200
+    assert preview.headers["Content-Type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(await preview.read())).size == (1280, 960)
+    # No preview of an image no larger than its thumbnail: the thumbnail stands in.
+    resp = await client.get("/v1/images/small/preview", allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == "/v1/images/small/thumbnail"
+    # Replaced by a small image, the id has no stale preview; deleted, it has none at all.
+    await client.post("/v1/images", data=form_with_files(
+        [("now-small.jpg", make_image(33), "image/jpeg")], id="big"))
+
+    async def replaced() -> bool:
+        resp = await client.get("/v1/images/big/preview", allow_redirects=False)
+        return resp.status == 302
+
+    await wait_for(replaced, 60, "the stale preview to go")
+    assert (await client.delete("/v1/images/big")).status == 204
+    assert (await client.get("/v1/images/big/preview")).status == 404
