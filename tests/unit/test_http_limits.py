@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,12 +17,18 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from elastichash.serving.server import GuardedRunner, bind, start
 from elastichash.settings import BodySettings, ServerSettings
 from gateway.app import create_app
 from gateway.state import SETTINGS
 from tests.imagegen import make_image
-from tests.rawhttp import chunked, closed_within, raw
+from tests.rawhttp import (
+    assert_per_client_cap,
+    assert_stalled_body_is_a_408,
+    chunked,
+    closed_within,
+    on_socket,
+    raw,
+)
 from tests.standalone import (
     gateway_client,
     standalone_factory,
@@ -108,27 +113,16 @@ async def served(tmp_path: Path, model_path: Path) -> AsyncIterator[tuple[str, i
     settings = standalone_settings(
         tmp_path, model_path, body=BodySettings(idle_timeout_s=1.0),
         server=ServerSettings(keepalive_timeout_s=1.0, max_connections_per_client=8))
-    app = create_app(settings, standalone_factory(tmp_path))
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    runner: GuardedRunner = await start(app, sock, settings.server)
-    try:
-        yield "127.0.0.1", port
-    finally:
-        await runner.cleanup()
+    async with on_socket(create_app(settings, standalone_factory(tmp_path)),
+                         settings.server) as served:
+        yield served
 
 
 async def test_a_stalled_body_is_cut_off_with_a_408(served: tuple[str, int]) -> None:
-    host, port = served
     head = (f"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
             f"boundary={BOUNDARY}\r\nContent-Length: 100000\r\n\r\n").encode()
-    reader, writer = await raw(host, port, head + multipart([("a.jpg", b"\xff\xd8\xff")])[:80])
-    started = time.monotonic()
-    answer = await closed_within(reader, 10)
-    assert time.monotonic() - started < 8
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert b'"request_timeout"' in answer
-    writer.close()
+    await assert_stalled_body_is_a_408(
+        *served, head + multipart([("a.jpg", b"\xff\xd8\xff")])[:80])
 
 
 async def test_idle_and_surplus_connections_are_closed_and_others_still_served(
@@ -148,20 +142,7 @@ async def test_idle_and_surplus_connections_are_closed_and_others_still_served(
 
 async def test_the_per_client_cap_leaves_other_clients_their_connections(
         served: tuple[str, int]) -> None:
-    host, port = served
-    mine = [await raw(host, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            for _ in range(12)]
-    answered = 0
-    for reader, _ in mine:
-        line = await closed_within(reader, 8)
-        answered += line.startswith(b"HTTP/1.1 200")
-    assert answered == 8  # the cap; the other four were closed unanswered
-    reader, writer = await raw(host, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
-                                source="127.0.0.2")
-    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-    writer.close()
-    for _, w in mine:
-        w.close()
+    await assert_per_client_cap(*served, 8)
 
 
 async def test_a_malformed_http_request_gets_the_json_error_shape(

@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,11 +15,15 @@ import aiohttp
 import pytest
 
 from elastichash.index.embedded import EmbeddedIndex
-from elastichash.serving.server import GuardedRunner, bind, start
 from elastichash.settings import BodySettings, ServerSettings
 from search_service.app import create_app
 from search_service.config import SearchServiceSettings
-from tests.rawhttp import chunked, closed_within, raw
+from tests.rawhttp import (
+    assert_per_client_cap,
+    assert_stalled_body_is_a_408,
+    chunked,
+    on_socket,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,13 +39,8 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
         max_body_bytes=CAP, body=BodySettings(idle_timeout_s=1.0),
         server=ServerSettings(keepalive_timeout_s=1.0, max_connections_per_client=8))
     app = create_app(settings, index=EmbeddedIndex(tmp_path / "idx"))
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    runner: GuardedRunner = await start(app, sock, settings.server)
-    try:
-        yield "127.0.0.1", port
-    finally:
-        await runner.cleanup()
+    async with on_socket(app, settings.server) as served:
+        yield served
 
 
 async def test_a_chunked_bulk_body_over_the_cap_is_refused_as_it_arrives(
@@ -66,33 +64,14 @@ async def test_a_chunked_bulk_body_over_the_cap_is_refused_as_it_arrives(
 
 
 async def test_a_stalled_body_is_cut_off_with_a_408(served: tuple[str, int]) -> None:
-    host, port = served
     head = (b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 5000\r\n\r\n")
-    reader, writer = await raw(host, port, head + b'{"code": "')
-    started = time.monotonic()
-    answer = await closed_within(reader, 10)
-    assert time.monotonic() - started < 8
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert b'"request_timeout"' in answer
-    writer.close()
+    await assert_stalled_body_is_a_408(*served, head + b'{"code": "')
 
 
 async def test_idle_and_surplus_connections_are_closed_and_others_still_served(
         served: tuple[str, int]) -> None:
-    host, port = served
-    mine = [await raw(host, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            for _ in range(12)]
-    answered = 0
-    for reader, _ in mine:  # each closes: the surplus at once, the others when idle
-        answered += (await closed_within(reader, 8)).startswith(b"HTTP/1.1 200")
-    assert answered == 8  # the per-client cap
-    reader, writer = await raw(host, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
-                                source="127.0.0.2")
-    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-    writer.close()
-    for _, w in mine:
-        w.close()
+    await assert_per_client_cap(*served, 8)
 
 
 def test_a_port_in_use_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
