@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastichash.codes import hamming_many, select_bits
 from elastichash.index import filters
 from elastichash.index.base import Document, SearchQuery
+from elastichash.index.code_table import CodeTable
 from elastichash.index.embedded import EmbeddedIndex
-from elastichash.index.memtable import CodeTable
 
 SHORT_BITS = list(range(0, 256, 4))
 U8 = npt.NDArray[np.uint8]

@@ -1,4 +1,5 @@
-"""HTTP handlers of the search service. Shapes on the wire live in ``elastichash.index.wire``."""
+"""HTTP handlers of the search service. The JSON shapes live in ``elastichash.index.service_json``
+(shared with its client, ``RemoteIndex``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from elastichash.errors import InvalidInput, NotFound, Unavailable
-from elastichash.index import binding, wire
+from elastichash.index import binding, service_json
 from elastichash.index import duplicates as dup
 from elastichash.index.base import SCAN_BATCH
 from elastichash.index.schema import MAX_SOURCE_CHARS
@@ -33,12 +34,12 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 async def search(request: web.Request) -> web.Response:
-    query = wire.query_from_json(await _json_body(request))
+    query = service_json.query_from_json(await _json_body(request))
     result = await request.app[INDEX_KEY].search(query)
     metrics = request.app[METRICS_KEY]
     metrics.search_seconds.labels(result.strategy).observe(result.took_ms / 1000.0)
     metrics.candidates.labels(result.strategy).observe(result.candidates)
-    return web.json_response(wire.result_to_json(result))
+    return web.json_response(service_json.result_to_json(result))
 
 
 async def duplicates(request: web.Request) -> web.Response:
@@ -49,7 +50,7 @@ async def duplicates(request: web.Request) -> web.Response:
         offset=_query_int(request, "offset", 0, 1 << 31, lo=0),
         limit=_query_int(request, "limit", dup.DEFAULT_LIMIT, dup.MAX_LIMIT),
     )
-    return web.json_response(wire.duplicates_to_json(result))
+    return web.json_response(service_json.duplicates_to_json(result))
 
 
 async def capabilities(request: web.Request) -> web.Response:
@@ -80,7 +81,7 @@ async def codes(request: web.Request) -> web.Response:
     page: list[dict[str, Any]] = []
     async with contextlib.aclosing(request.app[INDEX_KEY].scan(batch=size, after=after)) as it:
         async for batch in it:  # one batch is one page; the client's cursor is its last id
-            page = [wire.record_to_json(r) for r in batch]
+            page = [service_json.record_to_json(r) for r in batch]
             break
     return web.json_response({"items": page})
 
@@ -97,14 +98,14 @@ async def bulk(request: web.Request) -> web.Response:
     docs, slots = [], []
     for i, item in enumerate(items):
         try:
-            docs.append(wire.document_from_json(item))
+            docs.append(service_json.document_from_json(item))
             slots.append(i)
         except InvalidInput as exc:
             doc_id = item.get("id") if isinstance(item, dict) else None
             results[i] = {"id": doc_id, "ok": False, "error": exc.message, "transient": False}
     written = await request.app[INDEX_KEY].upsert(docs) if docs else []
     for slot, res in zip(slots, written, strict=True):
-        results[slot] = wire.write_result_to_json(res)
+        results[slot] = service_json.write_result_to_json(res)
     metrics = request.app[METRICS_KEY]
     ok = sum(1 for r in results if r and r["ok"])
     metrics.documents_written.labels("ok").inc(ok)
@@ -118,7 +119,7 @@ async def bulk_delete(request: web.Request) -> web.Response:
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise InvalidInput("ids must be a list of strings", field="ids")
     results = await request.app[INDEX_KEY].delete(ids)
-    return web.json_response({"items": [wire.write_result_to_json(r) for r in results]})
+    return web.json_response({"items": [service_json.write_result_to_json(r) for r in results]})
 
 
 async def get_document(request: web.Request) -> web.Response:
@@ -127,7 +128,8 @@ async def get_document(request: web.Request) -> web.Response:
         raise NotFound(f"no document {request.match_info['id']!r}", field="id")
     with_thumb = "thumbnail" in request.query.getall("include", [])
     # The preview is large: read it from /preview.
-    return web.json_response(wire.document_to_json(doc, thumbnail=with_thumb, preview=False))
+    return web.json_response(
+        service_json.document_to_json(doc, thumbnail=with_thumb, preview=False))
 
 
 async def add_source(request: web.Request) -> web.Response:
@@ -147,7 +149,7 @@ async def delete_document(request: web.Request) -> web.Response:
     (res,) = await request.app[INDEX_KEY].delete([doc_id])
     if not res.ok:
         raise NotFound(f"no document {doc_id!r}", field="id")
-    return web.json_response(wire.write_result_to_json(res))
+    return web.json_response(service_json.write_result_to_json(res))
 
 
 async def get_thumbnail(request: web.Request) -> web.Response:
@@ -173,7 +175,7 @@ async def record_failures(request: web.Request) -> web.Response:
     items = body.get("failures")
     if not isinstance(items, list):
         raise InvalidInput("failures must be a list", field="failures")
-    failures = [wire.failure_from_json(f) for f in items]
+    failures = [service_json.failure_from_json(f) for f in items]
     await request.app[INDEX_KEY].record_failures(failures)
     return web.json_response({"recorded": len(failures)})
 
@@ -192,14 +194,14 @@ def _query_int(request: web.Request, name: str, default: int, hi: int, *, lo: in
 async def list_failures(request: web.Request) -> web.Response:
     limit = _query_int(request, "limit", 50, MAX_FAILURES_LIMIT)
     failures = await request.app[INDEX_KEY].recent_failures(limit)
-    return web.json_response({"failures": [wire.failure_to_json(f) for f in failures]})
+    return web.json_response({"failures": [service_json.failure_to_json(f) for f in failures]})
 
 
 async def get_failure(request: web.Request) -> web.Response:
     failure = await request.app[INDEX_KEY].get_failure(request.match_info["id"])
     if failure is None:
         raise NotFound(f"no failure recorded for {request.match_info['id']!r}", field="id")
-    return web.json_response(wire.failure_to_json(failure))
+    return web.json_response(service_json.failure_to_json(failure))
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -249,7 +249,7 @@ def run_search(args: argparse.Namespace) -> int:
 
 def run_duplicates(args: argparse.Namespace) -> int:
     from elastichash.errors import InvalidInput
-    from elastichash.index import wire
+    from elastichash.index import service_json
     from elastichash.index.factory import make_index
 
     async def go() -> int:
@@ -262,7 +262,7 @@ def run_duplicates(args: argparse.Namespace) -> int:
         finally:
             await index.close()
         if args.json:
-            print(json.dumps(wire.duplicates_to_json(res)))
+            print(json.dumps(service_json.duplicates_to_json(res)))
             return 0
         print(f"{res.total} groups, {res.images} images, {res.pairs} pairs within distance "
               f"{res.max_distance} ({res.took_ms:.0f} ms)")

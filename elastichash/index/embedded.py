@@ -42,7 +42,7 @@ from elastichash.index.base import (
     WriteResult,
     resolve_auto,
 )
-from elastichash.index.memtable import Candidates, CodeTable, Snapshot
+from elastichash.index.code_table import Candidates, CodeTable, Snapshot
 from elastichash.index.query import PORTABLE_STRATEGIES
 from elastichash.index.store import Store
 

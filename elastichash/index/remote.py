@@ -22,7 +22,7 @@ from elastichash.errors import (
     Unavailable,
     UnsupportedQuery,
 )
-from elastichash.index import wire
+from elastichash.index import service_json
 from elastichash.index.base import (
     SCAN_BATCH,
     Capabilities,
@@ -142,9 +142,9 @@ class RemoteIndex:
 
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
         out: list[WriteResult] = []
-        for chunk in _chunks([wire.document_to_json(d) for d in docs]):
+        for chunk in _chunks([service_json.document_to_json(d) for d in docs]):
             body = await self._call("POST", "/v1/documents/_bulk", json={"documents": chunk})
-            out.extend(wire.write_result_from_json(i) for i in body["items"])
+            out.extend(service_json.write_result_from_json(i) for i in body["items"])
         return out
 
     async def add_source(self, doc_id: str, source: str) -> bool:
@@ -156,7 +156,7 @@ class RemoteIndex:
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         body = await self._call("POST", "/v1/documents/_delete", json={"ids": list(ids)})
-        return [wire.write_result_from_json(i) for i in body["items"]]
+        return [service_json.write_result_from_json(i) for i in body["items"]]
 
     async def get(self, doc_id: str) -> Document | None:
         body = await self._call(
@@ -165,11 +165,12 @@ class RemoteIndex:
             params={"include": "thumbnail"},
             missing_ok=True,
         )
-        return None if body is None else wire.document_from_json(body)
+        return None if body is None else service_json.document_from_json(body)
 
     async def search(self, query: SearchQuery) -> SearchResult:
         # The service checks the query against its index's capabilities: one check, there.
-        return wire.result_from_json(await self._call("POST", "/v1/search", json=query.to_json()))
+        body = await self._call("POST", "/v1/search", json=query.to_json())
+        return service_json.result_from_json(body)
 
     async def bind_model(self, name: str, spec: ModelIdentity) -> None:
         """Bind the service's index to this model (``ModelMismatch`` for another one)."""
@@ -185,7 +186,7 @@ class RemoteIndex:
         while True:
             params = {"size": str(batch)} | ({"after": after} if after is not None else {})
             body = await self._call("GET", "/v1/codes", params=params)
-            records = [wire.record_from_json(r) for r in body["items"]]
+            records = [service_json.record_from_json(r) for r in body["items"]]
             if not records:
                 return
             yield records
@@ -196,20 +197,19 @@ class RemoteIndex:
     ) -> DuplicatesResult:
         params = {"max_distance": str(max_distance), "offset": str(offset), "limit": str(limit)}
         body = await self._call("GET", "/v1/duplicates", params=params)
-        return wire.duplicates_from_json(body)
+        return service_json.duplicates_from_json(body)
 
     async def record_failures(self, failures: Sequence[Failure]) -> None:
-        await self._call(
-            "POST", "/v1/failures", json={"failures": [wire.failure_to_json(f) for f in failures]}
-        )
+        items = [service_json.failure_to_json(f) for f in failures]
+        await self._call("POST", "/v1/failures", json={"failures": items})
 
     async def get_failure(self, doc_id: str) -> Failure | None:
         body = await self._call("GET", f"/v1/failures/{quote(doc_id, safe='')}", missing_ok=True)
-        return None if body is None else wire.failure_from_json(body)
+        return None if body is None else service_json.failure_from_json(body)
 
     async def recent_failures(self, limit: int = 50) -> list[Failure]:
         body = await self._call("GET", "/v1/failures", params={"limit": str(limit)})
-        return [wire.failure_from_json(f) for f in body["failures"]]
+        return [service_json.failure_from_json(f) for f in body["failures"]]
 
     async def count(self) -> int:
         return int((await self.stats())["count"])

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from elastichash import codes
 from elastichash.model import contract, descriptor, synthetic
+from elastichash.model.onnx_graph import GraphBuilder
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def build_model_bytes() -> bytes:
     from onnx import TensorProto, helper
 
     mean, proj, short_bits = constants()
-    g = descriptor.GraphBuilder()
+    g = GraphBuilder()
     size = descriptor.INPUT_SIZE
     feats = descriptor.build_features(g, "image", size)
     centred = g.op("Sub", feats, g.const(mean))

@@ -1,4 +1,5 @@
-"""The default model's training-free descriptor, twice: a float64 numpy reference and ONNX nodes.
+"""The default model's training-free descriptor, twice: a float64 numpy reference and ONNX nodes
+(built with :class:`~elastichash.model.onnx_graph.GraphBuilder`).
 
 Features (input N x 3 x S x S, RGB in 0..1):
 
@@ -15,11 +16,10 @@ the same bytes on every machine, and the tests check the ONNX graph against it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
-from onnx import NodeProto, TensorProto, helper, numpy_helper
+
+from elastichash.model.onnx_graph import GraphBuilder
 
 F64 = npt.NDArray[np.float64]
 
@@ -147,27 +147,6 @@ def features_np(x: npt.ArrayLike) -> F64:
 
 
 # --- ONNX ------------------------------------------------------------------------------------
-
-
-class GraphBuilder:
-    """Accumulates nodes and initialisers with unique, stable names."""
-
-    def __init__(self) -> None:
-        self.nodes: list[NodeProto] = []
-        self.inits: list[TensorProto] = []
-        self._n = 0
-
-    def const(self, value: npt.ArrayLike, dtype: type = np.float32) -> str:
-        self._n += 1
-        name = f"c{self._n}"
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    def op(self, op_type: str, *inputs: str, **attrs: Any) -> str:
-        self._n += 1
-        out = f"{op_type.lower()}{self._n}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
-        return out
 
 
 def _onnx_l2(g: GraphBuilder, x: str, eps: float, axis: int = 1) -> str:

@@ -17,7 +17,7 @@ from elastichash.index.embedded import DB_NAME, EmbeddedIndex
 from elastichash.index.es import EngineIndex
 from elastichash.index.es import mapping as es_mapping
 from elastichash.index.schema import FIELDS, DocumentBody, FieldSpec
-from elastichash.index.wire import document_from_json, document_to_json
+from elastichash.index.service_json import document_from_json, document_to_json
 from elastichash.messages import IndexDoc, decode_index
 from tests.engines import Engine, drop, make_index
 

@@ -14,8 +14,8 @@ import pytest
 from elastichash.errors import InvalidInput, UnsupportedQuery
 from elastichash.index import filters
 from elastichash.index.base import Document
+from elastichash.index.code_table import SELECTIVE
 from elastichash.index.embedded import EmbeddedIndex
-from elastichash.index.memtable import SELECTIVE
 from elastichash.index.query import SearchQuery
 from tests.datasets import FILTERS, N, make_docs, passes
 

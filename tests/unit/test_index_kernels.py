@@ -17,8 +17,8 @@ import pytest
 from elastichash.codes import hamming_many
 from elastichash.index import kernels, mih
 from elastichash.index.base import Document, SearchQuery
+from elastichash.index.code_table import TIE_MARGIN, Candidates, CodeTable, Snapshot
 from elastichash.index.embedded import EmbeddedIndex
-from elastichash.index.memtable import TIE_MARGIN, Candidates, CodeTable, Snapshot
 
 U8 = npt.NDArray[np.uint8]
 

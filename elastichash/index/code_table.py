@@ -1,4 +1,5 @@
-"""The in-memory search half of the embedded index.
+"""The embedded index's whole in-memory table (:class:`CodeTable`): codes, MIH tables and
+alive flags by row, published as immutable snapshots; the search half of the embedded index.
 
 Per code: 32 B long code + 8 B SQLite rowid + 1 B alive flag + 16 B of MIH tables = 57 B
 (ids and fields stay in SQLite; a page of hits reads them back by rowid).
