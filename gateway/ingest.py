@@ -62,6 +62,7 @@ class _Batch:
         self.app = request.app
         # None in place of the item: already indexed, answered but not queued.
         self.items: list[tuple[IngestItem | None, AcceptedImage]] = []
+        self.by_content: set[str] = set()  # ids of self.items that are content ids
         self.nbytes = 0
         self.accepted: list[AcceptedImage] = []
         self.errors: list[ItemError] = []
@@ -86,17 +87,8 @@ class _Batch:
             return
         accepted = AcceptedImage(id=image_id, filename=filename, url=url,
                                  status_url=f"/v1/images/{image_id}")
-        if given_id is None and await self._indexed(image_id):
-            # The same bytes are indexed already (a content id): answer so, and add the new
-            # source to the document's sources instead of queueing a copy that replaces it.
-            if source:
-                try:
-                    await self.app[COMPONENTS].index.add_source(image_id, source)
-                except ElasticHashError as exc:
-                    self.error(exc, filename=filename, url=url)
-                    return
-            self.items.append((None, accepted.model_copy(update={"status": "indexed"})))
-            return
+        if given_id is None:
+            self.by_content.add(image_id)
         # Derived fields next to the client's collection fields: all filterable.
         metadata: dict[str, Any] = {
             **(fields or {}), "width": info.width, "height": info.height,
@@ -113,6 +105,7 @@ class _Batch:
         if not self.items:
             return
         group, self.items, self.nbytes = self.items, [], 0
+        group = await self._skip_indexed(group)
         to_queue = [it for it, _ in group if it is not None]
         if self.failure is None and to_queue:
             try:
@@ -140,11 +133,32 @@ class _Batch:
             pending.add(it.id, it.source)
         self.app[METRICS].ingested.inc(len(queued))
 
-    async def _indexed(self, image_id: str) -> bool:
+    async def _skip_indexed(
+        self, group: list[tuple[IngestItem | None, AcceptedImage]]
+    ) -> list[tuple[IngestItem | None, AcceptedImage]]:
+        """Images whose bytes are indexed already (a content id) are answered so, and their
+        source is appended to the document's sources instead of queueing a copy that replaces
+        it. One lookup for the group: a lookup per image would cost the index a request each."""
         comp = self.app[COMPONENTS]
-        if comp.pipeline.is_queued(image_id):
-            return False
-        return await comp.index.get(image_id) is not None
+        check, self.by_content = self.by_content, set()
+        ids = [it.id for it, _ in group if it is not None and it.id in check
+               and not comp.pipeline.is_queued(it.id)]
+        found = await comp.index.existing(ids) & set(ids) if ids else set()
+        if not found:
+            return group
+        out: list[tuple[IngestItem | None, AcceptedImage]] = []
+        for it, acc in group:
+            if it is None or it.id not in found:
+                out.append((it, acc))
+                continue
+            if it.source:
+                try:
+                    await comp.index.add_source(it.id, it.source)
+                except ElasticHashError as exc:
+                    self.error(exc, filename=acc.filename, url=acc.url)
+                    continue
+            out.append((None, acc.model_copy(update={"status": "indexed"})))
+        return out
 
     @property
     def flushed(self) -> bool:

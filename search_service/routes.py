@@ -122,6 +122,18 @@ async def bulk_delete(request: web.Request) -> web.Response:
     return web.json_response({"items": [service_json.write_result_to_json(r) for r in results]})
 
 
+async def existing(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidInput("ids must be a list of strings", field="ids")
+    limit = request.app[SETTINGS_KEY].max_bulk_documents
+    if len(ids) > limit:
+        raise InvalidInput(f"at most {limit} ids per request", field="ids")
+    found = await request.app[INDEX_KEY].existing(ids)
+    return web.json_response({"ids": sorted(found)})
+
+
 async def get_document(request: web.Request) -> web.Response:
     doc = await request.app[INDEX_KEY].get(request.match_info["id"])
     if doc is None:
@@ -239,6 +251,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/model", bind_model)
     app.router.add_post("/v1/documents/_bulk", bulk)
     app.router.add_post("/v1/documents/_delete", bulk_delete)
+    app.router.add_post("/v1/documents/_existing", existing)
     app.router.add_get("/v1/documents/{id}", get_document)
     app.router.add_delete("/v1/documents/{id}", delete_document)
     app.router.add_post("/v1/documents/{id}/_sources", add_source)

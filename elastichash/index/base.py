@@ -153,6 +153,11 @@ class Index(Protocol):
         """The document's large-view JPEG, None when it has none (or does not exist)."""
         ...
 
+    async def existing(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are indexed: one round trip for a whole upload, where a ``get``
+        each would cost one per image (and carry documents nobody reads)."""
+        ...
+
     async def search(self, query: SearchQuery) -> SearchResult:
         """Rank by 256-bit Hamming distance, ties broken by id; ``offset``/``k`` page.
         A query the backend cannot serve is ``UnsupportedQuery`` (see :meth:`capabilities`)."""

@@ -167,6 +167,15 @@ class RemoteIndex:
         )
         return None if body is None else service_json.document_from_json(body)
 
+    async def existing(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for s in range(0, len(ids), BULK_CHUNK):
+            body = await self._call(
+                "POST", "/v1/documents/_existing", json={"ids": list(ids[s : s + BULK_CHUNK])}
+            )
+            found.update(str(i) for i in body["ids"])
+        return found
+
     async def search(self, query: SearchQuery) -> SearchResult:
         # The service checks the query against its index's capabilities: one check, there.
         body = await self._call("POST", "/v1/search", json=query.to_json())

@@ -450,6 +450,12 @@ class Store:
         return Document(id=r[0], code=bytes(r[1]), short=bytes(r[2]), thumbnail=thumb,
                         version=int(r[4]), **fields)
 
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        cur = self.reader().execute(
+            f"SELECT id FROM docs WHERE id IN {_IN_JSON}", (json.dumps(list(ids)),)
+        )
+        return {r[0] for r in cur.fetchall()}
+
     def get_preview(self, doc_id: str) -> bytes | None:
         r = self.reader().execute("SELECT data FROM previews WHERE id = ?", (doc_id,)).fetchone()
         return bytes(r[0]) if r else None

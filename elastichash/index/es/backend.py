@@ -267,6 +267,13 @@ class EngineIndex:
         doc = await self.get(doc_id)
         return None if doc is None else doc.preview
 
+    async def existing(self, ids: Sequence[str]) -> set[str]:
+        # A get each (real time, as ``get``): an ids query would miss what the last refresh
+        # interval wrote.
+        unique = list(dict.fromkeys(ids))
+        found = await asyncio.gather(*(self.client.get(self.names.alias, i) for i in unique))
+        return {i for i, src in zip(unique, found, strict=True) if src is not None}
+
     async def capabilities(self) -> Capabilities:
         # A strategy is served when the index has the feature it needs (known once open()
         # inspected the cluster and the mapping).
