@@ -23,9 +23,9 @@ from elastichash.ids import check_id, content_id
 from elastichash.index.filters import INGEST_FIELDS, ingest_metadata
 from elastichash.index.incoming import skipped_duplicate_of
 from elastichash.pipeline import IngestItem
+from elastichash.serving.body import Body
 from elastichash.validate import inspect_image
 from elastichash.web_errors import close_after, error_response
-from gateway.body import Body
 from gateway.http import client_key, json_model
 from gateway.schemas import (
     AcceptedImage,
@@ -137,8 +137,8 @@ class _Batch:
         self, group: list[tuple[IngestItem | None, AcceptedImage]]
     ) -> list[tuple[IngestItem | None, AcceptedImage]]:
         """Images whose bytes are indexed already (a content id) are answered so, and their
-        document (its source) kept as it is instead of queueing a copy that replaces it. One
-        lookup for the group: a lookup per image would cost the index a request each."""
+        source is appended to the document's sources instead of queueing a copy that replaces
+        it. One lookup for the group: a lookup per image would cost the index a request each."""
         comp = self.app[COMPONENTS]
         check, self.by_content = self.by_content, set()
         ids = [it.id for it, _ in group if it is not None and it.id in check
@@ -146,9 +146,19 @@ class _Batch:
         found = await comp.index.existing(ids) & set(ids) if ids else set()
         if not found:
             return group
-        return [(None, acc.model_copy(update={"status": "indexed"}))
-                if it is not None and it.id in found else (it, acc)
-                for it, acc in group]
+        out: list[tuple[IngestItem | None, AcceptedImage]] = []
+        for it, acc in group:
+            if it is None or it.id not in found:
+                out.append((it, acc))
+                continue
+            if it.source:
+                try:
+                    await comp.index.add_source(it.id, it.source)
+                except ElasticHashError as exc:
+                    self.error(exc, filename=acc.filename, url=acc.url)
+                    continue
+            out.append((None, acc.model_copy(update={"status": "indexed"})))
+        return out
 
     @property
     def flushed(self) -> bool:
@@ -317,6 +327,7 @@ async def get_image(request: web.Request) -> web.Response:
         of = doc.metadata.get("duplicate_of")
         return json_model(ImageStatus(
             id=image_id, status="indexed", source=doc.source,
+            sources=list(doc.sources) or ([doc.source] if doc.source else []),
             thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata,
             duplicate_of=of if isinstance(of, str) else None))
     raise NotFound(f"no image with id {image_id}")
@@ -354,11 +365,11 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
 
 
 async def get_preview(request: web.Request) -> web.StreamResponse:
-    """The large-view JPEG where one is stored (standalone), else the thumbnail's address."""
+    """The large-view JPEG where one is stored (an image larger than its thumbnail, made by
+    the encoder in either mode), else the thumbnail's address."""
     image_id = check_id(request.match_info["id"])
     index = request.app[COMPONENTS].index
-    getter = getattr(index, "get_preview", None)
-    data = await getter(image_id) if getter is not None else None
+    data = await index.get_preview(image_id)
     if data is None:
         doc = await index.get(image_id)
         if doc is None:

@@ -83,6 +83,9 @@ class ImageStatus(Strict):
     reason: str | None = None
     message: str | None = None
     source: str | None = None
+    sources: list[str] = Field(
+        default_factory=list,
+        description="every source the same bytes were uploaded under, first first (indexed)")
     thumbnail_url: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     duplicate_of: str | None = Field(
