@@ -49,9 +49,12 @@ setup_podman() {
   [[ -x /usr/lib/podman/aardvark-dns || -x /usr/libexec/podman/aardvark-dns ]] \
     || missing+=(aardvark-dns)
   if ((${#missing[@]})); then
+    # With podman's recommended packages (catatonit for the pods' pause image, fuse-overlayfs,
+    # slirp4netns, uidmap, buildah), as on the machines this was checked on; iptables and
+    # catatonit named too: netavark's bridge networks and `podman kube play` need them.
     log "installing ${missing[*]} from Debian"
     timeout --foreground -k 10 900 bash -c 'source scripts/apt.sh && apt_install "$@"' apt \
-      --no-install-recommends "${missing[@]}" netavark slirp4netns uidmap fuse-overlayfs \
+      "${missing[@]}" netavark catatonit iptables \
       || die "could not install ${missing[*]} from Debian (apt-get failed or took over 900 s)"
   fi
   export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/local/containers.conf}
