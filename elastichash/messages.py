@@ -31,8 +31,11 @@ from elastichash.index.schema import (
     HEX16,
     HEX64,
     MAX_METADATA_BYTES,
+    MAX_PREVIEW_BYTES,
     MAX_SOURCE_CHARS,
+    MAX_SOURCES,
     MAX_THUMBNAIL_BYTES,
+    MAX_VERSION,
     DocumentBody,
     check_metadata,
     checked_id,
@@ -46,6 +49,7 @@ H_VERSION = "x-eh-v"
 H_ID = "x-eh-id"
 H_SOURCE = "x-eh-source"
 H_METADATA = "x-eh-metadata"
+H_SEQ = "x-eh-seq"  # the upload's sequence (IngestItem.seq), carried to Document.version
 H_REASON = "x-eh-reason"  # on dead-lettered copies: stable reason code
 H_DETAIL = "x-eh-detail"  # on dead-lettered copies: human-readable message
 H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consumed from
@@ -54,8 +58,9 @@ H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consume
 # message published by something other than our gateway or encoder gets no more trust.
 # The document limits (metadata size and depth, source length, thumbnail size) live with the
 # document schema in elastichash.index.schema.
-# An index message: the base64 thumbnail, metadata and a few fixed fields.
-MAX_INDEX_MESSAGE_BYTES = MAX_THUMBNAIL_BYTES * 4 // 3 + MAX_METADATA_BYTES + 16 * 1024
+# An index message: the base64 thumbnail and preview, sources, metadata and a few fixed fields.
+MAX_INDEX_MESSAGE_BYTES = ((MAX_THUMBNAIL_BYTES + MAX_PREVIEW_BYTES) * 4 // 3
+                           + (MAX_SOURCES + 1) * MAX_SOURCE_CHARS + MAX_METADATA_BYTES + 16 * 1024)
 MAX_REASON_CHARS = 64
 MAX_FAILURE_MESSAGE_CHARS = 2000
 
@@ -78,6 +83,7 @@ class IngestHeaders(_Frozen):
     source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     metadata: dict[str, Any] = Field(default_factory=dict)
     content_type: str | None = Field(default=None, max_length=128)
+    seq: int = Field(default=0, ge=0, le=MAX_VERSION)
 
     @field_validator("id")
     @classmethod
@@ -107,11 +113,14 @@ def encode_ingest(item: IngestItem) -> tuple[bytes, dict[str, Any], str | None]:
         raise InvalidInput(str(exc), field="metadata") from None
     meta = json.dumps(item.metadata, separators=(",", ":"), ensure_ascii=False)
     IngestHeaders(
-        id=item.id, source=item.source, metadata=item.metadata, content_type=item.content_type
+        id=item.id, source=item.source, metadata=item.metadata, content_type=item.content_type,
+        seq=item.seq,
     )
     headers: dict[str, Any] = {H_VERSION: SCHEMA_VERSION, H_ID: item.id, H_METADATA: meta}
     if item.source is not None:
         headers[H_SOURCE] = item.source
+    if item.seq:
+        headers[H_SEQ] = item.seq
     return item.data, headers, item.content_type
 
 
@@ -128,7 +137,11 @@ def decode_ingest(
         if len(meta_text.encode()) > MAX_METADATA_BYTES:
             raise BadMessage("bad_headers", f"metadata over {MAX_METADATA_BYTES} bytes")
         meta = check_metadata(json.loads(meta_text))
+        seq = headers.get(H_SEQ, 0)
+        if type(seq) is not int:  # a boolean or a string is no sequence
+            raise BadMessage("bad_headers", f"header {H_SEQ} must be an integer")
         parsed = IngestHeaders(
+            seq=seq,
             id=_text(headers, H_ID) or "",
             source=_text(headers, H_SOURCE),
             metadata=meta,
@@ -148,6 +161,7 @@ def decode_ingest(
         source=parsed.source,
         metadata=parsed.metadata,
         content_type=parsed.content_type,
+        seq=parsed.seq,
     )
 
 
@@ -171,6 +185,7 @@ class IndexFailure(_Frozen):
     message: str = Field(max_length=MAX_FAILURE_MESSAGE_CHARS)
     source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     at: float = Field(default_factory=time.time)
+    version: int = Field(default=0, ge=0, le=MAX_VERSION)
 
     @field_validator("id")
     @classmethod
@@ -178,9 +193,8 @@ class IndexFailure(_Frozen):
         return checked_id(value)
 
     def failure(self) -> Failure:
-        return Failure(
-            id=self.id, reason=self.reason, message=self.message, source=self.source, at=self.at
-        )
+        return Failure(id=self.id, reason=self.reason, message=self.message,
+                       source=self.source, at=self.at, version=self.version)
 
 
 IndexMessage = Annotated[IndexDoc | IndexFailure, Field(discriminator="kind")]
@@ -201,16 +215,21 @@ def decode_index(body: bytes) -> IndexDoc | IndexFailure:
     version = raw.get("v") if isinstance(raw, dict) else None
     if isinstance(raw, dict) and "v" in raw and (type(version) is not int or version != 1):
         raise BadMessage("unsupported_version", f"index schema version {version!r} unknown")
+    for name, cap in (("thumbnail", MAX_THUMBNAIL_BYTES), ("preview", MAX_PREVIEW_BYTES)):
+        value = raw.get(name) if isinstance(raw, dict) else None
+        if isinstance(value, str) and len(value) > cap * 4 // 3 + 4:  # a whole image in its place
+            raise BadMessage("too_large", f"{name} of about {len(value) * 3 // 4} bytes over "
+                                          f"the {cap} cap")
     try:
         parsed = _INDEX_ADAPTER.validate_python(raw, strict=True)
     except ValidationError as exc:
         raise BadMessage("bad_message", f"invalid index message: {exc}") from exc
-    if isinstance(parsed, IndexDoc) and parsed.thumbnail is not None:
-        size = len(base64.b64decode(parsed.thumbnail))
-        if size > MAX_THUMBNAIL_BYTES:
-            raise BadMessage(
-                "too_large", f"thumbnail of {size} bytes over the {MAX_THUMBNAIL_BYTES} cap"
-            )
+    if isinstance(parsed, IndexDoc):
+        for name, value, cap in (("thumbnail", parsed.thumbnail, MAX_THUMBNAIL_BYTES),
+                                 ("preview", parsed.preview, MAX_PREVIEW_BYTES)):
+            size = len(base64.b64decode(value)) if value is not None else 0
+            if size > cap:
+                raise BadMessage("too_large", f"{name} of {size} bytes over the {cap} cap")
     return parsed
 
 

@@ -23,6 +23,9 @@ class EncoderWorkerSettings(WorkerSettings):
     # big enough to amortise the ONNX call, short enough that a trickle is not held back.
     batch_max: int = Field(default=16, ge=1, le=1024)
     batch_ms: float = Field(default=20.0, ge=0.0)
+    # A preview of this many pixels on the long side is made for the page's large view and
+    # stored with the document (0: none; the view then shows the 256-pixel thumbnail).
+    preview_px: int = Field(default=1280, ge=0, le=4096)
     # Query encodings (RPC) in flight at once; they have their own thread, never queued
     # behind ingest batches.
     rpc_prefetch: int = 4

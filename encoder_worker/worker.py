@@ -159,7 +159,8 @@ class EncoderWorker:
             loop = asyncio.get_running_loop()
             try:
                 results = await loop.run_in_executor(
-                    self._executor, encode.encode_batch, self.encoder, [it for _, it in good]
+                    self._executor, encode.encode_batch, self.encoder, [it for _, it in good],
+                    self.settings.preview_px, self.settings.limits.max_pixels,
                 )
             except Exception as exc:
                 # Not an image's fault (those are failure records): retry, bounded by the

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from pydantic import HttpUrl, TypeAdapter, ValidationError
 
 from elastichash.errors import (
     Conflict,
@@ -23,9 +24,9 @@ from elastichash.ids import check_id, content_id
 from elastichash.index.filters import INGEST_FIELDS, ingest_metadata
 from elastichash.index.incoming import skipped_duplicate_of
 from elastichash.pipeline import IngestItem
+from elastichash.serving.body import Body
 from elastichash.validate import inspect_image
 from elastichash.web_errors import close_after, error_response
-from gateway.body import Body
 from gateway.http import client_key, json_model
 from gateway.schemas import (
     AcceptedImage,
@@ -137,8 +138,8 @@ class _Batch:
         self, group: list[tuple[IngestItem | None, AcceptedImage]]
     ) -> list[tuple[IngestItem | None, AcceptedImage]]:
         """Images whose bytes are indexed already (a content id) are answered so, and their
-        document (its source) kept as it is instead of queueing a copy that replaces it. One
-        lookup for the group: a lookup per image would cost the index a request each."""
+        source is appended to the document's sources instead of queueing a copy that replaces
+        it. One lookup for the group: a lookup per image would cost the index a request each."""
         comp = self.app[COMPONENTS]
         check, self.by_content = self.by_content, set()
         ids = [it.id for it, _ in group if it is not None and it.id in check
@@ -146,9 +147,19 @@ class _Batch:
         found = await comp.index.existing(ids) & set(ids) if ids else set()
         if not found:
             return group
-        return [(None, acc.model_copy(update={"status": "indexed"}))
-                if it is not None and it.id in found else (it, acc)
-                for it, acc in group]
+        out: list[tuple[IngestItem | None, AcceptedImage]] = []
+        for it, acc in group:
+            if it is None or it.id not in found:
+                out.append((it, acc))
+                continue
+            if it.source:
+                try:
+                    await comp.index.add_source(it.id, it.source)
+                except ElasticHashError as exc:
+                    self.error(exc, filename=acc.filename, url=acc.url)
+                    continue
+            out.append((None, acc.model_copy(update={"status": "indexed"})))
+        return out
 
     @property
     def flushed(self) -> bool:
@@ -202,13 +213,13 @@ async def post_images(request: web.Request) -> web.Response:
         urls = IngestUrlsRequest.model_validate(await body.json())
         shared = ingest_metadata(urls.album, urls.tags, urls.taken_at)
         pairs: list[tuple[str, str | None, dict[str, Any]]] = [
-            (str(u), None, shared) for u in urls.urls or []]
-        pairs += [(str(i.url), i.id, {**shared, **ingest_metadata(i.album, i.tags, i.taken_at)})
+            (u, None, shared) for u in urls.urls or []]
+        pairs += [(i.url, i.id, {**shared, **ingest_metadata(i.album, i.tags, i.taken_at)})
                   for i in urls.items or []]
         if len(pairs) > settings.max_urls_per_request:
             raise InvalidInput(f"at most {settings.max_urls_per_request} URLs per request",
                                field="urls")
-        await _url_ingest(request, batch, pairs)
+        await _url_ingest(request, batch, _well_formed(batch, pairs))
     else:
         raise InvalidInput("send multipart/form-data with 'file' parts, or JSON with 'urls'")
     await batch.flush()
@@ -257,6 +268,23 @@ async def _multipart_ingest(request: web.Request, body: Body, batch: _Batch) -> 
         raise InvalidInput("an 'id' field must come before the file part it names", field="id")
     if files == 0:
         raise InvalidInput("no 'file' part in the upload", field="file")
+
+
+_HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+
+
+def _well_formed(batch: _Batch, pairs: list[tuple[str, str | None, dict[str, Any]]]
+                 ) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The pairs whose URL is a well-formed http(s) URL (normalised); each other one is an
+    entry in the answer's errors, naming it, and the rest are still fetched."""
+    kept = []
+    for url, given, fields in pairs:
+        try:
+            kept.append((str(_HTTP_URL.validate_python(url)), given, fields))
+        except ValidationError as exc:
+            why = exc.errors()[0]["msg"]
+            batch.error(InvalidInput(f"malformed URL {url[:200]}: {why}", field="url"), url=url)
+    return kept
 
 
 async def _url_ingest(request: web.Request, batch: _Batch,
@@ -317,6 +345,7 @@ async def get_image(request: web.Request) -> web.Response:
         of = doc.metadata.get("duplicate_of")
         return json_model(ImageStatus(
             id=image_id, status="indexed", source=doc.source,
+            sources=list(doc.sources) or ([doc.source] if doc.source else []),
             thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata,
             duplicate_of=of if isinstance(of, str) else None))
     raise NotFound(f"no image with id {image_id}")
@@ -354,11 +383,11 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
 
 
 async def get_preview(request: web.Request) -> web.StreamResponse:
-    """The large-view JPEG where one is stored (standalone), else the thumbnail's address."""
+    """The large-view JPEG where one is stored (an image larger than its thumbnail, made by
+    the encoder in either mode), else the thumbnail's address."""
     image_id = check_id(request.match_info["id"])
     index = request.app[COMPONENTS].index
-    getter = getattr(index, "get_preview", None)
-    data = await getter(image_id) if getter is not None else None
+    data = await index.get_preview(image_id)
     if data is None:
         doc = await index.get(image_id)
         if doc is None:

@@ -47,10 +47,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from elastichash.folder import ingest_folder
     from elastichash.roles import EXIT_UNAVAILABLE
+    from elastichash.serving.server import PortInUse
+    from elastichash.serving.server import run as run_server
     from gateway.app import create_app
     from gateway.config import GatewaySettings
-    from gateway.server import PortInUse
-    from gateway.server import run as run_server
     from gateway.state import Components
 
     if args.images is not None and not args.images.is_dir():
@@ -81,6 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
                     except Exception:
                         log.exception("indexing folder %s stopped", args.images)
                     else:
+                        for line in report.failure_lines():
+                            log.warning("folder %s: %s", args.images, line)
                         log.info("folder %s: %s", args.images, report.summary())
 
                 task = asyncio.create_task(index_folder())

@@ -40,6 +40,15 @@ class Document:
     thumbnail_url: str | None = None  # for documents imported with an external thumbnail
     metadata: dict[str, Any] = field(default_factory=dict)
     thumbnail: bytes | None = None  # small JPEG kept by backends that store one
+    # A JPEG for the large view, written with the document; ``get`` may leave it out (it is
+    # large), ``get_preview`` reads it.
+    preview: bytes | None = None
+    # Every source the same image was uploaded under, first first (``source`` is the first).
+    sources: tuple[str, ...] = ()
+    # The upload's sequence (the gateway's nanosecond stamp): a write with a lower version
+    # than the stored one is dropped, so the latest upload of an id wins however the
+    # encoders order their work. 0: unversioned (imports, tools), always written.
+    version: int = 0
 
 
 class CodeRecord(NamedTuple):
@@ -97,6 +106,8 @@ class WriteResult:
     ok: bool
     error: str | None = None
     transient: bool = False
+    # ok, but not written: the index holds a newer version of the id (a later upload).
+    superseded: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,9 @@ class Failure:
     message: str
     source: str | None = None
     at: float = 0.0  # unix time
+    # The failed upload's sequence (Document.version): a failure older than the indexed
+    # document is not recorded, and a document older than the failure does not clear it.
+    version: int = 0
 
 
 @runtime_checkable
@@ -121,14 +135,26 @@ class Index(Protocol):
 
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
         """Insert or replace by id. One result per input, in order. A replaced id's old
-        code is no longer found."""
+        code is no longer found. A document whose ``version`` is below the stored one's is
+        not written (``superseded``): the newer upload stays."""
+        ...
+
+    async def add_source(self, doc_id: str, source: str) -> bool:
+        """Append ``source`` to the document's ``sources`` (the same bytes uploaded under
+        another name); False when there is no such document."""
         ...
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         """Remove by id; deleting a missing id is ok=False with error 'not_found'."""
         ...
 
-    async def get(self, doc_id: str) -> Document | None: ...
+    async def get(self, doc_id: str) -> Document | None:
+        """The document, its preview left out (see :meth:`get_preview`)."""
+        ...
+
+    async def get_preview(self, doc_id: str) -> bytes | None:
+        """The document's large-view JPEG, None when it has none (or does not exist)."""
+        ...
 
     async def existing(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are indexed: one round trip for a whole upload, where a ``get``

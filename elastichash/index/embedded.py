@@ -217,23 +217,26 @@ class EmbeddedIndex:
         errors = [_check_doc(d) for d in docs]
         latest: dict[str, Document] = {}
         for d, err in zip(docs, errors, strict=True):
-            if err is None:
-                latest[d.id] = d  # the last occurrence of an id in a batch wins
+            # The last occurrence of an id in a batch wins, unless an earlier one is newer.
+            if err is None and (d.id not in latest or d.version >= latest[d.id].version):
+                latest[d.id] = d
         batch = list(latest.values())
         table = self.table
         failure: str | None = None
+        stale: set[str] = set()
         if batch:
 
-            def write() -> None:
+            def write() -> set[str]:
                 try:
-                    new_rows, old_rows = self._store.upsert(batch)
+                    new_rows, old_rows, superseded = self._store.upsert(batch)
+                    written = [d for d in batch if d.id not in superseded]
                     snap = table.apply(
                         np.array(old_rows, np.int64),
                         np.array(new_rows, np.int64),
-                        np.frombuffer(b"".join(d.code for d in batch), np.uint8).reshape(
+                        np.frombuffer(b"".join(d.code for d in written), np.uint8).reshape(
                             -1, LONG_BYTES
                         ),
-                        np.frombuffer(b"".join(d.short for d in batch), np.uint8).reshape(
+                        np.frombuffer(b"".join(d.short for d in written), np.uint8).reshape(
                             -1, SHORT_BYTES
                         ),
                     )
@@ -241,9 +244,10 @@ class EmbeddedIndex:
                 except BaseException:
                     self._store.rollback()
                     raise
+                return superseded
 
             try:
-                await self._run(self._writer, write)
+                stale = await self._run(self._writer, write)
             except sqlite3.Error as exc:
                 log.warning("index write of %d documents failed: %s", len(batch), exc)
                 failure = f"store error: {exc}"
@@ -252,7 +256,7 @@ class EmbeddedIndex:
             if err is not None
             else WriteResult(d.id, False, failure, transient=True)
             if failure is not None
-            else WriteResult(d.id, True)
+            else WriteResult(d.id, True, superseded=d.id in stale or latest[d.id] is not d)
             for d, err in zip(docs, errors, strict=True)
         ]
 
@@ -290,7 +294,7 @@ class EmbeddedIndex:
 
     async def record_failures(self, failures: Sequence[Failure]) -> None:
         items = [
-            f if f.at else Failure(f.id, f.reason, f.message, f.source, time.time())
+            f if f.at else Failure(f.id, f.reason, f.message, f.source, time.time(), f.version)
             for f in failures
         ]
         if items:
@@ -301,15 +305,13 @@ class EmbeddedIndex:
     async def get(self, doc_id: str) -> Document | None:
         return await self._run(self._readers, lambda: self._store.get(doc_id))
 
+    async def add_source(self, doc_id: str, source: str) -> bool:
+        return await self._run(self._writer, lambda: self._store.add_source(doc_id, source))
+
     async def existing(self, ids: Sequence[str]) -> set[str]:
         if not ids:
             return set()
         return await self._run(self._readers, lambda: self._store.existing(ids))
-
-    async def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
-        """Large-view JPEGs (standalone mode stores them beside the thumbnails)."""
-        if previews:
-            await self._run(self._writer, lambda: self._store.put_previews(previews))
 
     async def get_preview(self, doc_id: str) -> bytes | None:
         return await self._run(self._readers, lambda: self._store.get_preview(doc_id))
@@ -424,12 +426,12 @@ class EmbeddedIndex:
         def run() -> SearchResult:
             matched = self._store.rows_with_labels(sorted(classes)) if classes else []
             if clauses is not None and matched:
-                snap = self._begin_view()
-                try:
+
+                def passing_rows(snap: Snapshot, _last: bool) -> set[int]:
                     mask = self._filter_mask(snap, clauses) & snap.alive[: snap.n]
-                    passing = set(snap.rows[: snap.n][mask].tolist())
-                finally:
-                    self._store.end_read()
+                    return set(snap.rows[: snap.n][mask].tolist())
+
+                passing = self._in_view(passing_rows)
                 matched = [m for m in matched if m[0] in passing]
             if code is None:
                 page = matched[query.offset : query.offset + query.k]

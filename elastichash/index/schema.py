@@ -18,7 +18,7 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -27,14 +27,14 @@ from elastichash.errors import InvalidInput
 from elastichash.ids import check_id
 from elastichash.index.base import Document
 
-FieldKind = Literal["keyword", "number", "date", "text", "json", "binary"]
+FieldKind = Literal["keyword", "keywords", "number", "date", "text", "json", "binary"]
 
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One document field. ``keyword``: exact strings; ``number``: floats; ``date``: unix
-    seconds; ``text``: analysed words; ``json``: an opaque object; ``binary``: bytes kept
-    apart from the searchable row (base64 in JSON)."""
+    """One document field. ``keyword``: exact strings; ``keywords``: a list of them;
+    ``number``: floats; ``date``: unix seconds; ``text``: analysed words; ``json``: an
+    opaque object; ``binary``: bytes kept apart from the searchable row (base64 in JSON)."""
 
     name: str
     kind: FieldKind
@@ -44,9 +44,11 @@ class FieldSpec:
 
 FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("source", "keyword", in_hits=True),  # URL, path or upload name
+    FieldSpec("sources", "keywords"),  # every source of the same bytes, first first
     FieldSpec("thumbnail_url", "keyword", in_hits=True),  # an imported external thumbnail
     FieldSpec("metadata", "json", in_hits=True),  # client metadata, width/height, filename
     FieldSpec("thumbnail", "binary"),  # small JPEG made at encode time
+    FieldSpec("preview", "binary"),  # large-view JPEG (1280 px), made at encode time
 )
 FIELD_NAMES = tuple(f.name for f in FIELDS)
 HIT_FIELDS = tuple(f.name for f in FIELDS if f.in_hits)
@@ -60,9 +62,16 @@ MAX_METADATA_BYTES = 16 * 1024
 # attack on recursive parsers and serialisers, not a caption.
 MAX_METADATA_DEPTH = 5
 MAX_SOURCE_CHARS = 2048
+# Sources kept per document: the first and the latest ones (a popular image re-uploaded
+# under a thousand names must not grow its document without bound).
+MAX_SOURCES = 32
+# Versions are nanosecond stamps; engines take external versions below 2**63.
+MAX_VERSION = 2**63 - 1
 # A thumbnail is a JPEG of at most 256 px on its long side (tens of KB); 512 KiB leaves room
 # for a noisy one and refuses a full image smuggled in its place.
 MAX_THUMBNAIL_BYTES = 512 * 1024
+# A preview is a JPEG of at most 1280 px (by default) on its long side: a few hundred KB.
+MAX_PREVIEW_BYTES = 2 * 1024 * 1024
 HEX64 = r"^[0-9a-f]{64}$"
 HEX16 = r"^[0-9a-f]{16}$"
 
@@ -97,8 +106,21 @@ def checked_id(value: str) -> str:
 
 
 def empty(spec: FieldSpec) -> Any:
-    """The value of an unset field: ``{}`` for json, ``None`` otherwise."""
-    return {} if spec.kind == "json" else None
+    """The value of an unset field: ``{}`` for json, ``()`` for keywords, ``None`` otherwise."""
+    return {} if spec.kind == "json" else () if spec.kind == "keywords" else None
+
+
+def with_source(sources: tuple[str, ...] | list[str], first: str | None,
+                added: str) -> tuple[str, ...]:
+    """``sources`` (or, for documents written before the field, ``first``) with ``added``
+    appended unless present; past MAX_SOURCES the oldest after the first make room."""
+    out = list(sources) or ([first] if first else [])
+    if added in out:
+        return tuple(out)
+    out.append(added)
+    if len(out) > MAX_SOURCES:
+        out = out[:1] + out[len(out) - MAX_SOURCES + 1:]
+    return tuple(out)
 
 
 def _parse(
@@ -158,10 +180,15 @@ class DocumentBody(BaseModel):
     code: str = Field(pattern=HEX64, description="256-bit long code, 64 hex digits")
     short: str = Field(pattern=HEX16, description="64-bit short code, 16 hex digits")
     source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
+    sources: list[Annotated[str, Field(max_length=MAX_SOURCE_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_SOURCES)
     thumbnail_url: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     metadata: dict[str, Any] = Field(default_factory=dict)
     # base64 JPEG; a consumer checks the decoded size against MAX_THUMBNAIL_BYTES
     thumbnail: str | None = Field(default=None, max_length=MAX_THUMBNAIL_BYTES * 4 // 3 + 4)
+    preview: str | None = Field(default=None, max_length=MAX_PREVIEW_BYTES * 4 // 3 + 4)
+    # The upload's sequence (see Document.version); 0: unversioned.
+    version: int = Field(default=0, ge=0, le=MAX_VERSION)
 
     @field_validator("id")
     @classmethod
@@ -189,26 +216,30 @@ class DocumentBody(BaseModel):
     def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
         return check_metadata(v)
 
-    @field_validator("thumbnail")
+    @field_validator("thumbnail", "preview")
     @classmethod
     def _base64(cls, v: str | None) -> str | None:
         if v is not None:
             try:
                 base64.b64decode(v, validate=True)
             except (binascii.Error, ValueError) as exc:
-                raise ValueError(f"thumbnail is not base64: {exc}") from None
+                raise ValueError(f"not base64: {exc}") from None
         return v
 
     @classmethod
     def of(cls, doc: Document, *, binary: bool = True) -> DocumentBody:
-        """The body of ``doc``; ``binary=False`` leaves the binary fields (thumbnail) out."""
+        """The body of ``doc``; ``binary=False`` leaves the binary fields (thumbnail,
+        preview) out."""
         fields: dict[str, Any] = {}
         for spec in FIELDS:
             value = getattr(doc, spec.name)
             if spec.kind == "binary":
                 value = base64.b64encode(value).decode("ascii") if binary and value else None
+            elif spec.kind == "keywords":
+                value = list(value)
             fields[spec.name] = value
-        return cls(id=doc.id, code=doc.code.hex(), short=doc.short.hex(), **fields)
+        return cls(id=doc.id, code=doc.code.hex(), short=doc.short.hex(), version=doc.version,
+                   **fields)
 
     def document(self) -> Document:
         fields: dict[str, Any] = {}
@@ -218,7 +249,8 @@ class DocumentBody(BaseModel):
                 value = base64.b64decode(value)
             elif spec.kind == "json":
                 value = dict(value)
+            elif spec.kind == "keywords":
+                value = tuple(value)
             fields[spec.name] = value
-        return Document(
-            id=self.id, code=bytes.fromhex(self.code), short=bytes.fromhex(self.short), **fields
-        )
+        return Document(id=self.id, code=bytes.fromhex(self.code),
+                        short=bytes.fromhex(self.short), version=self.version, **fields)

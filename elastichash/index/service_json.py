@@ -6,6 +6,7 @@ server and its client cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -27,6 +28,7 @@ from elastichash.index.base import (
 from elastichash.index.schema import (
     FIELDS,
     HIT_FIELDS,
+    MAX_VERSION,
     DocumentBody,
     empty,
     parse_code,
@@ -57,7 +59,10 @@ def record_from_json(item: dict[str, Any]) -> CodeRecord:
     )
 
 
-def document_to_json(doc: Document, *, thumbnail: bool = True) -> dict[str, Any]:
+def document_to_json(doc: Document, *, thumbnail: bool = True,
+                     preview: bool = True) -> dict[str, Any]:
+    if not preview:
+        doc = dataclasses.replace(doc, preview=None)
     out = DocumentBody.of(doc, binary=thumbnail).model_dump()
     for spec in FIELDS:  # binary fields only when asked for and present
         if spec.kind == "binary" and out[spec.name] is None:
@@ -152,17 +157,20 @@ def duplicates_from_json(body: dict[str, Any]) -> DuplicatesResult:
 
 
 def write_result_to_json(r: WriteResult) -> dict[str, Any]:
-    return {"id": r.id, "ok": r.ok, "error": r.error, "transient": r.transient}
+    return {"id": r.id, "ok": r.ok, "error": r.error, "transient": r.transient,
+            "superseded": r.superseded}
 
 
 def write_result_from_json(item: dict[str, Any]) -> WriteResult:
     return WriteResult(
-        str(item["id"]), bool(item["ok"]), item.get("error"), bool(item.get("transient"))
+        str(item["id"]), bool(item["ok"]), item.get("error"), bool(item.get("transient")),
+        bool(item.get("superseded")),
     )
 
 
 def failure_to_json(f: Failure) -> dict[str, Any]:
-    return {"id": f.id, "reason": f.reason, "message": f.message, "source": f.source, "at": f.at}
+    return {"id": f.id, "reason": f.reason, "message": f.message, "source": f.source, "at": f.at,
+            "version": f.version}
 
 
 def failure_from_json(item: Any) -> Failure:
@@ -180,4 +188,7 @@ def failure_from_json(item: Any) -> Failure:
         at_f = None
     if at_f is None or not math.isfinite(at_f):
         raise InvalidInput("at must be a finite unix time", field="at")
-    return Failure(item["id"], item["reason"], item["message"], source, at_f)
+    version = item.get("version") or 0
+    if type(version) is not int or not 0 <= version <= MAX_VERSION:
+        raise InvalidInput(f"version must be an integer from 0 to {MAX_VERSION}", field="version")
+    return Failure(item["id"], item["reason"], item["message"], source, at_f, version)

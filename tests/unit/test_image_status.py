@@ -58,7 +58,7 @@ async def test_a_failed_reupload_under_an_indexed_id_reads_failed_and_keeps_the_
     assert (await resp.json())["results"][0]["id"] == "photo"
 
 
-async def test_uploading_indexed_bytes_again_answers_indexed_and_keeps_the_source(
+async def test_uploading_indexed_bytes_again_answers_indexed_and_appends_the_source(
         client: TestClient) -> None:
     data = make_image(5)
     resp = await client.post("/v1/images", data=form_with_files(
@@ -77,6 +77,7 @@ async def test_uploading_indexed_bytes_again_answers_indexed_and_keeps_the_sourc
     assert (await resp.json())["images"][0]["status"] == "indexed"
     status = await (await client.get(f"/v1/images/{image_id}")).json()
     assert (status["status"], status["source"]) == ("indexed", "first-name.jpg")
+    assert status["sources"] == ["first-name.jpg", "second-name.jpg", "third-name.jpg"]
 
 
 async def test_an_upload_looks_its_images_up_in_the_index_once_not_once_each(

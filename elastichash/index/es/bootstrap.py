@@ -186,8 +186,8 @@ async def rederive(client: EngineClient, index: str) -> None:
             break
         actions = [
             Action("index", index, h["_id"], document_source(
-                document_from_source(h["_id"], h["_source"]),
-                dense_bit=DENSE_BIT_FIELD in h["_source"]))
+                doc := document_from_source(h["_id"], h["_source"]),
+                dense_bit=DENSE_BIT_FIELD in h["_source"]), version=doc.version)
             for h in hits
         ]
         failed = [r for r in (await run_bulk(client, actions, BulkPolicy())).values() if not r.ok]
@@ -206,3 +206,9 @@ async def ensure_failures(client: EngineClient, names: Names, layout: Layout) ->
             mappings=FAILURES_MAPPING,
             settings=failures_settings(layout.replicas),
         )
+        return
+    have = (await client.get_mapping(names.failures))[names.failures]["mappings"]
+    missing = {name: spec for name, spec in FAILURES_MAPPING["properties"].items()
+               if name not in (have.get("properties") or {})}
+    if missing:  # fields added since the index was made: adding a field needs no reindex
+        await client.put_mapping(names.failures, {"properties": missing})
