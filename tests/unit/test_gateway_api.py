@@ -207,6 +207,16 @@ async def test_malformed_search_is_400_naming_the_field(
         assert err["error"]["field"] == field
 
 
+async def test_a_search_body_of_another_kind_is_400_naming_every_kind_of_query(
+        client: TestClient) -> None:
+    resp = await client.post("/v1/search", data=b"elephant",
+                             headers={"Content-Type": "text/plain"})
+    err = await resp.json()
+    assert resp.status == 400, err
+    assert "text" in err["error"]["message"]
+    assert "multipart/form-data" in err["error"]["message"]
+
+
 async def test_search_by_unknown_id_is_404(client: TestClient) -> None:
     resp = await client.post("/v1/search", json={"id": "nope"})
     assert resp.status == 404
