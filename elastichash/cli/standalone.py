@@ -23,6 +23,7 @@ from elastichash.settings import (
     ModelSettings,
     SpoolSettings,
     default_data_dir,
+    port_number,
 )
 
 
@@ -43,7 +44,7 @@ def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
     add_common(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--port", type=port_number, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--images", type=Path, default=None,
                    help="index this folder (recursively) at start, with a progress bar")
     p.add_argument("--api-key", action="append", default=[], dest="api_keys",
