@@ -28,6 +28,7 @@ from elastichash.errors import InvalidInput
 from elastichash.ids import check_id
 from elastichash.index.base import Document, Failure
 from elastichash.index.schema import (
+    FIELDS,
     HEX16,
     HEX64,
     MAX_METADATA_BYTES,
@@ -205,12 +206,14 @@ def decode_index(body: bytes) -> IndexDoc | IndexFailure:
         parsed = _INDEX_ADAPTER.validate_python(raw, strict=True)
     except ValidationError as exc:
         raise BadMessage("bad_message", f"invalid index message: {exc}") from exc
-    if isinstance(parsed, IndexDoc) and parsed.thumbnail is not None:
-        size = len(base64.b64decode(parsed.thumbnail))
-        if size > MAX_THUMBNAIL_BYTES:
-            raise BadMessage(
-                "too_large", f"thumbnail of {size} bytes over the {MAX_THUMBNAIL_BYTES} cap"
-            )
+    if isinstance(parsed, IndexDoc):
+        for spec in FIELDS:
+            value = getattr(parsed, spec.name) if spec.kind == "binary" else None
+            size = len(base64.b64decode(value)) if value is not None else 0
+            if size > MAX_THUMBNAIL_BYTES:
+                raise BadMessage(
+                    "too_large", f"{spec.name} of {size} bytes over the {MAX_THUMBNAIL_BYTES} cap"
+                )
     return parsed
 
 
