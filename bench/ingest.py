@@ -14,17 +14,21 @@
    to searchable, p50 and p99.
 Target: one encoder in the pipeline reaches >= 80% of the encoder alone.
 
-    python bench/ingest.py --flood 3000 [--queries 40] [--repeat 2]
+    python bench/ingest.py --flood 3000 [--queries 40] [--repeat 2] [--no-reference]
                            [--out bench/results/ingest_flood.json]
 
 Search under an ingest flood (issue 18.7): one encoder worker; search by upload timed while
-nothing is queued, then while ``--flood`` images (posted four requests at a time) are being
-encoded. Two setups in the same run, alternated ``--repeat`` times, samples pooled per setup:
-the reference shares one inference session and gives queries no priority
-(``EH_ENCODER_RPC_THREADS=0``, ``EH_ENCODER_RPC_PRIORITY_S=0``, ``EH_ENCODER_INGEST_NICE=0``:
-the code before the change); the default gives queries their own session and thread, runs the
-ingest threads at a lower CPU priority and holds new ingest batches while a query is encoded.
-Target: search latency under the flood at most 2x the idle latency.
+nothing is queued, then while ``--flood`` images (posted four requests of 20 at a time, by a
+client process of its own) are being encoded. Two setups in the same run, alternated
+``--repeat`` times, samples pooled per setup: the reference shares one inference session,
+gives queries no priority and lets ingest take every core (``EH_ENCODER_RPC_THREADS=0``,
+``EH_ENCODER_RPC_PRIORITY_S=0``, ``EH_ENCODER_INGEST_NICE=0``, ``EH_ENCODER_INGEST_THREADS``
+= the cores); the default gives queries their own session and thread, runs the ingest threads
+at a lower CPU priority on one core fewer than the machine has, and holds new ingest batches
+while a query is encoded. Also recorded: the images indexed per second and the cores each
+process kept busy while the searches ran, and the load average (``bench/flood_ab.py``
+compares two commits with this same script). Target: search latency under the flood at most
+2x the idle latency.
 """
 
 from __future__ import annotations
@@ -388,25 +392,22 @@ async def run_flood(
     from tests.imagegen import make_image
 
     probes = [make_image(100_000 + i, size=(320, 240)) for i in range(args.queries)]
+    sender: subprocess.Popen[bytes] | None = None
     try:
         await stack.start()  # inside the try: a stack that fails to start is stopped too
         async with aiohttp.ClientSession() as http:
             for data in probes[:3]:  # warm-up: the first queries load and connect
                 await search_once(http, base, data)
             idle = [await search_once(http, base, d) for d in probes]
-            # A client flooding with a few requests at a time (not 150 at once: on a loaded
-            # machine the broker's confirms would then time out before any encoding).
-            senders = asyncio.Semaphore(4)
-
-            async def send(chunk: list[bytes]) -> float:
-                async with senders:
-                    return await post(http, base, chunk)
-
-            posts = asyncio.gather(
-                *(send(images[i : i + 20]) for i in range(0, len(images), 20))
-            )
+            # The flooding client is a process of its own, as it would be another machine's:
+            # building its uploads must not delay this loop, which times the searches.
+            sender = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
+                [sys.executable, __file__, "--send-to", base, "--flood", str(len(images)),
+                 *(["--dir", str(args.dir)] if args.dir else [])], cwd=ROOT)
             # Searches only while the backlog is real (not before the first posts land).
-            while await queued(http, base) < min(200, len(images) // 4):  # noqa: ASYNC110
+            while await queued(http, base) < min(200, len(images) // 4):
+                if sender.poll() is not None:
+                    raise SystemExit(f"the flood sender exited {sender.returncode}")
                 await asyncio.sleep(0.05)
             flood: list[float] = []
             depths: list[int] = []
@@ -415,9 +416,18 @@ async def run_flood(
             srch = f"http://127.0.0.1:{stack.search_port}/metrics"
             rpc0 = await mean_of(http, enc, "eh_encoder_rpc_seconds")
             search0 = await mean_of(http, srch, "eh_search_seconds")
+            cpu0, broker0, wall0 = stack.cpu_seconds(), broker_cpu_seconds(), time.perf_counter()
+            count0 = await count(http, srch.removesuffix("/metrics"))
             for data in probes:
                 flood.append(await search_once(http, base, data))
                 depths.append(await queued(http, base))
+            wall = time.perf_counter() - wall0
+            indexed_per_s = (await count(http, srch.removesuffix("/metrics")) - count0) / wall
+            cpu = {k: round((v - cpu0.get(k, 0.0)) / wall, 2)
+                   for k, v in stack.cpu_seconds().items()}
+            broker1 = broker_cpu_seconds()
+            if broker0 is not None and broker1 is not None:
+                cpu["rabbitmq"] = round((broker1 - broker0) / wall, 2)
             rpc1 = await mean_of(http, enc, "eh_encoder_rpc_seconds")
             search1 = await mean_of(http, srch, "eh_search_seconds")
             parts = {
@@ -425,15 +435,35 @@ async def run_flood(
                 "search_mean_ms": 1000 * (search1[0] - search0[0])
                 / max(1.0, search1[1] - search0[1]),
             }
-            await posts
+            if await asyncio.to_thread(sender.wait, 600):
+                raise SystemExit(f"the flood sender exited {sender.returncode}")
     finally:
+        if sender is not None and sender.poll() is None:
+            sender.kill()
+            sender.wait(30)
         stack.stop()
         from elastichash.amqp import delete_topology
 
         await delete_topology(args.amqp, stack.prefix)
     print(f"  {name}: idle {percentiles(idle)} flood {percentiles(flood)}"
-          f" (gateway took {percentiles(TOOK)}; {parts})", file=sys.stderr)
-    return {"idle_s": idle, "flood_s": flood, "queued": depths, "flood_took_s": list(TOOK)}
+          f" (gateway took {percentiles(TOOK)}; {parts}; cores busy per process {cpu};"
+          f" indexed {indexed_per_s:.0f}/s; load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+    return {"idle_s": idle, "flood_s": flood, "queued": depths, "flood_took_s": list(TOOK),
+            "indexed_per_s": [indexed_per_s], "cores_busy": [cpu],
+            "load_1min": [os.getloadavg()[0]]}
+
+
+async def send_flood(base: str, images: list[bytes]) -> None:
+    """The flooding client: posts of 20 images, four at a time (not 150 at once: on a loaded
+    machine the broker's confirms would then time out before any encoding)."""
+    senders = asyncio.Semaphore(4)
+    async with aiohttp.ClientSession() as http:
+
+        async def send(chunk: list[bytes]) -> float:
+            async with senders:
+                return await post(http, base, chunk)
+
+        await asyncio.gather(*(send(images[i : i + 20]) for i in range(0, len(images), 20)))
 
 
 def flood_main(args: argparse.Namespace) -> int:
@@ -445,11 +475,15 @@ def flood_main(args: argparse.Namespace) -> int:
             "EH_ENCODER_RPC_THREADS": "0",
             "EH_ENCODER_RPC_PRIORITY_S": "0",
             "EH_ENCODER_INGEST_NICE": "0",
+            "EH_ENCODER_INGEST_THREADS": str(os.cpu_count() or 1),
         },
         "own session + query first (default)": {},
     }
+    if args.no_reference:
+        setups = {k: v for k, v in setups.items() if not v}
     samples: dict[str, dict[str, list[float]]] = {
-        label: {"idle_s": [], "flood_s": [], "queued": [], "flood_took_s": []} for label in setups
+        label: {"idle_s": [], "flood_s": [], "queued": [], "flood_took_s": [],
+                "indexed_per_s": [], "cores_busy": [], "load_1min": []} for label in setups
     }
     with tempfile.TemporaryDirectory(prefix="eh-bench-") as t:
         tmp = Path(t)
@@ -470,6 +504,11 @@ def flood_main(args: argparse.Namespace) -> int:
             # inside the gateway's handler: query encoding (RPC) + index search
             "flood_gateway_took": percentiles(got["flood_took_s"]),
             "queued_during_searches": {"min": min(got["queued"]), "max": max(got["queued"])},
+            # images indexed per second while the searches ran: what the flood still gets
+            "indexed_per_s": float(np.median(got["indexed_per_s"])),
+            # cores each process kept busy while the searches ran, per repeat
+            "cores_busy": got["cores_busy"],
+            "load_1min": got["load_1min"],
         }
         run["ratio_p50"] = run["flood"]["p50_ms"] / run["idle"]["p50_ms"]
         run["ratio_p99"] = run["flood"]["p99_ms"] / run["idle"]["p99_ms"]
@@ -513,7 +552,13 @@ def main() -> int:
                         help="measure search under a flood of this many images instead")
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--no-reference", action="store_true",
+                        help="flood: run the default settings only, not the reference")
+    parser.add_argument("--send-to", help=argparse.SUPPRESS)  # the flood sender's process
     args = parser.parse_args()
+    if args.send_to:
+        asyncio.run(send_flood(args.send_to, load_images(args.dir, args.flood)))
+        return 0
     if args.flood:
         return flood_main(args)
     from elastichash.model.default import ensure_default_model

@@ -32,8 +32,11 @@ from elastichash.index.schema import (
     HEX16,
     HEX64,
     MAX_METADATA_BYTES,
+    MAX_PREVIEW_BYTES,
     MAX_SOURCE_CHARS,
+    MAX_SOURCES,
     MAX_THUMBNAIL_BYTES,
+    MAX_VERSION,
     DocumentBody,
     check_metadata,
     checked_id,
@@ -47,6 +50,7 @@ H_VERSION = "x-eh-v"
 H_ID = "x-eh-id"
 H_SOURCE = "x-eh-source"
 H_METADATA = "x-eh-metadata"
+H_SEQ = "x-eh-seq"  # the upload's sequence (IngestItem.seq), carried to Document.version
 H_REASON = "x-eh-reason"  # on dead-lettered copies: stable reason code
 H_DETAIL = "x-eh-detail"  # on dead-lettered copies: human-readable message
 H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consumed from
@@ -55,8 +59,9 @@ H_QUEUE = "x-eh-queue"  # on dead-lettered copies: where the message was consume
 # message published by something other than our gateway or encoder gets no more trust.
 # The document limits (metadata size and depth, source length, thumbnail size) live with the
 # document schema in elastichash.index.schema.
-# An index message: the base64 thumbnail, metadata and a few fixed fields.
-MAX_INDEX_MESSAGE_BYTES = MAX_THUMBNAIL_BYTES * 4 // 3 + MAX_METADATA_BYTES + 16 * 1024
+# An index message: the base64 thumbnail and preview, sources, metadata and a few fixed fields.
+MAX_INDEX_MESSAGE_BYTES = ((MAX_THUMBNAIL_BYTES + MAX_PREVIEW_BYTES) * 4 // 3
+                           + (MAX_SOURCES + 1) * MAX_SOURCE_CHARS + MAX_METADATA_BYTES + 16 * 1024)
 MAX_REASON_CHARS = 64
 MAX_FAILURE_MESSAGE_CHARS = 2000
 
@@ -79,6 +84,7 @@ class IngestHeaders(_Frozen):
     source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     metadata: dict[str, Any] = Field(default_factory=dict)
     content_type: str | None = Field(default=None, max_length=128)
+    seq: int = Field(default=0, ge=0, le=MAX_VERSION)
 
     @field_validator("id")
     @classmethod
@@ -108,11 +114,14 @@ def encode_ingest(item: IngestItem) -> tuple[bytes, dict[str, Any], str | None]:
         raise InvalidInput(str(exc), field="metadata") from None
     meta = json.dumps(item.metadata, separators=(",", ":"), ensure_ascii=False)
     IngestHeaders(
-        id=item.id, source=item.source, metadata=item.metadata, content_type=item.content_type
+        id=item.id, source=item.source, metadata=item.metadata, content_type=item.content_type,
+        seq=item.seq,
     )
     headers: dict[str, Any] = {H_VERSION: SCHEMA_VERSION, H_ID: item.id, H_METADATA: meta}
     if item.source is not None:
         headers[H_SOURCE] = item.source
+    if item.seq:
+        headers[H_SEQ] = item.seq
     return item.data, headers, item.content_type
 
 
@@ -129,7 +138,11 @@ def decode_ingest(
         if len(meta_text.encode()) > MAX_METADATA_BYTES:
             raise BadMessage("bad_headers", f"metadata over {MAX_METADATA_BYTES} bytes")
         meta = check_metadata(json.loads(meta_text))
+        seq = headers.get(H_SEQ, 0)
+        if type(seq) is not int:  # a boolean or a string is no sequence
+            raise BadMessage("bad_headers", f"header {H_SEQ} must be an integer")
         parsed = IngestHeaders(
+            seq=seq,
             id=_text(headers, H_ID) or "",
             source=_text(headers, H_SOURCE),
             metadata=meta,
@@ -149,6 +162,7 @@ def decode_ingest(
         source=parsed.source,
         metadata=parsed.metadata,
         content_type=parsed.content_type,
+        seq=parsed.seq,
     )
 
 
@@ -186,6 +200,7 @@ class IndexFailure(_Frozen):
 
 IndexMessage = Annotated[IndexDoc | IndexFailure, Field(discriminator="kind")]
 _INDEX_ADAPTER: TypeAdapter[IndexDoc | IndexFailure] = TypeAdapter(IndexMessage)
+BINARY_FIELDS = tuple(spec for spec in FIELDS if spec.kind == "binary")
 
 
 def decode_index(body: bytes) -> IndexDoc | IndexFailure:
@@ -202,18 +217,23 @@ def decode_index(body: bytes) -> IndexDoc | IndexFailure:
     version = raw.get("v") if isinstance(raw, dict) else None
     if isinstance(raw, dict) and "v" in raw and (type(version) is not int or version != 1):
         raise BadMessage("unsupported_version", f"index schema version {version!r} unknown")
+    for spec in BINARY_FIELDS:
+        value = raw.get(spec.name) if isinstance(raw, dict) else None
+        cap = spec.max_bytes
+        if isinstance(value, str) and len(value) > cap * 4 // 3 + 4:  # a whole image in its place
+            raise BadMessage("too_large", f"{spec.name} of about {len(value) * 3 // 4} bytes "
+                                          f"over the {cap} cap")
     try:
         parsed = _INDEX_ADAPTER.validate_python(raw, strict=True)
     except ValidationError as exc:
         raise BadMessage("bad_message", f"invalid index message: {exc}") from exc
     if isinstance(parsed, IndexDoc):
-        for spec in FIELDS:
-            value = getattr(parsed, spec.name) if spec.kind == "binary" else None
+        for spec in BINARY_FIELDS:
+            value = getattr(parsed, spec.name)
             size = len(base64.b64decode(value)) if value is not None else 0
-            if size > MAX_THUMBNAIL_BYTES:
-                raise BadMessage(
-                    "too_large", f"{spec.name} of {size} bytes over the {MAX_THUMBNAIL_BYTES} cap"
-                )
+            if size > spec.max_bytes:
+                raise BadMessage("too_large",
+                                 f"{spec.name} of {size} bytes over the {spec.max_bytes} cap")
     return parsed
 
 

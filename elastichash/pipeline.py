@@ -7,11 +7,16 @@ code above this seam is the same in both modes.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from elastichash.index.base import Document, Failure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,24 @@ class IngestItem:
     source: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     content_type: str | None = None
+    # Stamped by the pipeline that accepts the upload (a nanosecond clock that only grows):
+    # the document's version, so that of two uploads of one id the later one wins.
+    seq: int = 0
+
+
+class UploadClock:
+    """Upload sequences: wall-clock nanoseconds, so they keep growing across restarts and
+    agree roughly across gateways; strictly increasing within a process even when the clock
+    steps back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.last = 0
+
+    def next(self) -> int:
+        with self._lock:
+            self.last = max(time.time_ns(), self.last + 1)
+            return self.last
 
 
 @dataclass(frozen=True)
@@ -70,6 +93,29 @@ class Pipeline(Protocol):
     async def ready(self) -> bool: ...
 
 
+def with_preview(doc: Document, item: IngestItem, size: int, max_pixels: int,
+                 budget: Any = None) -> Document:
+    """``doc`` with a JPEG of ``size`` pixels on its long side for the page's large view, made
+    by a second decode at that size (JPEG draft) within the decode ``budget``; unchanged for
+    ``size`` 0, for an image no larger than its thumbnail, and when the preview cannot be made
+    (that costs only the preview). The one place previews are made, in standalone mode and in
+    the encoder worker alike; CPU work, for an executor thread."""
+    import dataclasses
+
+    from elastichash.errors import ElasticHashError
+    from elastichash.model.preprocess import THUMBNAIL_SIZE, make_thumbnail
+
+    meta = item.metadata
+    if not size or max(meta.get("width", size), meta.get("height", size)) <= THUMBNAIL_SIZE:
+        return doc
+    try:
+        preview = make_thumbnail(item.data, size, max_pixels, budget)
+    except ElasticHashError as exc:
+        log.info("no preview for %s: %s", item.id, exc.message)
+        return doc
+    return dataclasses.replace(doc, preview=preview)
+
+
 # The model's top classes travel in the document's metadata under this key (a list of
 # {"id", "name", "score"}), so every backend stores them and every hit returns them.
 LABELS_KEY = "labels"
@@ -93,6 +139,8 @@ def ingest_record(item: IngestItem, result: Any, now: float) -> Document | Failu
         code=bytes(result.code),
         short=bytes(result.short),
         source=item.source,
+        sources=(item.source,) if item.source else (),
         metadata=metadata,
         thumbnail=result.thumbnail,
+        version=item.seq,
     )

@@ -163,3 +163,22 @@ class AmqpSettings(BaseModel):
     delivery_limit: int = 5
     publish_timeout_s: float = 10.0
     rpc_timeout_s: float = 10.0
+
+
+class BodySettings(BaseModel):
+    """How slowly a client may send a request body before it is cut off (408)."""
+
+    # No body bytes for this long: the request ends.
+    idle_timeout_s: float = 15.0
+    # After this much waiting on the client, it must have sent at least min_rate per second.
+    rate_grace_s: float = 10.0
+    min_rate_bytes_s: int = 4096
+
+
+class ServerSettings(BaseModel):
+    """Connection-level limits of the HTTP server."""
+
+    # An idle keep-alive connection (or one that never sends a request) is closed after this.
+    keepalive_timeout_s: float = 15.0
+    # Connections one client address may hold at once; more are closed on arrival.
+    max_connections_per_client: int = 64

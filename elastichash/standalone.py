@@ -21,21 +21,26 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from elastichash.errors import ElasticHashError, ImageError, InsufficientStorage, Unavailable
+from elastichash.errors import ImageError, InsufficientStorage, Unavailable
 from elastichash.index.base import Document, Failure, Index
 from elastichash.index.incoming import DuplicatePolicy, screen
 from elastichash.model.encoder import Encoder
-from elastichash.model.preprocess import THUMBNAIL_SIZE, make_thumbnail
-from elastichash.pipeline import IngestItem, QueryCode, ingest_record
+from elastichash.model.preprocess import THUMBNAIL_SIZE
+from elastichash.pipeline import (
+    IngestItem,
+    QueryCode,
+    UploadClock,
+    ingest_record,
+    with_preview,
+)
 from elastichash.settings import MAX_PIXELS
 
 log = logging.getLogger(__name__)
@@ -114,8 +119,7 @@ class LocalPipeline:
         # The sequence of the latest accepted upload of each pending id: older ones are
         # superseded and dropped, so the latest acknowledged upload is what the index holds.
         self._latest: dict[str, int] = {}
-        self._seq_lock = threading.Lock()
-        self._last_seq = 0
+        self._clock = UploadClock()
         self._spool_max = spool_max_bytes
         self._spool_min_free = spool_min_free_bytes
         self.spool_bytes = 0  # bytes of spool files accepted and not yet removed
@@ -128,7 +132,7 @@ class LocalPipeline:
             paths = await asyncio.to_thread(self._list_spool)
         for seq, image_id, path in paths:
             self._accept(image_id, seq)
-            self._last_seq = max(self._last_seq, seq)
+            self._clock.last = max(self._clock.last, seq)
             with contextlib.suppress(OSError):
                 self.spool_bytes += path.stat().st_size
         self._tasks.append(asyncio.create_task(self._run(), name="standalone-indexer"))
@@ -201,11 +205,8 @@ class LocalPipeline:
     # --- spool -------------------------------------------------------------------------
 
     def _next_seq(self) -> int:
-        # Wall-clock nanoseconds, so sequences keep growing across restarts; strictly
-        # increasing within a run even when the clock steps back.
-        with self._seq_lock:
-            self._last_seq = max(time.time_ns(), self._last_seq + 1)
-            return self._last_seq
+        # Wall-clock nanoseconds (UploadClock), so sequences keep growing across restarts.
+        return self._clock.next()
 
     def _check_room(self, nbytes: int) -> None:
         assert self._spool is not None
@@ -224,7 +225,8 @@ class LocalPipeline:
 
     def _write_spool(self, items: list[IngestItem]) -> list[_Spooled]:
         if self._spool is None:
-            return [_Spooled(it, None, self._next_seq()) for it in items]
+            return [_Spooled(replace(it, seq=(seq := self._next_seq())), None, seq)
+                    for it in items]
         self._spool.mkdir(parents=True, exist_ok=True)
         out: list[_Spooled] = []
         tmp: Path | None = None
@@ -232,6 +234,7 @@ class LocalPipeline:
             self._check_room(sum(len(it.data) for it in items))
             for it in items:
                 seq = self._next_seq()
+                it = replace(it, seq=seq)
                 final = self._spool / _spool_name(seq, it.id)
                 tmp = final.with_suffix(".tmp")
                 meta = {"id": it.id, "source": it.source, "metadata": it.metadata,
@@ -284,7 +287,7 @@ class LocalPipeline:
             n = int.from_bytes(raw[:4], "big")
             meta = json.loads(raw[4:4 + n])
             item = IngestItem(meta["id"], raw[4 + n:], meta.get("source"),
-                              meta.get("metadata") or {}, meta.get("content_type"))
+                              meta.get("metadata") or {}, meta.get("content_type"), seq)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("dropping unreadable spool file %s: %s", path, exc)
             path.unlink(missing_ok=True)
@@ -399,20 +402,23 @@ class LocalPipeline:
             keep = {d.id for d in docs}
             done += [sp for sp in doc_sps if sp.item.id not in keep]
             doc_sps = [sp for sp in doc_sps if sp.item.id in keep]
+        if docs and self._preview_px:
+            size, limit, budget = self._preview_px, self._max_pixels, self._encoder.budget
+            docs = await asyncio.to_thread(lambda: [
+                with_preview(d, sp.item, size, limit, budget)
+                for d, sp in zip(docs, doc_sps, strict=True)])
         if docs:
             written = await self._index.upsert(docs)
             for sp, wr in zip(doc_sps, written, strict=True):
                 if wr.ok:
                     done.append(sp)
-                    self.counts["indexed"] += 1
+                    self.counts["superseded" if wr.superseded else "indexed"] += 1
                 elif wr.transient:
                     retry.append(sp)
                 else:
                     failures.append(Failure(wr.id, "index_error", wr.error or "write failed",
                                             sp.item.source, now))
                     done.append(sp)
-            await self._store_previews([sp for sp, wr in zip(doc_sps, written, strict=True)
-                                        if wr.ok])
         if failures or skipped:
             await self._index.record_failures(failures + skipped)
             self.counts["failed"] += len(failures)
@@ -423,32 +429,6 @@ class LocalPipeline:
             self._done_id(sp.item.id)
         if retry:
             await self._retry_later(retry, "transient index write failure")
-
-    async def _store_previews(self, written: list[_Spooled]) -> None:
-        """A JPEG sized for the page's large view (``preview_px`` on the long side) of each
-        image larger than its thumbnail. A second decode, at that size (JPEG draft), within
-        the encoder's memory budget; a preview that cannot be made costs only itself."""
-        put = getattr(self._index, "put_previews", None)
-        if not self._preview_px or put is None:
-            return
-        size, limit, budget = self._preview_px, self._max_pixels, self._encoder.budget
-
-        def make() -> list[tuple[str, bytes]]:
-            out = []
-            for sp in written:
-                meta = sp.item.metadata
-                if max(meta.get("width", size), meta.get("height", size)) <= THUMBNAIL_SIZE:
-                    continue  # the thumbnail is the whole image already
-                try:
-                    out.append((sp.item.id, make_thumbnail(sp.item.data, size, limit, budget)))
-                except ElasticHashError as exc:
-                    log.info("no preview for %s: %s", sp.item.id, exc.message)
-            return out
-
-        try:
-            await put(await asyncio.to_thread(make))
-        except Exception:
-            log.exception("storing %d previews failed; the thumbnails stand in", len(written))
 
     @staticmethod
     def _unspool(done: list[_Spooled]) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -21,6 +23,9 @@ class EncoderWorkerSettings(WorkerSettings):
     # big enough to amortise the ONNX call, short enough that a trickle is not held back.
     batch_max: int = Field(default=16, ge=1, le=1024)
     batch_ms: float = Field(default=20.0, ge=0.0)
+    # A preview of this many pixels on the long side is made for the page's large view and
+    # stored with the document (0: none; the view then shows the 256-pixel thumbnail).
+    preview_px: int = Field(default=1280, ge=0, le=4096)
     # Query encodings (RPC) in flight at once; they have their own thread, never queued
     # behind ingest batches.
     rpc_prefetch: int = 4
@@ -33,3 +38,20 @@ class EncoderWorkerSettings(WorkerSettings):
     # Nice value of the ingest threads (decode, inference), Linux: on cores shared with other
     # work they yield to query encodings and to the other services. 0: normal priority.
     ingest_nice: int = Field(default=10, ge=0, le=19)
+    # CPU threads the ingest path keeps busy: the ingest session's onnxruntime intra-op
+    # threads, its decode workers and the batches encoded at once (each where
+    # EH_ENCODER_MODEL__INTRA_OP_THREADS / __DECODE_WORKERS do not set it). 0: one fewer than
+    # the cores this process may run on, at least 1, so that a core stays free for query
+    # encodings and the services beside the worker (the gateway, the broker, the index).
+    ingest_threads: int = Field(default=0, ge=0, le=256)
+
+    def ingest_thread_count(self) -> int:
+        return self.ingest_threads or max(1, usable_cores() - 1)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1

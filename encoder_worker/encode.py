@@ -12,7 +12,7 @@ from elastichash.errors import ImageError
 from elastichash.index.base import Failure
 from elastichash.messages import EncodeReply, IndexDoc, IndexFailure
 from elastichash.model.preprocess import THUMBNAIL_SIZE, decoder_message
-from elastichash.pipeline import IngestItem, ingest_record
+from elastichash.pipeline import IngestItem, ingest_record, with_preview
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,10 @@ def _encode_many(encoder: Any, datas: list[bytes], thumbnails: int = 0) -> list[
     return out
 
 
-def encode_batch(encoder: Any, items: Sequence[IngestItem]) -> list[IndexDoc | IndexFailure]:
-    """One index message per item, in order: a document, or a failure record."""
+def encode_batch(encoder: Any, items: Sequence[IngestItem], preview_px: int = 0,
+                 max_pixels: int = 0) -> list[IndexDoc | IndexFailure]:
+    """One index message per item, in order: a document (with its large-view preview of
+    ``preview_px``, see ``pipeline.with_preview``), or a failure record."""
     results = _encode_many(encoder, [item.data for item in items], THUMBNAIL_SIZE)
     now = time.time()
     out: list[IndexDoc | IndexFailure] = []
@@ -51,6 +53,8 @@ def encode_batch(encoder: Any, items: Sequence[IngestItem]) -> list[IndexDoc | I
             out.append(IndexFailure(id=record.id, reason=record.reason, message=record.message,
                                     source=record.source, at=record.at))
         else:
+            record = with_preview(record, item, preview_px, max_pixels,
+                                  getattr(encoder, "budget", None))
             out.append(IndexDoc.of(record))
     return out
 

@@ -38,6 +38,7 @@ from elastichash.health import total
 from elastichash.messages import BadMessage, IndexDoc, IndexFailure, decode_ingest
 from elastichash.pipeline import IngestItem
 from elastichash.roles import Role, run_role
+from elastichash.settings import ModelSettings
 from encoder_worker import encode
 from encoder_worker.config import EncoderWorkerSettings
 from encoder_worker.metrics import Metrics
@@ -92,9 +93,9 @@ class EncoderWorker:
         )
         self.topo = self.runtime.topo
         # Batches in flight at once = executor threads: enough to keep the next batch
-        # collecting while one encodes, bounded by the prefetch and the cores.
+        # collecting while one encodes, bounded by the prefetch and the ingest threads.
         per_prefetch = max(1, settings.amqp.prefetch // settings.batch_max - 1)
-        self.parallel = max(1, min(per_prefetch, os.cpu_count() or 1))
+        self.parallel = max(1, min(per_prefetch, settings.ingest_thread_count()))
         # Room for the batches encoding, one confirming, and one filling.
         self.prefetch = max(settings.amqp.prefetch, settings.batch_max * (self.parallel + 2))
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -158,7 +159,8 @@ class EncoderWorker:
             loop = asyncio.get_running_loop()
             try:
                 results = await loop.run_in_executor(
-                    self._executor, encode.encode_batch, self.encoder, [it for _, it in good]
+                    self._executor, encode.encode_batch, self.encoder, [it for _, it in good],
+                    self.settings.preview_px, self.settings.limits.max_pixels,
                 )
             except Exception as exc:
                 # Not an image's fault (those are failure records): retry, bounded by the
@@ -275,18 +277,35 @@ def _in_new_thread(fn: Callable[[], T]) -> T:
     return box[0]
 
 
+def ingest_model_settings(settings: EncoderWorkerSettings) -> ModelSettings:
+    """The ingest session's model settings: its threads bounded by ``ingest_threads`` where
+    the model settings leave them to the default."""
+    threads = settings.ingest_thread_count()
+    model = settings.model
+    return model.model_copy(update={
+        "intra_op_threads": model.intra_op_threads or threads,
+        "decode_workers": model.decode_workers or threads,
+    })
+
+
 def _load_encoders(settings: EncoderWorkerSettings) -> tuple[Any, Any]:
     """The ingest encoder, and the query encoder: its own session and threads, so a query
     never waits for the ingest batches' inference pool. The ingest session is created on a
     thread of lower priority (``ingest_nice``), so its inference threads, which inherit that,
-    yield the cores to a query's."""
+    yield the cores to a query's; its threads are bounded (``ingest_threads``)."""
     from elastichash.model.encoder import Encoder
+
+    ingest_model = ingest_model_settings(settings)
 
     def load_ingest() -> Any:
         lower_priority(settings.ingest_nice)
-        return Encoder.load(settings.model, settings.limits)
+        return Encoder.load(ingest_model, settings.limits)
 
     ingest = _in_new_thread(load_ingest)
+    log.info("ingest: %d inference threads, %d decode workers, nice %d; queries: %s",
+             ingest_model.intra_op_threads, ingest_model.decode_workers, settings.ingest_nice,
+             f"own session, {settings.rpc_threads} thread(s)" if settings.rpc_threads > 0
+             else "the ingest session")
     if settings.rpc_threads <= 0:
         return ingest, ingest
     query_model = settings.model.model_copy(

@@ -180,7 +180,7 @@ ROLE = Role(
 
 
 def _serve(settings: GatewaySettings) -> None:
-    from gateway.server import run
+    from elastichash.serving.server import run
 
     def announce(url: str) -> None:
         log.info("gateway serving %s", url)

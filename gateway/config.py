@@ -10,9 +10,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from elastichash.settings import (
     AmqpSettings,
+    BodySettings,
     ImageLimits,
     ModelSettings,
     RemoteIndexSettings,
+    ServerSettings,
     SpoolSettings,
 )
 
@@ -32,25 +34,6 @@ class FetchSettings(BaseModel):
     # through (for a trusted intranet, or tests that serve images on 127.0.0.1).
     allow_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
     user_agent: str = "elastichash/0.1 (+image similarity search)"
-
-
-class BodySettings(BaseModel):
-    """How slowly a client may send a request body before it is cut off (408)."""
-
-    # No body bytes for this long: the request ends.
-    idle_timeout_s: float = 15.0
-    # After this much waiting on the client, it must have sent at least min_rate per second.
-    rate_grace_s: float = 10.0
-    min_rate_bytes_s: int = 4096
-
-
-class ServerSettings(BaseModel):
-    """Connection-level limits of the HTTP server."""
-
-    # An idle keep-alive connection (or one that never sends a request) is closed after this.
-    keepalive_timeout_s: float = 15.0
-    # Connections one client address may hold at once; more are closed on arrival.
-    max_connections_per_client: int = 64
 
 
 class GatewaySettings(BaseSettings):
@@ -89,5 +72,6 @@ class GatewaySettings(BaseSettings):
     # Standalone mode only (distributed mode's backlog lives in the broker).
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     # Standalone mode: a preview of this many pixels on the long side is stored for the page's
-    # large view (0: none; the view then shows the 256-pixel thumbnail).
+    # large view (0: none; the view then shows the 256-pixel thumbnail). In distributed mode
+    # the encoder worker makes it (EH_ENCODER_PREVIEW_PX).
     preview_px: int = 1280

@@ -24,9 +24,9 @@ from elastichash.index.filters import INGEST_FIELDS, ingest_metadata
 from elastichash.index.incoming import skipped_duplicate_of
 from elastichash.index.schema import hit_values
 from elastichash.pipeline import IngestItem
+from elastichash.serving.body import Body
 from elastichash.validate import inspect_image
 from elastichash.web_errors import close_after, error_response
-from gateway.body import Body
 from gateway.http import client_key, json_model
 from gateway.schemas import (
     AcceptedImage,
@@ -63,6 +63,7 @@ class _Batch:
         self.app = request.app
         # None in place of the item: already indexed, answered but not queued.
         self.items: list[tuple[IngestItem | None, AcceptedImage]] = []
+        self.by_content: set[str] = set()  # ids of self.items that are content ids
         self.nbytes = 0
         self.accepted: list[AcceptedImage] = []
         self.errors: list[ItemError] = []
@@ -87,11 +88,8 @@ class _Batch:
             return
         accepted = AcceptedImage(id=image_id, filename=filename, url=url,
                                  status_url=f"/v1/images/{image_id}")
-        if given_id is None and await self._indexed(image_id):
-            # The same bytes are indexed already (a content id): answer so, and keep the
-            # document (its source) as it is instead of queueing a copy that replaces it.
-            self.items.append((None, accepted.model_copy(update={"status": "indexed"})))
-            return
+        if given_id is None:
+            self.by_content.add(image_id)
         # Derived fields next to the client's collection fields: all filterable.
         metadata: dict[str, Any] = {
             **(fields or {}), "width": info.width, "height": info.height,
@@ -108,6 +106,7 @@ class _Batch:
         if not self.items:
             return
         group, self.items, self.nbytes = self.items, [], 0
+        group = await self._skip_indexed(group)
         to_queue = [it for it, _ in group if it is not None]
         if self.failure is None and to_queue:
             try:
@@ -135,11 +134,32 @@ class _Batch:
             pending.add(it.id, it.source)
         self.app[METRICS].ingested.inc(len(queued))
 
-    async def _indexed(self, image_id: str) -> bool:
+    async def _skip_indexed(
+        self, group: list[tuple[IngestItem | None, AcceptedImage]]
+    ) -> list[tuple[IngestItem | None, AcceptedImage]]:
+        """Images whose bytes are indexed already (a content id) are answered so, and their
+        source is appended to the document's sources instead of queueing a copy that replaces
+        it. One lookup for the group: a lookup per image would cost the index a request each."""
         comp = self.app[COMPONENTS]
-        if comp.pipeline.is_queued(image_id):
-            return False
-        return await comp.index.get(image_id) is not None
+        check, self.by_content = self.by_content, set()
+        ids = [it.id for it, _ in group if it is not None and it.id in check
+               and not comp.pipeline.is_queued(it.id)]
+        found = await comp.index.existing(ids) & set(ids) if ids else set()
+        if not found:
+            return group
+        out: list[tuple[IngestItem | None, AcceptedImage]] = []
+        for it, acc in group:
+            if it is None or it.id not in found:
+                out.append((it, acc))
+                continue
+            if it.source:
+                try:
+                    await comp.index.add_source(it.id, it.source)
+                except ElasticHashError as exc:
+                    self.error(exc, filename=acc.filename, url=acc.url)
+                    continue
+            out.append((None, acc.model_copy(update={"status": "indexed"})))
+        return out
 
     @property
     def flushed(self) -> bool:
@@ -311,7 +331,7 @@ async def get_image(request: web.Request) -> web.Response:
         fields = {**hit_values(doc), "thumbnail_url": thumbnail_url(image_id, doc.thumbnail_url)}
         return json_model(ImageStatus(
             id=image_id, status="indexed", duplicate_of=of if isinstance(of, str) else None,
-            **fields))
+            sources=list(doc.sources) or ([doc.source] if doc.source else []), **fields))
     raise NotFound(f"no image with id {image_id}")
 
 
@@ -347,11 +367,11 @@ async def get_thumbnail(request: web.Request) -> web.StreamResponse:
 
 
 async def get_preview(request: web.Request) -> web.StreamResponse:
-    """The large-view JPEG where one is stored (standalone), else the thumbnail's address."""
+    """The large-view JPEG where one is stored (an image larger than its thumbnail, made by
+    the encoder in either mode), else the thumbnail's address."""
     image_id = check_id(request.match_info["id"])
     index = request.app[COMPONENTS].index
-    getter = getattr(index, "get_preview", None)
-    data = await getter(image_id) if getter is not None else None
+    data = await index.get_preview(image_id)
     if data is None:
         doc = await index.get(image_id)
         if doc is None:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -32,7 +33,7 @@ from elastichash.messages import (
     encode_ingest,
 )
 from elastichash.model.contract import ModelSpec
-from elastichash.pipeline import IngestItem, QueryCode
+from elastichash.pipeline import IngestItem, QueryCode, UploadClock
 from elastichash.settings import AmqpSettings, ModelSettings
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class AmqpPipeline:
         self._reply_queue = f"{settings.prefix}.reply.{uuid.uuid4().hex[:12]}"
         self._pending: dict[str, asyncio.Future[QueryCode]] = {}
         self._spec: ModelSpec | None = None
+        self._clock = UploadClock()
 
     async def start(self) -> None:
         self._spec = await asyncio.to_thread(self._load_spec)
@@ -157,7 +159,9 @@ class AmqpPipeline:
         timeout = self.settings.publish_timeout_s
 
         async def one(item: IngestItem) -> None:
-            body, headers, content_type = encode_ingest(item)
+            # The version of the document it becomes: of two uploads of one id, the later
+            # is kept even when another encoder worker finishes the earlier one last.
+            body, headers, content_type = encode_ingest(replace(item, seq=self._clock.next()))
             await pub.publish(
                 amqp.RK_INGEST,
                 body,

@@ -83,6 +83,9 @@ class ImageStatusBase(Strict):
     status: Literal["queued", "indexed", "failed", "skipped"]
     reason: str | None = None
     message: str | None = None
+    sources: list[str] = Field(
+        default_factory=list,
+        description="every source the same bytes were uploaded under, first first (indexed)")
     duplicate_of: str | None = Field(
         default=None, description="the indexed image this one nearly duplicates (ingest option)")
 

@@ -18,8 +18,8 @@ from elastichash.index.base import Hit
 from elastichash.index.query import MAX_WINDOW, SearchQuery
 from elastichash.index.schema import hit_values
 from elastichash.pipeline import QueryCode
+from elastichash.serving.body import Body
 from elastichash.validate import check_image_bytes
-from gateway.body import Body
 from gateway.http import client_key, json_model
 from gateway.schemas import (
     DuplicateGroupOut,

@@ -77,8 +77,13 @@ def _apply(args: argparse.Namespace, settings: SearchServiceSettings) -> None:
 
 
 def _serve(settings: SearchServiceSettings) -> None:
-    web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                shutdown_timeout=settings.shutdown_timeout_s, print=None)
+    from elastichash.serving.server import run
+
+    def announce(url: str) -> None:
+        log.info("search service serving %s", url)
+
+    run(create_app(settings), settings.host, settings.port, settings.server,
+        shutdown_timeout=settings.shutdown_timeout_s, announce=announce)
 
 
 def main(argv: list[str] | None = None) -> int:

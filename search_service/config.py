@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from elastichash.settings import IndexSettings
+from elastichash.settings import BodySettings, IndexSettings, ServerSettings
 
 
 class SearchServiceSettings(BaseSettings):
@@ -18,7 +18,15 @@ class SearchServiceSettings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 8081
     # Bulk bodies carry base64 thumbnails: 1,000 documents x ~20 KiB each fit in 64 MiB.
+    # Counted as the bytes arrive (chunked bodies too); a 413 past it.
     max_body_bytes: int = 64 * 1024 * 1024
     # Largest bulk batch accepted in one request; writers chunk above it.
     max_bulk_documents: int = 10_000
     shutdown_timeout_s: float = 10.0
+    # The same connection and body limits as the gateway (elastichash.serving): slow bodies
+    # get a 408, idle keep-alive connections close, each client address has a connection cap.
+    body: BodySettings = Field(default_factory=BodySettings)
+    # The gateway and every indexer worker keep pools of connections to the search service:
+    # a higher per-client cap than the gateway's for browsers.
+    server: ServerSettings = Field(
+        default_factory=lambda: ServerSettings(max_connections_per_client=256))

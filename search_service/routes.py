@@ -13,6 +13,8 @@ from elastichash.errors import InvalidInput, NotFound, Unavailable
 from elastichash.index import binding, service_json
 from elastichash.index import duplicates as dup
 from elastichash.index.base import SCAN_BATCH
+from elastichash.index.schema import MAX_SOURCE_CHARS
+from elastichash.serving.body import Body
 from search_service.keys import INDEX_KEY, METRICS_KEY, SETTINGS_KEY
 
 __all__ = ["add_routes"]
@@ -22,10 +24,10 @@ MAX_SCAN_PAGE = 10_000
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError, LookupError):  # bad JSON, charset, absurd nesting
-        raise InvalidInput("the request body must be JSON", field="body") from None
+    """The JSON object of the body, read under the service's limits (bytes counted as they
+    arrive, a stalled or trickling body cut off with a 408)."""
+    settings = request.app[SETTINGS_KEY]
+    body = await Body(request, settings.max_body_bytes, settings.body).json()
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object", field="body")
     return body
@@ -120,12 +122,38 @@ async def bulk_delete(request: web.Request) -> web.Response:
     return web.json_response({"items": [service_json.write_result_to_json(r) for r in results]})
 
 
+async def existing(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InvalidInput("ids must be a list of strings", field="ids")
+    limit = request.app[SETTINGS_KEY].max_bulk_documents
+    if len(ids) > limit:
+        raise InvalidInput(f"at most {limit} ids per request", field="ids")
+    found = await request.app[INDEX_KEY].existing(ids)
+    return web.json_response({"ids": sorted(found)})
+
+
 async def get_document(request: web.Request) -> web.Response:
     doc = await request.app[INDEX_KEY].get(request.match_info["id"])
     if doc is None:
         raise NotFound(f"no document {request.match_info['id']!r}", field="id")
     with_thumb = "thumbnail" in request.query.getall("include", [])
-    return web.json_response(service_json.document_to_json(doc, thumbnail=with_thumb))
+    # The preview is large: read it from /preview.
+    return web.json_response(
+        service_json.document_to_json(doc, thumbnail=with_thumb, preview=False))
+
+
+async def add_source(request: web.Request) -> web.Response:
+    """Append a source to a document: the same bytes uploaded under another name."""
+    source = (await _json_body(request)).get("source")
+    if not isinstance(source, str) or not 0 < len(source) <= MAX_SOURCE_CHARS:
+        raise InvalidInput(f"source must be a string of 1 to {MAX_SOURCE_CHARS} characters",
+                           field="source")
+    doc_id = request.match_info["id"]
+    if not await request.app[INDEX_KEY].add_source(doc_id, source):
+        raise NotFound(f"no document {doc_id!r}", field="id")
+    return web.json_response({"id": doc_id, "ok": True})
 
 
 async def delete_document(request: web.Request) -> web.Response:
@@ -145,6 +173,13 @@ async def get_thumbnail(request: web.Request) -> web.Response:
         content_type="image/jpeg",
         headers={"Cache-Control": "public, max-age=86400"},
     )
+
+
+async def get_preview(request: web.Request) -> web.Response:
+    data = await request.app[INDEX_KEY].get_preview(request.match_info["id"])
+    if data is None:
+        raise NotFound(f"no preview for {request.match_info['id']!r}", field="id")
+    return web.Response(body=data, content_type="image/jpeg")
 
 
 async def record_failures(request: web.Request) -> web.Response:
@@ -216,9 +251,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/model", bind_model)
     app.router.add_post("/v1/documents/_bulk", bulk)
     app.router.add_post("/v1/documents/_delete", bulk_delete)
+    app.router.add_post("/v1/documents/_existing", existing)
     app.router.add_get("/v1/documents/{id}", get_document)
     app.router.add_delete("/v1/documents/{id}", delete_document)
+    app.router.add_post("/v1/documents/{id}/_sources", add_source)
     app.router.add_get("/v1/documents/{id}/thumbnail", get_thumbnail)
+    app.router.add_get("/v1/documents/{id}/preview", get_preview)
     app.router.add_post("/v1/failures", record_failures)
     app.router.add_get("/v1/failures", list_failures)
     app.router.add_get("/v1/failures/{id}", get_failure)

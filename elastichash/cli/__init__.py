@@ -47,10 +47,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from elastichash.folder import ingest_folder
     from elastichash.roles import EXIT_UNAVAILABLE
+    from elastichash.serving.server import PortInUse
+    from elastichash.serving.server import run as run_server
     from gateway.app import create_app
     from gateway.config import GatewaySettings
-    from gateway.server import PortInUse
-    from gateway.server import run as run_server
     from gateway.state import Components
 
     if args.images is not None and not args.images.is_dir():

@@ -42,9 +42,18 @@ if TYPE_CHECKING:
         code: bytes  # 32 bytes, long code
         short: bytes  # 8 bytes, short code
         source: str | None = None  # where the image came from: URL, path or upload name
+        # Every source the same image was uploaded under, first first (``source`` is the first).
+        sources: tuple[str, ...] = ()
         thumbnail_url: str | None = None  # for documents imported with an external thumbnail
         metadata: dict[str, Any] = field(default_factory=dict)
         thumbnail: bytes | None = None  # small JPEG kept by backends that store one
+        # A JPEG for the large view, written with the document; ``get`` may leave it out (it
+        # is large), ``get_preview`` reads it.
+        preview: bytes | None = None
+        # Not a document field: the upload's sequence (the gateway's nanosecond stamp). A
+        # write with a lower version than the stored one is dropped, so the latest upload of
+        # an id wins however the encoders order their work. 0: unversioned (imports, tools).
+        version: int = 0
 
     @dataclass(frozen=True)
     class Hit:
@@ -56,8 +65,9 @@ if TYPE_CHECKING:
 else:
     Document = record_class(
         "Document", [("id", str), ("code", bytes), ("short", bytes)], FIELDS,
-        "A document: its id, its codes (32-byte long, 8-byte short) and one attribute per row"
-        " of the field table.")
+        "A document: its id, its codes (32-byte long, 8-byte short), one attribute per row"
+        " of the field table, and the upload's version.",
+        trailing=[("version", int, field(default=0))])
     Hit = record_class(
         "Hit", [("id", str), ("distance", int)], HIT_SPECS,
         "A search hit: id, distance, and the fields of the table returned with hits.")
@@ -114,6 +124,8 @@ class WriteResult:
     ok: bool
     error: str | None = None
     transient: bool = False
+    # ok, but not written: the index holds a newer version of the id (a later upload).
+    superseded: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,14 +150,31 @@ class Index(Protocol):
 
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
         """Insert or replace by id. One result per input, in order. A replaced id's old
-        code is no longer found."""
+        code is no longer found. A document whose ``version`` is below the stored one's is
+        not written (``superseded``): the newer upload stays."""
+        ...
+
+    async def add_source(self, doc_id: str, source: str) -> bool:
+        """Append ``source`` to the document's ``sources`` (the same bytes uploaded under
+        another name); False when there is no such document."""
         ...
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         """Remove by id; deleting a missing id is ok=False with error 'not_found'."""
         ...
 
-    async def get(self, doc_id: str) -> Document | None: ...
+    async def get(self, doc_id: str) -> Document | None:
+        """The document, its preview left out (see :meth:`get_preview`)."""
+        ...
+
+    async def get_preview(self, doc_id: str) -> bytes | None:
+        """The document's large-view JPEG, None when it has none (or does not exist)."""
+        ...
+
+    async def existing(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are indexed: one round trip for a whole upload, where a ``get``
+        each would cost one per image (and carry documents nobody reads)."""
+        ...
 
     async def search(self, query: SearchQuery) -> SearchResult:
         """Rank by 256-bit Hamming distance, ties broken by id; ``offset``/``k`` page.

@@ -3,7 +3,8 @@
 Writes go to one writer thread: the SQLite transaction commits first (``synchronous=FULL``),
 then the in-memory table publishes a new snapshot, and only then does ``upsert`` return, so
 an acknowledged write is both durable and searchable. Searches run on a small reader pool
-against the snapshot current when they start.
+against the snapshot current when they start, and never wait for a commit's fsync (see
+:meth:`EmbeddedIndex._in_view`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ T = TypeVar("T")
 EMBEDDED_STRATEGIES = frozenset(PORTABLE_STRATEGIES)
 _WHY_NOT = (("dense_bit", "Elasticsearch-only"),)
 DB_NAME = "index.sqlite3"
+# Times a read runs again on a newer snapshot when the database was a commit ahead of memory;
+# past that it answers from what it has (a replaced or deleted row left out).
+VIEW_ATTEMPTS = 5
+VIEW_WAIT_S = 1.0
 # Per image in memory: the 32-byte code, its 8-byte SQLite rowid, an alive flag and one 4-byte
 # position in each of the 4 MIH tables.
 BYTES_PER_IMAGE = LONG_BYTES + 8 + 1 + 4 * 4
@@ -71,6 +76,18 @@ def _check_doc(d: Document) -> str | None:
     except (TypeError, ValueError) as exc:
         return f"metadata is not JSON: {exc}"
     return None
+
+
+class _Behind(Exception):
+    """The pinned database view is a commit ahead of the memory snapshot: rows the snapshot
+    holds were replaced or deleted there."""
+
+
+def _check_found(found: dict[int, Any], wanted: set[int], last: bool) -> None:
+    """Rows of a snapshot looked up in its database view: all are there unless the database
+    is a commit ahead (then read again, or on the last attempt go without them)."""
+    if len(found) < len(wanted) and not last:
+        raise _Behind
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,7 @@ class EmbeddedIndex:
         self._readers: ThreadPoolExecutor | None = None
         self.open_seconds = 0.0
         self._view_lock = threading.Lock()
+        self._published = threading.Condition(self._view_lock)
         # Filterable values of every row, extended on the first filtered search after writes.
         self._columns = filters.Columns()
         self._columns_lock = threading.Lock()
@@ -155,17 +173,37 @@ class EmbeddedIndex:
         return await asyncio.get_running_loop().run_in_executor(pool, fn)
 
     def _commit(self, snap: Snapshot) -> None:
-        # The SQLite commit and the in-memory publication happen under one lock that a search
-        # also takes to pin its memory snapshot and its SQLite read snapshot together; so a
-        # search never sees a row in memory that its database view lacks, or the reverse.
-        with self._view_lock:
-            self._store.commit()
+        # The commit (its fsync) holds no lock a search takes: under a stream of writes a
+        # search must not queue behind the disk. The memory snapshot is published after it,
+        # under the lock searches pin their two views with, so memory is never ahead of the
+        # database; the database may be one commit ahead, which _in_view handles.
+        self._store.commit()
+        with self._published:
             self.table.publish(snap)
+            self._published.notify_all()
 
-    def _begin_view(self) -> Snapshot:
-        with self._view_lock:
-            self._store.begin_read()
-            return self.table.snapshot
+    def _in_view(self, read: Callable[[Snapshot, bool], T]) -> T:
+        """``read(snap, last)`` over a memory snapshot and the database view pinned with it.
+        Between a commit and its publication the database holds rows the snapshot lacks
+        (harmless: they are not found) and lacks rows the snapshot still holds (replaced or
+        deleted): a read that meets one raises :class:`_Behind` unless ``last``, and runs
+        again once the next snapshot is out."""
+        for attempt in range(VIEW_ATTEMPTS):
+            with self._view_lock:
+                self._store.begin_read()
+                snap = self.table.snapshot
+            try:
+                return read(snap, attempt == VIEW_ATTEMPTS - 1)
+            except _Behind:
+                pass
+            finally:
+                self._store.end_read()
+            self._wait_newer(snap)
+        raise AssertionError("unreachable: the last attempt does not raise _Behind")
+
+    def _wait_newer(self, snap: Snapshot) -> None:
+        with self._published:
+            self._published.wait_for(lambda: self.table.snapshot is not snap, VIEW_WAIT_S)
 
     @property
     def table(self) -> CodeTable:
@@ -179,23 +217,26 @@ class EmbeddedIndex:
         errors = [_check_doc(d) for d in docs]
         latest: dict[str, Document] = {}
         for d, err in zip(docs, errors, strict=True):
-            if err is None:
-                latest[d.id] = d  # the last occurrence of an id in a batch wins
+            # The last occurrence of an id in a batch wins, unless an earlier one is newer.
+            if err is None and (d.id not in latest or d.version >= latest[d.id].version):
+                latest[d.id] = d
         batch = list(latest.values())
         table = self.table
         failure: str | None = None
+        stale: set[str] = set()
         if batch:
 
-            def write() -> None:
+            def write() -> set[str]:
                 try:
-                    new_rows, old_rows = self._store.upsert(batch)
+                    new_rows, old_rows, superseded = self._store.upsert(batch)
+                    written = [d for d in batch if d.id not in superseded]
                     snap = table.apply(
                         np.array(old_rows, np.int64),
                         np.array(new_rows, np.int64),
-                        np.frombuffer(b"".join(d.code for d in batch), np.uint8).reshape(
+                        np.frombuffer(b"".join(d.code for d in written), np.uint8).reshape(
                             -1, LONG_BYTES
                         ),
-                        np.frombuffer(b"".join(d.short for d in batch), np.uint8).reshape(
+                        np.frombuffer(b"".join(d.short for d in written), np.uint8).reshape(
                             -1, SHORT_BYTES
                         ),
                     )
@@ -203,9 +244,10 @@ class EmbeddedIndex:
                 except BaseException:
                     self._store.rollback()
                     raise
+                return superseded
 
             try:
-                await self._run(self._writer, write)
+                stale = await self._run(self._writer, write)
             except sqlite3.Error as exc:
                 log.warning("index write of %d documents failed: %s", len(batch), exc)
                 failure = f"store error: {exc}"
@@ -214,7 +256,7 @@ class EmbeddedIndex:
             if err is not None
             else WriteResult(d.id, False, failure, transient=True)
             if failure is not None
-            else WriteResult(d.id, True)
+            else WriteResult(d.id, True, superseded=d.id in stale or latest[d.id] is not d)
             for d, err in zip(docs, errors, strict=True)
         ]
 
@@ -263,10 +305,13 @@ class EmbeddedIndex:
     async def get(self, doc_id: str) -> Document | None:
         return await self._run(self._readers, lambda: self._store.get(doc_id))
 
-    async def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
-        """Large-view JPEGs (standalone mode stores them beside the thumbnails)."""
-        if previews:
-            await self._run(self._writer, lambda: self._store.put_previews(previews))
+    async def add_source(self, doc_id: str, source: str) -> bool:
+        return await self._run(self._writer, lambda: self._store.add_source(doc_id, source))
+
+    async def existing(self, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        return await self._run(self._readers, lambda: self._store.existing(ids))
 
     async def get_preview(self, doc_id: str) -> bytes | None:
         return await self._run(self._readers, lambda: self._store.get_preview(doc_id))
@@ -354,22 +399,18 @@ class EmbeddedIndex:
         need = offset + k
         clauses = filters.parse(query.filter) if query.filter is not None else None
 
-        def run() -> SearchResult:
-            snap = self._begin_view()
-            try:
-                mask = None if clauses is None else self._filter_mask(snap, clauses)
-                if strategy == "exact":
-                    cands = (CodeTable.exact(snap, q, need, max_distance) if mask is None else
-                             CodeTable.exact_filtered(snap, q, need, max_distance, mask))
-                else:
-                    cands = CodeTable.two_stage(snap, q, short, need, max_distance, mask)
-                hits = self._page(snap, cands, offset, k)
-            finally:
-                self._store.end_read()
+        def run(snap: Snapshot, last: bool) -> SearchResult:
+            mask = None if clauses is None else self._filter_mask(snap, clauses)
+            if strategy == "exact":
+                cands = (CodeTable.exact(snap, q, need, max_distance) if mask is None else
+                         CodeTable.exact_filtered(snap, q, need, max_distance, mask))
+            else:
+                cands = CodeTable.two_stage(snap, q, short, need, max_distance, mask)
+            hits = self._page(snap, cands, offset, k, last)
             took = (time.perf_counter() - t0) * 1000.0
             return SearchResult(hits, cands.scanned, cands.total, took, strategy)
 
-        return await self._run(self._readers, run)
+        return await self._run(self._readers, lambda: self._in_view(run))
 
     async def _search_words(self, query: SearchQuery, strategy: str) -> SearchResult:
         """Images whose labels the words name (WordNet: a word names every class below
@@ -399,8 +440,8 @@ class EmbeddedIndex:
                         for r, _ in page if (f := fields.get(r)) is not None]
                 return SearchResult(hits, len(matched), len(matched),
                                     (time.perf_counter() - t0) * 1000.0, "words")
-            snap = self._begin_view()
-            try:
+
+            def ranked(snap: Snapshot, last: bool) -> SearchResult:
                 rows = np.array([r for r, _ in matched], np.int64)
                 pos = np.flatnonzero(np.isin(snap.rows[: snap.n], rows) & snap.alive[: snap.n])
                 q = np.frombuffer(code, np.uint8)
@@ -409,11 +450,11 @@ class EmbeddedIndex:
                     keep = dists <= query.max_distance
                     pos, dists = pos[keep], dists[keep]
                 cands = Candidates(pos.astype(np.int64), dists, int(pos.size), int(pos.size))
-                hits = self._page(snap, cands, query.offset, query.k)
-            finally:
-                self._store.end_read()
-            return SearchResult(hits, cands.scanned, cands.total,
-                                (time.perf_counter() - t0) * 1000.0, "words+exact")
+                hits = self._page(snap, cands, query.offset, query.k, last)
+                return SearchResult(hits, cands.scanned, cands.total,
+                                    (time.perf_counter() - t0) * 1000.0, "words+exact")
+
+            return self._in_view(ranked)
 
         return await self._run(self._readers, run)
 
@@ -432,40 +473,41 @@ class EmbeddedIndex:
         dup.check_page(max_distance, offset, limit)
         t0 = time.perf_counter()
 
-        def run() -> DuplicatesResult:
-            snap = self._begin_view()
-            try:
-                cached = self._dup_cache
-                if cached is not None and cached[0] is snap and cached[1] == max_distance:
-                    found = cached[2]
-                else:
-                    found = self._groups(snap, max_distance)
-                    self._dup_cache = (snap, max_distance, found)
-                page = found.rows[offset : offset + limit]
-                fields = self._store.fields_for([r for g in page for r in g.tolist()])
-                groups = []
-                for rows, pos in zip(page, found.positions[offset : offset + limit], strict=True):
-                    hits = [Hit(f.id, 0, **f.fields) for f in (fields[r] for r in rows.tolist())]
-                    groups.append(dup.make_group(hits, snap.codes[pos]))
-            finally:
-                self._store.end_read()
+        def run(snap: Snapshot, last: bool) -> DuplicatesResult:
+            cached = self._dup_cache
+            if cached is not None and cached[0] is snap and cached[1] == max_distance:
+                found = cached[2]
+            else:
+                found = self._groups(snap, max_distance, last)
+                self._dup_cache = (snap, max_distance, found)
+            page = found.rows[offset : offset + limit]
+            fields = self._store.fields_for([r for g in page for r in g.tolist()])
+            _check_found(fields, {r for g in page for r in g.tolist()}, last)
+            groups = []
+            for rows, pos in zip(page, found.positions[offset : offset + limit], strict=True):
+                keep = [i for i, r in enumerate(rows.tolist()) if r in fields]
+                hits = [Hit(fields[r].id, 0, **fields[r].fields) for r in rows[keep].tolist()]
+                groups.append(dup.make_group(hits, snap.codes[pos[keep]]))
             return DuplicatesResult(
                 groups, len(found.rows), found.images, found.pairs, max_distance,
                 (time.perf_counter() - t0) * 1000.0)
 
-        return await self._run(self._readers, run)
+        return await self._run(self._readers, lambda: self._in_view(run))
 
-    def _groups(self, snap: Snapshot, max_distance: int) -> _Groups:
+    def _groups(self, snap: Snapshot, max_distance: int, last: bool) -> _Groups:
         alive = np.flatnonzero(snap.alive[: snap.n])
         join = dup.self_join(snap.codes[alive], max_distance)
         positions = [alive[g] for g in dup.groups(join)]
         rows = [snap.rows[p] for p in positions]
         ids = self._store.ids_for([r for g in rows for r in g.tolist()])
-        order = dup.group_order([[ids[r] for r in g.tolist()] for g in rows])
+        _check_found(ids, {r for g in rows for r in g.tolist()}, last)
+        order = dup.group_order([[ids.get(r, "") for r in g.tolist()] for g in rows])
         return _Groups([rows[i] for i in order], [positions[i] for i in order],
                        sum(p.size for p in positions), join.pair_count())
 
-    def _page(self, snap: Snapshot, cands: Candidates, offset: int, k: int) -> list[Hit]:
+    def _page(
+        self, snap: Snapshot, cands: Candidates, offset: int, k: int, last: bool
+    ) -> list[Hit]:
         rows = snap.rows[cands.positions].tolist()
         dists = cands.dists.tolist()
         if len(rows) <= offset + k + 64:
@@ -474,6 +516,7 @@ class EmbeddedIndex:
         else:
             ids = self._store.ids_for(rows)
             fields = {}
+        _check_found(ids, set(rows), last)
         ranked = sorted((d, ids[r], r) for d, r in zip(dists, rows, strict=True) if r in ids)
         page = ranked[offset : offset + k]
         missing = [r for _, _, r in page if r not in fields]

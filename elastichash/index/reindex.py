@@ -11,6 +11,7 @@ Documents with neither are reported and left out of the new index.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ async def reindex(root: Path, model: str, progress: bool = True) -> ReindexRepor
         bar = tqdm(total=total, unit="img", disable=not progress, desc="reindex")
         async for records in old.scan(batch=BATCH):
             docs = [d for d in await asyncio.gather(*(old.get(r.id) for r in records)) if d]
+            by_id = {d.id: d for d in docs}
             items, datas, kinds, keep_thumbs = [], [], [], []
             for d in docs:
                 data, kind = _source_bytes(d)
@@ -93,8 +95,13 @@ async def reindex(root: Path, model: str, progress: bool = True) -> ReindexRepor
                     report.from_thumbnail += 1
                 else:
                     report.from_file += 1
-                out.append(ingest_record(item, res, time.time()))
-            written = await new.upsert(out)  # type: ignore[arg-type]
+                # The new codes; the upload's version, sources and preview stay as they were.
+                was, record = by_id[item.id], ingest_record(item, res, time.time())
+                assert isinstance(record, Document)  # an Encoded result makes a document
+                out.append(dataclasses.replace(
+                    record, version=was.version, sources=was.sources,
+                    preview=await old.get_preview(item.id)))
+            written = await new.upsert(out)
             for wr in written:
                 if not wr.ok:
                     report.failed.append((wr.id, wr.error or "write failed"))

@@ -9,7 +9,7 @@ an embedded index. Errors map onto ``elastichash.errors``: no connection, timeou
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -40,6 +40,23 @@ log = logging.getLogger(__name__)
 
 SessionFactory = Callable[[], aiohttp.ClientSession]
 BULK_CHUNK = 2000  # documents per bulk request; the service accepts up to 10,000
+BULK_BYTES = 16 * 1024 * 1024  # and bytes: the service accepts bodies up to 64 MiB
+
+
+def _chunks(bodies: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Bulk requests of at most BULK_CHUNK documents and about BULK_BYTES (previews make a
+    document a few hundred KB)."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for body in bodies:
+        n = sum(len(v) for v in body.values() if isinstance(v, str)) + 1024
+        if chunk and (len(chunk) >= BULK_CHUNK or size + n > BULK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(body)
+        size += n
+    if chunk:
+        yield chunk
 
 
 class RemoteIndex:
@@ -65,6 +82,20 @@ class RemoteIndex:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def get_preview(self, doc_id: str) -> bytes | None:
+        if self._session is None:
+            raise Unavailable("the remote index is not open")
+        url = f"{self.base_url}/v1/documents/{quote(doc_id, safe='')}/preview"
+        try:
+            async with self._session.get(url, timeout=self._timeout) as resp:
+                if resp.status == 404:
+                    return None
+                if resp.status != 200:
+                    raise Unavailable(f"search service GET preview: {resp.status}")
+                return await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"search service {url} unreachable: {exc!r}") from exc
 
     async def _call(
         self,
@@ -111,15 +142,17 @@ class RemoteIndex:
 
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
         out: list[WriteResult] = []
-        for s in range(0, len(docs), BULK_CHUNK):
-            chunk = docs[s : s + BULK_CHUNK]
-            body = await self._call(
-                "POST",
-                "/v1/documents/_bulk",
-                json={"documents": [service_json.document_to_json(d) for d in chunk]},
-            )
+        for chunk in _chunks([service_json.document_to_json(d) for d in docs]):
+            body = await self._call("POST", "/v1/documents/_bulk", json={"documents": chunk})
             out.extend(service_json.write_result_from_json(i) for i in body["items"])
         return out
+
+    async def add_source(self, doc_id: str, source: str) -> bool:
+        body = await self._call(
+            "POST", f"/v1/documents/{quote(doc_id, safe='')}/_sources",
+            json={"source": source}, missing_ok=True,
+        )
+        return body is not None
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         body = await self._call("POST", "/v1/documents/_delete", json={"ids": list(ids)})
@@ -133,6 +166,15 @@ class RemoteIndex:
             missing_ok=True,
         )
         return None if body is None else service_json.document_from_json(body)
+
+    async def existing(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for s in range(0, len(ids), BULK_CHUNK):
+            body = await self._call(
+                "POST", "/v1/documents/_existing", json={"ids": list(ids[s : s + BULK_CHUNK])}
+            )
+            found.update(str(i) for i in body["ids"])
+        return found
 
     async def search(self, query: SearchQuery) -> SearchResult:
         # The service checks the query against its index's capabilities: one check, there.

@@ -20,7 +20,7 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar
 
@@ -42,31 +42,21 @@ if TYPE_CHECKING:
     from elastichash.index.base import Document
 
 M = TypeVar("M", bound=BaseModel)
-FieldKind = Literal["keyword", "number", "date", "text", "json", "binary"]
+FieldKind = Literal["keyword", "keywords", "number", "date", "text", "json", "binary"]
 
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One document field. ``keyword``: exact strings; ``number``: floats; ``date``: unix
-    seconds; ``text``: analysed words; ``json``: an opaque object; ``binary``: bytes kept
-    apart from the searchable row (base64 in JSON)."""
+    """One document field. ``keyword``: exact strings; ``keywords``: a list of them;
+    ``number``: floats; ``date``: unix seconds; ``text``: analysed words; ``json``: an
+    opaque object; ``binary``: bytes kept apart from the searchable row (base64 in JSON)."""
 
     name: str
     kind: FieldKind
     filterable: bool = False  # indexed, so a SearchQuery filter may name it
     in_hits: bool = False  # returned with every search hit (keep hits small)
+    max_bytes: int = 0  # binary: the cap on its decoded size, the same wherever it travels
 
-
-FIELDS: tuple[FieldSpec, ...] = (
-    FieldSpec("source", "keyword", in_hits=True),  # URL, path or upload name
-    FieldSpec("thumbnail_url", "keyword", in_hits=True),  # an imported external thumbnail
-    FieldSpec("metadata", "json", in_hits=True),  # client metadata, width/height, filename
-    FieldSpec("thumbnail", "binary"),  # small JPEG made at encode time
-)
-FIELD_NAMES = tuple(f.name for f in FIELDS)
-HIT_SPECS = tuple(f for f in FIELDS if f.in_hits)
-HIT_FIELDS = tuple(f.name for f in HIT_SPECS)
-FILTERABLE = tuple(f.name for f in FIELDS if f.filterable)
 
 # The same limits wherever a document travels (AMQP messages, the search service's JSON): a
 # document from something other than our gateway or encoder gets no more trust.
@@ -76,11 +66,34 @@ MAX_METADATA_BYTES = 16 * 1024
 # attack on recursive parsers and serialisers, not a caption.
 MAX_METADATA_DEPTH = 5
 MAX_SOURCE_CHARS = 2048
+# Sources kept per document: the first and the latest ones (a popular image re-uploaded
+# under a thousand names must not grow its document without bound).
+MAX_SOURCES = 32
+# Versions are nanosecond stamps; engines take external versions below 2**63.
+MAX_VERSION = 2**63 - 1
 # A thumbnail is a JPEG of at most 256 px on its long side (tens of KB); 512 KiB leaves room
 # for a noisy one and refuses a full image smuggled in its place.
 MAX_THUMBNAIL_BYTES = 512 * 1024
+# A preview is a JPEG of at most 1280 px (by default) on its long side: a few hundred KB.
+MAX_PREVIEW_BYTES = 2 * 1024 * 1024
 HEX64 = r"^[0-9a-f]{64}$"
 HEX16 = r"^[0-9a-f]{16}$"
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("source", "keyword", in_hits=True),  # URL, path or upload name
+    FieldSpec("sources", "keywords"),  # every source of the same bytes, first first
+    FieldSpec("thumbnail_url", "keyword", in_hits=True),  # an imported external thumbnail
+    FieldSpec("metadata", "json", in_hits=True),  # client metadata, width/height, filename
+    # small JPEG made at encode time
+    FieldSpec("thumbnail", "binary", max_bytes=MAX_THUMBNAIL_BYTES),
+    # large-view JPEG (1280 px), made at encode time
+    FieldSpec("preview", "binary", max_bytes=MAX_PREVIEW_BYTES),
+)
+FIELD_NAMES = tuple(f.name for f in FIELDS)
+HIT_SPECS = tuple(f for f in FIELDS if f.in_hits)
+HIT_FIELDS = tuple(f.name for f in HIT_SPECS)
+FILTERABLE = tuple(f.name for f in FIELDS if f.filterable)
+
 
 
 def depth(value: Any, limit: int = 64) -> int:
@@ -113,8 +126,21 @@ def checked_id(value: str) -> str:
 
 
 def empty(spec: FieldSpec) -> Any:
-    """The value of an unset field: ``{}`` for json, ``None`` otherwise."""
-    return {} if spec.kind == "json" else None
+    """The value of an unset field: ``{}`` for json, ``()`` for keywords, ``None`` otherwise."""
+    return {} if spec.kind == "json" else () if spec.kind == "keywords" else None
+
+
+def with_source(sources: tuple[str, ...] | list[str], first: str | None,
+                added: str) -> tuple[str, ...]:
+    """``sources`` (or, for documents written before the field, ``first``) with ``added``
+    appended unless present; past MAX_SOURCES the oldest after the first make room."""
+    out = list(sources) or ([first] if first else [])
+    if added in out:
+        return tuple(out)
+    out.append(added)
+    if len(out) > MAX_SOURCES:
+        out = out[:1] + out[len(out) - MAX_SOURCES + 1:]
+    return tuple(out)
 
 
 def _parse(
@@ -173,6 +199,8 @@ class DocumentCodes(BaseModel):
     id: str
     code: str = Field(pattern=HEX64, description="256-bit long code, 64 hex digits")
     short: str = Field(pattern=HEX16, description="64-bit short code, 16 hex digits")
+    # The upload's sequence (see Document.version); 0: unversioned.
+    version: int = Field(default=0, ge=0, le=MAX_VERSION)
 
     @field_validator("id")
     @classmethod
@@ -197,14 +225,18 @@ class DocumentCodes(BaseModel):
 
     @classmethod
     def of(cls, doc: Document, *, binary: bool = True) -> Self:
-        """The body of ``doc``; ``binary=False`` leaves the binary fields (thumbnail) out."""
+        """The body of ``doc``; ``binary=False`` leaves the binary fields (thumbnail,
+        preview) out."""
         fields: dict[str, Any] = {}
         for spec in FIELDS:
             value = getattr(doc, spec.name)
             if spec.kind == "binary":
                 value = base64.b64encode(value).decode("ascii") if binary and value else None
+            elif spec.kind == "keywords":
+                value = list(value)
             fields[spec.name] = value
-        return cls(id=doc.id, code=doc.code.hex(), short=doc.short.hex(), **fields)
+        return cls(id=doc.id, code=doc.code.hex(), short=doc.short.hex(), version=doc.version,
+                   **fields)
 
     def document(self) -> Document:
         from elastichash.index.base import Document
@@ -216,35 +248,40 @@ class DocumentCodes(BaseModel):
                 value = base64.b64decode(value)
             elif spec.kind == "json":
                 value = dict(value)
+            elif spec.kind == "keywords":
+                value = tuple(value)
             fields[spec.name] = value
-        return Document(
-            id=self.id, code=bytes.fromhex(self.code), short=bytes.fromhex(self.short), **fields
-        )
+        return Document(id=self.id, code=bytes.fromhex(self.code),
+                        short=bytes.fromhex(self.short), version=self.version, **fields)
 
 
 # --- what the table generates ----------------------------------------------------------------
 
 # The Python type of each kind in the records (Document, Hit); None when unset, {} for json.
 _RECORD_TYPE: dict[str, Any] = {
-    "keyword": str | None, "text": str | None, "number": float | None, "date": float | None,
-    "json": dict[str, Any], "binary": bytes | None,
+    "keyword": str | None, "keywords": tuple[str, ...], "text": str | None,
+    "number": float | None, "date": float | None, "json": dict[str, Any], "binary": bytes | None,
 }
+_RECORD_DEFAULT: dict[str, Any] = {"json": dict, "keywords": tuple}  # factories; else None
 
 
 def record_fields(specs: Iterable[FieldSpec]) -> list[tuple[str, Any, Any]]:
     """``dataclasses.make_dataclass`` fields for ``specs``: each optional, unset by default."""
     out: list[tuple[str, Any, Any]] = []
     for spec in specs:
-        default: Any = (dataclasses.field(default_factory=dict) if spec.kind == "json"
+        factory = _RECORD_DEFAULT.get(spec.kind)
+        default: Any = (dataclasses.field(default_factory=factory) if factory
                         else dataclasses.field(default=None))
         out.append((spec.name, _RECORD_TYPE[spec.kind], default))
     return out
 
 
-def record_class(name: str, leading: list[tuple[str, type]], specs: Iterable[FieldSpec],
-                 doc: str) -> Any:
-    """A frozen dataclass: the ``leading`` fields (required), then one per field row."""
-    cls = dataclasses.make_dataclass(name, [*leading, *record_fields(specs)], frozen=True)
+def record_class(name: str, leading: Sequence[tuple[str, type]], specs: Iterable[FieldSpec],
+                 doc: str, trailing: Sequence[tuple[str, type, Any]] = ()) -> Any:
+    """A frozen dataclass: the ``leading`` fields (required), one per field row, then the
+    ``trailing`` ones (name, type, default) that are not document fields."""
+    cls = dataclasses.make_dataclass(
+        name, [*leading, *record_fields(specs), *trailing], frozen=True)
     cls.__module__ = "elastichash.index.base"  # where it is defined, for pickle and repr
     cls.__doc__ = doc
     return cls
@@ -264,9 +301,10 @@ def _base64(name: str) -> Callable[[str | None], str | None]:
 
 def json_field(spec: FieldSpec, *, checked: bool = True) -> tuple[Any, Any]:
     """A pydantic field (type, default) for ``spec`` as it travels in JSON. ``checked``: with
-    the same limits wherever a document comes in: keywords and text at most MAX_SOURCE_CHARS,
-    json objects checked by :func:`check_metadata`, binary as base64 (a consumer checks the
-    decoded size against MAX_THUMBNAIL_BYTES). Unchecked for what we answer with."""
+    the same limits wherever a document comes in: keywords and text at most MAX_SOURCE_CHARS
+    (at most MAX_SOURCES in a list), json objects checked by :func:`check_metadata`, binary as
+    base64 (a consumer checks the decoded size against the row's ``max_bytes``). Unchecked
+    for what we answer with."""
     if spec.kind == "json":
         if not checked:
             return dict[str, Any], Field(default_factory=dict)
@@ -274,12 +312,17 @@ def json_field(spec: FieldSpec, *, checked: bool = True) -> tuple[Any, Any]:
             default_factory=dict)
     if spec.kind in ("number", "date"):
         return float | None, None
+    if spec.kind == "keywords":
+        if not checked:
+            return list[str], Field(default_factory=list)
+        return list[Annotated[str, Field(max_length=MAX_SOURCE_CHARS)]], Field(
+            default_factory=list, max_length=MAX_SOURCES)
     if not checked:
         return str | None, None
     if spec.kind in ("keyword", "text"):
         return str | None, Field(default=None, max_length=MAX_SOURCE_CHARS)
     return Annotated[str | None, AfterValidator(_base64(spec.name))], Field(
-        default=None, max_length=MAX_THUMBNAIL_BYTES * 4 // 3 + 4)
+        default=None, max_length=spec.max_bytes * 4 // 3 + 4)
 
 
 def with_fields(name: str, base: type[M], specs: Iterable[FieldSpec], doc: str | None, *,

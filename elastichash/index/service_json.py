@@ -6,6 +6,7 @@ server and its client cannot drift apart.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -57,7 +58,10 @@ def record_from_json(item: dict[str, Any]) -> CodeRecord:
     )
 
 
-def document_to_json(doc: Document, *, thumbnail: bool = True) -> dict[str, Any]:
+def document_to_json(doc: Document, *, thumbnail: bool = True,
+                     preview: bool = True) -> dict[str, Any]:
+    if not preview:
+        doc = dataclasses.replace(doc, preview=None)
     out = DocumentBody.of(doc, binary=thumbnail).model_dump()
     for spec in FIELDS:  # binary fields only when asked for and present
         if spec.kind == "binary" and out[spec.name] is None:
@@ -152,12 +156,14 @@ def duplicates_from_json(body: dict[str, Any]) -> DuplicatesResult:
 
 
 def write_result_to_json(r: WriteResult) -> dict[str, Any]:
-    return {"id": r.id, "ok": r.ok, "error": r.error, "transient": r.transient}
+    return {"id": r.id, "ok": r.ok, "error": r.error, "transient": r.transient,
+            "superseded": r.superseded}
 
 
 def write_result_from_json(item: dict[str, Any]) -> WriteResult:
     return WriteResult(
-        str(item["id"]), bool(item["ok"]), item.get("error"), bool(item.get("transient"))
+        str(item["id"]), bool(item["ok"]), item.get("error"), bool(item.get("transient")),
+        bool(item.get("superseded")),
     )
 
 

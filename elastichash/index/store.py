@@ -29,7 +29,7 @@ import numpy.typing as npt
 from elastichash.codes import LONG_BYTES, SHORT_BYTES
 from elastichash.index.base import Document, Failure
 from elastichash.index.filters import label_scores
-from elastichash.index.schema import FIELDS, FieldSpec
+from elastichash.index.schema import FIELDS, FieldSpec, with_source
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +87,26 @@ def _v4_labels(conn: sqlite3.Connection) -> None:
                          [(row, lab, sc) for lab, sc in label_scores(meta)])
 
 
+def _v5_versions(conn: sqlite3.Connection) -> None:
+    # The upload sequence of each document (Document.version): a write with a lower one is
+    # dropped. Documents written before have 0, which any versioned write replaces.
+    conn.execute("ALTER TABLE docs ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+
+
 # Ordered: MIGRATIONS[i] takes a database from schema i + 1 to i + 2. Append, never edit.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("migration log", _v2_migration_log),
     ("previews table", _v3_previews),
     ("labels table", _v4_labels),
+    ("document versions", _v5_versions),
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
-_SQL_TYPE = {"keyword": "TEXT", "text": "TEXT", "json": "TEXT", "number": "REAL", "date": "REAL"}
-# Binary fields need their own translator here; the one there is lives in the thumbs table.
-_BINARY = {"thumbnail"}
+_SQL_TYPE = {"keyword": "TEXT", "keywords": "TEXT", "text": "TEXT", "json": "TEXT",
+             "number": "REAL", "date": "REAL"}
+# Binary fields need their own translator here: thumbnails live in the thumbs table,
+# previews in the previews table.
+_BINARY = {"thumbnail", "preview"}
 if {f.name for f in FIELDS if f.kind == "binary"} != _BINARY:
     raise RuntimeError("store.py keeps binary document fields in tables of their own: add one")
 COLUMNS = tuple(f for f in FIELDS if f.kind != "binary")
@@ -105,22 +114,24 @@ _COLUMN_LIST = ", ".join(f.name for f in COLUMNS)
 
 
 def _to_column(spec: FieldSpec, value: Any) -> Any:
-    if spec.kind == "json":
-        return json.dumps(value) if value else None
+    if spec.kind in ("json", "keywords"):  # keywords: a JSON array
+        return json.dumps(list(value) if spec.kind == "keywords" else value) if value else None
     return value
 
 
 def _from_column(spec: FieldSpec, value: Any) -> Any:
     if spec.kind == "json":
         return json.loads(value) if value else {}
+    if spec.kind == "keywords":
+        return tuple(json.loads(value)) if value else ()
     return value
 
 
 # A JSON array parameter instead of N placeholders: one statement for any number of keys.
 _IN_JSON = "(SELECT value FROM json_each(?))"
 _UPSERT = (
-    f"INSERT OR REPLACE INTO docs(id, code, short, has_thumb, {_COLUMN_LIST})"
-    f" VALUES (?, ?, ?, ?{', ?' * len(COLUMNS)})"
+    f"INSERT OR REPLACE INTO docs(id, code, short, has_thumb, version, {_COLUMN_LIST})"
+    f" VALUES (?, ?, ?, ?, ?{', ?' * len(COLUMNS)})"
 )
 _HIT_COLUMNS = tuple(f for f in COLUMNS if f.in_hits)
 _HIT_LIST = ", ".join(f.name for f in _HIT_COLUMNS)
@@ -280,18 +291,25 @@ class Store:
 
     # --- writes (writer thread only) -----------------------------------------------------
 
-    def upsert(self, docs: Sequence[Document]) -> tuple[list[int], list[int]]:
+    def upsert(self, docs: Sequence[Document]) -> tuple[list[int], list[int], set[str]]:
         """Insert or replace ``docs`` (ids unique within the call) in one transaction, left
         open: the caller publishes the in-memory change and calls :meth:`commit` together.
+        A versioned document older than the stored one is left out (superseded).
 
-        Returns (new rowids in input order, rowids that were replaced)."""
+        Returns (new rowids of the documents written, in input order, rowids that were
+        replaced, ids superseded)."""
         conn = self.writer
-        ids = [d.id for d in docs]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            old = conn.execute(
-                f"SELECT row, id FROM docs WHERE id IN {_IN_JSON}", (json.dumps(ids),)
+            stored = conn.execute(
+                f"SELECT row, id, version FROM docs WHERE id IN {_IN_JSON}",
+                (json.dumps([d.id for d in docs]),),
             ).fetchall()
+            have = {i: v for _, i, v in stored}
+            stale = {d.id for d in docs if d.version and have.get(d.id, 0) > d.version}
+            docs = [d for d in docs if d.id not in stale]
+            ids = [d.id for d in docs]
+            old = [(r, i) for r, i, _ in stored if i not in stale]
             new_rows: list[int] = []
             cur = conn.cursor()
             for d in docs:
@@ -302,6 +320,7 @@ class Store:
                         d.code,
                         d.short,
                         d.thumbnail is not None,
+                        d.version,
                         *(_to_column(f, getattr(d, f.name)) for f in COLUMNS),
                     ),
                 )
@@ -319,18 +338,41 @@ class Store:
             if thumbs:
                 conn.executemany("INSERT OR REPLACE INTO thumbs(id, data) VALUES (?, ?)", thumbs)
             old_ids = {i for _, i in old}
-            stale = [d.id for d in docs if d.thumbnail is None and d.id in old_ids]
-            if stale:
-                conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}", (json.dumps(stale),))
-            if conn.execute("SELECT EXISTS(SELECT 1 FROM failures)").fetchone()[0]:
+            no_thumb = [d.id for d in docs if d.thumbnail is None and d.id in old_ids]
+            if no_thumb:
+                conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}",
+                             (json.dumps(no_thumb),))
+            if ids and conn.execute("SELECT EXISTS(SELECT 1 FROM failures)").fetchone()[0]:
                 conn.execute(f"DELETE FROM failures WHERE id IN {_IN_JSON}", (json.dumps(ids),))
-            if old_ids:  # a replaced image's preview is stale until its new one is put
+            if old_ids:  # a replaced image's preview goes with it
                 conn.execute(f"DELETE FROM previews WHERE id IN {_IN_JSON}",
                              (json.dumps(sorted(old_ids)),))
+            previews = [(d.id, d.preview) for d in docs if d.preview is not None]
+            if previews:
+                conn.executemany("INSERT OR REPLACE INTO previews(id, data) VALUES (?, ?)",
+                                 previews)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return new_rows, [r for r, _ in old]
+        return new_rows, [r for r, _ in old], stale
+
+    def add_source(self, doc_id: str, source: str) -> bool:
+        """Append ``source`` to the document's sources, in a transaction of its own."""
+        conn = self.writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            r = conn.execute("SELECT source, sources FROM docs WHERE id = ?",
+                             (doc_id,)).fetchone()
+            if r is not None:
+                spec = next(f for f in COLUMNS if f.name == "sources")
+                merged = with_source(_from_column(spec, r[1]), r[0], source)
+                conn.execute("UPDATE docs SET sources = ? WHERE id = ?",
+                             (_to_column(spec, merged), doc_id))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return r is not None
 
     def delete(self, ids: Sequence[str]) -> dict[str, int]:
         """Delete ``ids`` in a transaction left open (see :meth:`upsert`); returns id -> rowid
@@ -395,7 +437,7 @@ class Store:
     def get(self, doc_id: str) -> Document | None:
         conn = self.reader()
         r = conn.execute(
-            f"SELECT id, code, short, has_thumb, {_COLUMN_LIST} FROM docs WHERE id = ?",
+            f"SELECT id, code, short, has_thumb, version, {_COLUMN_LIST} FROM docs WHERE id = ?",
             (doc_id,),
         ).fetchone()
         if r is None:
@@ -404,21 +446,15 @@ class Store:
         if r[3]:
             t = conn.execute("SELECT data FROM thumbs WHERE id = ?", (doc_id,)).fetchone()
             thumb = bytes(t[0]) if t else None
-        fields = {f.name: _from_column(f, v) for f, v in zip(COLUMNS, r[4:], strict=True)}
-        return Document(id=r[0], code=bytes(r[1]), short=bytes(r[2]), thumbnail=thumb, **fields)
+        fields = {f.name: _from_column(f, v) for f, v in zip(COLUMNS, r[5:], strict=True)}
+        return Document(id=r[0], code=bytes(r[1]), short=bytes(r[2]), thumbnail=thumb,
+                        version=int(r[4]), **fields)
 
-    def put_previews(self, previews: Sequence[tuple[str, bytes]]) -> None:
-        """Store large-view JPEGs of documents that exist (others are skipped)."""
-        conn = self.writer
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany("INSERT OR REPLACE INTO previews(id, data) SELECT ?, ? "
-                             "WHERE EXISTS(SELECT 1 FROM docs WHERE id = ?)",
-                             [(i, d, i) for i, d in previews])
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        cur = self.reader().execute(
+            f"SELECT id FROM docs WHERE id IN {_IN_JSON}", (json.dumps(list(ids)),)
+        )
+        return {r[0] for r in cur.fetchall()}
 
     def get_preview(self, doc_id: str) -> bytes | None:
         r = self.reader().execute("SELECT data FROM previews WHERE id = ?", (doc_id,)).fetchone()

@@ -59,7 +59,8 @@ def bulk(cluster: Cluster, faults: Faults, path_index: str | None, raw: bytes,
             source = lines[i]
         i += 1
         doc_id = str(meta.get("_id") or uuid.uuid4().hex[:20])
-        items.append(_one(cluster, faults, op, index_name, doc_id, source, touched))
+        items.append(_one(cluster, faults, op, index_name, doc_id, source, touched,
+                          _external_version(meta)))
     if refresh:
         for name in touched:
             cluster.indices[name].refresh()
@@ -70,8 +71,18 @@ def bulk(cluster: Cluster, faults: Faults, path_index: str | None, raw: bytes,
     }
 
 
+def _external_version(meta: dict[str, Any]) -> int | None:
+    """The version of an ``external`` or ``external_gte`` write, as the engine checks it."""
+    vtype = meta.get("version_type")
+    if vtype is None:
+        return None
+    if vtype not in ("external", "external_gte") or not isinstance(meta.get("version"), int):
+        raise illegal(f"version type [{vtype}] with version [{meta.get('version')}]")
+    return int(meta["version"])
+
+
 def _one(cluster: Cluster, faults: Faults, op: str, index_name: str, doc_id: str,
-         source: bytes | None, touched: set[str]) -> dict[str, Any]:
+         source: bytes | None, touched: set[str], external: int | None = None) -> dict[str, Any]:
     try:
         index = cluster.write_index(index_name)
     except EsError as err:
@@ -106,8 +117,15 @@ def _one(cluster: Cluster, faults: Faults, op: str, index_name: str, doc_id: str
             raise EsError(400, "document_parsing_exception",
                           "[1:1] failed to parse: malformed JSON") from None
         fields = parse_document(index.mappings, parsed, doc_id)
-        index.seq_no += 1
         version = existing.version + 1 if existing else 1
+        if external is not None:  # external_gte: an equal version is written again
+            if existing is not None and existing.version > external:
+                raise EsError(409, "version_conflict_engine_exception",
+                              f"[{doc_id}]: version conflict, current version "
+                              f"[{existing.version}] is higher than the one provided "
+                              f"[{external}]", index=index.name)
+            version = external
+        index.seq_no += 1
         index.docs[doc_id] = StoredDoc(bytes(source), fields, version, index.seq_no)
         touched.add(index.name)
         return {op: {"_index": index.name, "_id": doc_id, "_version": version,

@@ -5,6 +5,7 @@ real subprocesses (``tests/distributed.py``)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -68,3 +69,31 @@ def cluster_factory(tmp_path: Path, model_path: Path) -> Iterator[Callable[[str,
     yield make
     for c in made:
         c.stop_all()
+
+
+@pytest.fixture
+async def index_env() -> AsyncIterator[dict[str, str] | None]:
+    """The search service's index settings: a fresh index on the real engine, dropped after
+    (None: the embedded index, where no engine is configured, outside CI)."""
+    from elastichash.index.es import EngineIndex
+    from tests.engines import NBS_INDEX, configured, drop, missing_engine
+
+    found = configured()
+    if found is None:
+        if os.environ.get("CI"):
+            missing_engine("distributed end-to-end")
+        yield None
+        return
+    kind, url = found
+    alias = f"eh-test-e2e-{uuid.uuid4().hex[:8]}"
+    yield {
+        "EH_SEARCH_INDEX__BACKEND": kind,
+        "EH_SEARCH_INDEX__ENGINE__URL": url,
+        "EH_SEARCH_INDEX__ENGINE__INDEX": alias,
+        "EH_SEARCH_INDEX__ENGINE__NBS_INDEX": NBS_INDEX,
+        "EH_SEARCH_INDEX__ENGINE__REFRESH_INTERVAL": "200ms",
+    }
+    idx = EngineIndex(url, alias, kind=kind, nbs_index=NBS_INDEX)
+    await idx.open()
+    await drop(idx)
+    await idx.close()

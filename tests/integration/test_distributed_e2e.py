@@ -6,9 +6,7 @@ searchable, none twice; the engine index records the gateway's model."""
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -22,36 +20,12 @@ from tests.distributed import (
     images,
     wait_for,
 )
-from tests.engines import NBS_INDEX, configured, drop, missing_engine
+from tests.engines import NBS_INDEX
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
 N = 500
 PER_REQUEST = 50
-
-
-@pytest.fixture
-async def index_env() -> AsyncIterator[dict[str, str] | None]:
-    """The search service's index settings: a fresh index on the real engine, dropped after."""
-    found = configured()
-    if found is None:
-        if os.environ.get("CI"):
-            missing_engine("distributed end-to-end")
-        yield None
-        return
-    kind, url = found
-    alias = f"eh-test-e2e-{uuid.uuid4().hex[:8]}"
-    yield {
-        "EH_SEARCH_INDEX__BACKEND": kind,
-        "EH_SEARCH_INDEX__ENGINE__URL": url,
-        "EH_SEARCH_INDEX__ENGINE__INDEX": alias,
-        "EH_SEARCH_INDEX__ENGINE__NBS_INDEX": NBS_INDEX,
-        "EH_SEARCH_INDEX__ENGINE__REFRESH_INTERVAL": "200ms",
-    }
-    idx = EngineIndex(url, alias, kind=kind, nbs_index=NBS_INDEX)
-    await idx.open()
-    await drop(idx)
-    await idx.close()
 
 
 async def test_500_images_over_http_are_each_searchable_exactly_once(

@@ -44,11 +44,14 @@ INSERT INTO meta VALUES ('schema', '1');
 """
 
 
-def make_docs(n: int) -> list[Document]:
+def make_docs(n: int, *, later_fields: bool = True) -> list[Document]:
+    """``later_fields``: with the fields release 1 did not have (sources, version)."""
     codes = np.random.default_rng(5).integers(0, 256, (n, 32), dtype=np.uint8)
     return [
         Document(f"doc{i:03d}", c.tobytes(), c[:8].tobytes(), source=f"/photos/{i}.jpg",
-                 metadata={"i": i}, thumbnail=b"\xff\xd8jpeg" if i % 2 else None)
+                 metadata={"i": i}, thumbnail=b"\xff\xd8jpeg" if i % 2 else None,
+                 sources=(f"/photos/{i}.jpg", f"/copies/{i}.jpg") if i % 2 and later_fields
+                 else (), version=1_700_000_000_000_000_000 + i if later_fields else 0)
         for i, c in enumerate(codes)
     ]
 
@@ -82,7 +85,7 @@ def versions(path: Path) -> tuple[list[int], str]:
 
 
 async def test_a_release_1_data_dir_is_migrated_and_keeps_every_document(tmp_path: Path) -> None:
-    docs = make_docs(30)
+    docs = make_docs(30, later_fields=False)
     release_1_data_dir(tmp_path / "idx", docs)
     index = EmbeddedIndex(tmp_path / "idx")
     await index.open()
@@ -139,7 +142,7 @@ async def test_a_data_dir_from_a_newer_release_is_refused_untouched(tmp_path: Pa
 def test_a_new_field_row_becomes_a_column_and_an_index_on_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    release_1_data_dir(tmp_path / "idx", make_docs(3))
+    release_1_data_dir(tmp_path / "idx", make_docs(3, later_fields=False))
     monkeypatch.setattr(store, "COLUMNS",
                         (*store.COLUMNS, FieldSpec("camera", "keyword", filterable=True)))
     conn = store.connect(tmp_path / "idx" / DB_NAME)
@@ -174,7 +177,7 @@ def test_the_field_table_the_records_and_the_json_body_agree() -> None:
 
 
 def test_the_search_service_json_and_the_index_message_are_one_body() -> None:
-    doc = make_docs(2)[1]
+    doc = dataclasses.replace(make_docs(2)[1], preview=b"\xff\xd8large")
     body = document_to_json(doc)
     message = IndexDoc.of(doc).model_dump_json().encode()
     parsed = decode_index(message)

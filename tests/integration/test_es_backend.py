@@ -146,9 +146,14 @@ class EngineContract:
         self, engine_index: EngineIndex
     ) -> None:
         code, short = bytes(32), bytes(8)
+        query = SearchQuery(code=code, short=short, strategy="dense_bit")
         if BIT_VECTORS not in engine_index.features:
+            assert "dense_bit" not in (await engine_index.capabilities()).strategies
             with pytest.raises(UnsupportedQuery, match=r"8\.15"):
-                await engine_index.search(SearchQuery(code=code, short=short, strategy="dense_bit"))
+                await engine_index.search(query)
+        else:  # an engine that has bit vectors serves the strategy it declares
+            assert "dense_bit" in (await engine_index.capabilities()).strategies
+            assert (await engine_index.search(query)).strategy == "dense_bit"
 
     async def test_writes_become_searchable_after_refresh_but_get_is_realtime(
         self, engine_index: EngineIndex,
@@ -156,6 +161,7 @@ class EngineContract:
         doc = make_docs(np.random.default_rng(1), 1)[0]
         assert [r.ok for r in await engine_index.upsert([doc])] == [True]
         assert (await engine_index.get(doc.id)) is not None
+        assert await engine_index.existing([doc.id, "missing"]) == {doc.id}  # realtime too
         assert (await engine_index.search(SearchQuery(
                 code=doc.code, short=doc.short
             ))).total == 0  # refresh_interval -1

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,11 +17,18 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from elastichash.settings import BodySettings, ServerSettings
 from gateway.app import create_app
-from gateway.config import BodySettings, ServerSettings
-from gateway.server import GuardedRunner, bind, start
 from gateway.state import SETTINGS
 from tests.imagegen import make_image
+from tests.rawhttp import (
+    assert_per_client_cap,
+    assert_stalled_body_is_a_408,
+    chunked,
+    closed_within,
+    on_socket,
+    raw,
+)
 from tests.standalone import (
     gateway_client,
     standalone_factory,
@@ -43,11 +49,6 @@ def multipart(files: list[tuple[str, bytes]], name: str = "file") -> bytes:
         out += data + b"\r\n"
     out += f"--{BOUNDARY}--\r\n".encode()
     return bytes(out)
-
-
-async def chunked(body: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
-    for i in range(0, len(body), size):
-        yield body[i:i + size]
 
 
 MP = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
@@ -106,56 +107,31 @@ async def test_search_by_upload_takes_one_file_and_caps_the_request(
     assert resp.status == 413
 
 
-async def _raw(host: str, port: int, data: bytes,
-               source: str = "127.0.0.1") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
-    writer.write(data)
-    await writer.drain()
-    return reader, writer
-
-
 @pytest.fixture
 async def served(tmp_path: Path, model_path: Path) -> AsyncIterator[tuple[str, int]]:
     """The gateway on a real socket through the same runner `serve` uses."""
     settings = standalone_settings(
         tmp_path, model_path, body=BodySettings(idle_timeout_s=1.0),
         server=ServerSettings(keepalive_timeout_s=1.0, max_connections_per_client=8))
-    app = create_app(settings, standalone_factory(tmp_path))
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    runner: GuardedRunner = await start(app, sock, settings.server)
-    try:
-        yield "127.0.0.1", port
-    finally:
-        await runner.cleanup()
-
-
-async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
-    """Everything the server sent before it closed the connection."""
-    async with asyncio.timeout(seconds):
-        return await reader.read()
+    async with on_socket(create_app(settings, standalone_factory(tmp_path)),
+                         settings.server) as served:
+        yield served
 
 
 async def test_a_stalled_body_is_cut_off_with_a_408(served: tuple[str, int]) -> None:
-    host, port = served
     head = (f"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
             f"boundary={BOUNDARY}\r\nContent-Length: 100000\r\n\r\n").encode()
-    reader, writer = await _raw(host, port, head + multipart([("a.jpg", b"\xff\xd8\xff")])[:80])
-    started = time.monotonic()
-    answer = await _closed_within(reader, 10)
-    assert time.monotonic() - started < 8
-    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert b'"request_timeout"' in answer
-    writer.close()
+    await assert_stalled_body_is_a_408(
+        *served, head + multipart([("a.jpg", b"\xff\xd8\xff")])[:80])
 
 
 async def test_idle_and_surplus_connections_are_closed_and_others_still_served(
         served: tuple[str, int]) -> None:
     host, port = served
-    idle = [await _raw(host, port, b"") for _ in range(12)]
+    idle = [await raw(host, port, b"") for _ in range(12)]
     # Over the per-client cap: closed at once; the rest when the keep-alive timeout ends.
     for reader, _ in idle:
-        assert await _closed_within(reader, 8) == b""
+        assert await closed_within(reader, 8) == b""
     # Another client address is served meanwhile and after.
     async with aiohttp.ClientSession() as session, session.get(
             f"http://{host}:{port}/healthz") as resp:
@@ -166,28 +142,15 @@ async def test_idle_and_surplus_connections_are_closed_and_others_still_served(
 
 async def test_the_per_client_cap_leaves_other_clients_their_connections(
         served: tuple[str, int]) -> None:
-    host, port = served
-    mine = [await _raw(host, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            for _ in range(12)]
-    answered = 0
-    for reader, _ in mine:
-        line = await _closed_within(reader, 8)
-        answered += line.startswith(b"HTTP/1.1 200")
-    assert answered == 8  # the cap; the other four were closed unanswered
-    reader, writer = await _raw(host, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
-                                source="127.0.0.2")
-    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-    writer.close()
-    for _, w in mine:
-        w.close()
+    await assert_per_client_cap(*served, 8)
 
 
 async def test_a_malformed_http_request_gets_the_json_error_shape(
         served: tuple[str, int]) -> None:
     host, port = served
-    reader, writer = await _raw(host, port, b"POST /v1/images HTTP/1.1\r\nHost: x\r\n"
+    reader, writer = await raw(host, port, b"POST /v1/images HTTP/1.1\r\nHost: x\r\n"
                                             b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
-    answer = await _closed_within(reader, 8)
+    answer = await closed_within(reader, 8)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400")), answer[:300]
     assert b"application/json" in head
@@ -200,7 +163,7 @@ async def test_a_client_that_hangs_up_mid_upload_is_a_499_not_a_500(
     host, port = served
     head = (f"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
             f"boundary={BOUNDARY}\r\nContent-Length: 1000000\r\n\r\n").encode()
-    _, writer = await _raw(host, port, head + multipart([("a.jpg", make_image(3))])[:2000])
+    _, writer = await raw(host, port, head + multipart([("a.jpg", make_image(3))])[:2000])
     await asyncio.sleep(0)  # let the server start reading the body
     writer.transport.abort()
 

@@ -3,14 +3,22 @@ says they are indexed and leaves the stored document as it was."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from elastichash.cli.standalone import open_local
+from gateway.app import create_app
+from gateway.config import GatewaySettings
+from gateway.state import Components
 from tests.imagegen import make_image
 from tests.standalone import (
     form_with_files,
+    standalone_settings,
     wait_for,
     wait_indexed,
 )
@@ -43,7 +51,7 @@ async def test_a_failed_reupload_under_an_indexed_id_reads_failed_and_keeps_the_
     assert (await resp.json())["results"][0]["id"] == "photo"
 
 
-async def test_uploading_indexed_bytes_again_answers_indexed_and_keeps_the_source(
+async def test_uploading_indexed_bytes_again_answers_indexed_and_appends_the_source(
         client: TestClient) -> None:
     data = make_image(5)
     resp = await client.post("/v1/images", data=form_with_files(
@@ -62,6 +70,44 @@ async def test_uploading_indexed_bytes_again_answers_indexed_and_keeps_the_sourc
     assert (await resp.json())["images"][0]["status"] == "indexed"
     status = await (await client.get(f"/v1/images/{image_id}")).json()
     assert (status["status"], status["source"]) == ("indexed", "first-name.jpg")
+    assert status["sources"] == ["first-name.jpg", "second-name.jpg", "third-name.jpg"]
+
+
+async def test_an_upload_looks_its_images_up_in_the_index_once_not_once_each(
+        tmp_path: Path, model_path: Path) -> None:
+    lookups: list[tuple[str, int]] = []
+
+    @asynccontextmanager
+    async def components(cfg: GatewaySettings) -> AsyncIterator[Components]:
+        async with open_local(cfg.model, cfg.limits, cfg.index, tmp_path / "spool",
+                              cfg.spool, cfg.preview_px) as local:
+            index: Any = local.index
+            get, existing = index.get, index.existing
+
+            async def counted_get(doc_id: str) -> Any:
+                lookups.append(("get", 1))
+                return await get(doc_id)
+
+            async def counted_existing(ids: Sequence[str]) -> set[str]:
+                lookups.append(("existing", len(ids)))
+                return set(await existing(ids))
+
+            index.get, index.existing = counted_get, counted_existing
+            yield Components(local.pipeline, index, "embedded")
+
+    app = create_app(standalone_settings(tmp_path, model_path), components)
+    async with TestClient(TestServer(app)) as client:
+        files = [(f"{s}.jpg", make_image(300 + s), "image/jpeg") for s in range(10)]
+        resp = await client.post("/v1/images", data=form_with_files(files))
+        assert resp.status == 202, await resp.text()
+        assert lookups == [("existing", 10)]
+        ids = [i["id"] for i in (await resp.json())["images"]]
+        await wait_indexed(client, ids)
+        lookups.clear()
+        resp = await client.post("/v1/images", data=form_with_files(files[:3]))
+        assert resp.status == 200
+        assert [i["status"] for i in (await resp.json())["images"]] == ["indexed"] * 3
+        assert lookups == [("existing", 3)]
 
 
 def _png_of_zero_size() -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -105,6 +106,15 @@ async def test_upsert_replaces_the_code_and_the_old_code_is_not_found(tmp_path: 
             code=docs[3].code, short=docs[3].short, k=5, max_distance=0
         ))).hits == []
     await idx.close()
+
+
+async def test_existing_names_the_indexed_ids_among_those_asked(index: EmbeddedIndex) -> None:
+    docs = make_docs(5)
+    await index.upsert(docs)
+    await index.delete([docs[1].id])
+    assert await index.existing([d.id for d in docs] + ["nope"]) == {
+        docs[0].id, docs[2].id, docs[3].id, docs[4].id}
+    assert await index.existing([]) == set()
 
 
 async def test_delete_is_durable_and_missing_ids_report_not_found(tmp_path: Path) -> None:
@@ -294,3 +304,71 @@ async def test_memory_per_code_stays_under_64_bytes(tmp_path: Path) -> None:
     await idx.close()
     # 57 B per code plus fixed 1 MiB of MIH offsets and 4096 slots of headroom.
     assert stats["memory_bytes"] <= 57 * 20000 + (1 << 20) + 4096 * 57 + 65536
+
+
+async def test_a_search_does_not_wait_for_a_commit_to_reach_the_disk(
+    index: EmbeddedIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = make_docs(200)
+    await index.upsert(base)
+    new = make_docs(1, seed=99, prefix="new")[0]
+    store = index._store
+    committing, disk = threading.Event(), threading.Event()
+    commit = store.commit
+
+    def slow_commit() -> None:  # an fsync on a busy disk
+        committing.set()
+        assert disk.wait(10)
+        commit()
+
+    monkeypatch.setattr(store, "commit", slow_commit)
+    write = asyncio.ensure_future(index.upsert([new]))
+    try:
+        assert await asyncio.to_thread(committing.wait, 10)
+        res = await asyncio.wait_for(
+            index.search(SearchQuery(code=new.code, short=new.short, k=3, strategy="exact")), 5)
+        assert res.hits[0].id != new.id  # answered from before the write
+    finally:
+        disk.set()
+    assert (await write)[0].ok
+    res = await index.search(SearchQuery(code=new.code, short=new.short, k=3, strategy="exact"))
+    assert res.hits[0].id == new.id
+
+
+async def test_a_search_between_a_commit_and_its_publication_waits_for_it_not_a_short_page(
+    index: EmbeddedIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = make_docs(200)
+    await index.upsert(base)
+    q = base[7]
+    store = index._store
+    committed, publish = threading.Event(), threading.Event()
+    commit = store.commit
+
+    def commit_then_stall() -> None:  # the database is now a commit ahead of memory
+        commit()
+        committed.set()
+        assert publish.wait(10)
+
+    waiting = threading.Event()
+    wait_newer = index._wait_newer
+
+    def note_wait(snap: object) -> None:
+        waiting.set()
+        wait_newer(snap)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "commit", commit_then_stall)
+    monkeypatch.setattr(index, "_wait_newer", note_wait)
+    write = asyncio.ensure_future(index.upsert([q]))  # q replaced by itself: a new row
+    try:
+        assert await asyncio.to_thread(committed.wait, 10)
+        search = asyncio.ensure_future(
+            index.search(SearchQuery(code=q.code, short=q.short, k=5, strategy="exact")))
+        assert await asyncio.to_thread(waiting.wait, 10), "the search did not notice"
+    finally:
+        publish.set()
+    res = await search
+    assert [h.id for h in res.hits][:1] == [q.id]
+    assert res.hits[0].distance == 0
+    assert len(res.hits) == 5
+    assert (await write)[0].ok

@@ -193,6 +193,8 @@ async def test_remote_index_round_trips_through_the_service(remote: RemoteIndex)
     assert all(r.ok for r in await remote.upsert(ds))
     assert await remote.get("doc0") == ds[0]
     assert await remote.get("missing") is None
+    assert await remote.existing(["doc0", "missing", "doc1", "doc0"]) == {"doc0", "doc1"}
+    assert await remote.existing([]) == set()
     res = await remote.search(SearchQuery(
             code=ds[4].code, short=ds[4].short, k=5, strategy="exact"
         ))

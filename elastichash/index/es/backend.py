@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from elastichash.errors import InvalidInput, Unavailable
@@ -44,6 +45,7 @@ from elastichash.index.es.client import (
 )
 from elastichash.index.es.failures import FailureStore
 from elastichash.index.es.mapping import BIT_VECTORS, Names, parse_version, server_features
+from elastichash.index.schema import with_source
 from elastichash.settings import IndexSettings
 
 log = logging.getLogger(__name__)
@@ -198,9 +200,11 @@ class EngineIndex:
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
         by_id: dict[str, WriteResult] = {}
         latest: dict[str, Document] = {}
-        for doc in docs:  # a repeated id: the last one wins, as it would in sequence
+        for doc in docs:  # a repeated id: the last one wins, unless an earlier one is newer
             try:
                 q.check_codes(doc.code, doc.short)
+                if doc.id in latest and latest[doc.id].version > doc.version:
+                    continue
                 latest[doc.id] = doc
                 by_id.pop(doc.id, None)
             except InvalidInput as exc:
@@ -209,7 +213,7 @@ class EngineIndex:
         bits = BIT_VECTORS in self.features
         actions = [
             Action("index", self.names.alias, doc.id, q.document_source(doc, dense_bit=bits),
-                   require_alias=True)
+                   require_alias=True, version=doc.version)
             for doc in latest.values()
         ]
         written = await run_bulk(self.client, actions, self.bulk) if actions else {}
@@ -221,9 +225,31 @@ class EngineIndex:
             first = next(iter(written.values()))
             raise Unavailable(f"{_NAMES[self.kind]} wrote none of {len(written)}: {first.error}")
         by_id.update(written)
-        cleared = await self.failures.clear([i for i, r in written.items() if r.ok])
+        cleared = await self.failures.clear(
+            [i for i, r in written.items() if r.ok and not r.superseded])
         by_id.update(cleared)
         return in_order((d.id for d in docs), by_id)
+
+    async def add_source(self, doc_id: str, source: str) -> bool:
+        """Read, append, write back under the document's own version: a newer upload that
+        lands in between wins (the write is refused as superseded) and the append is tried
+        again on it."""
+        for _ in range(3):
+            doc = await self.get(doc_id)
+            if doc is None:
+                return False
+            sources = with_source(doc.sources, doc.source, source)
+            if sources == doc.sources:
+                return True
+            action = Action("index", self.names.alias, doc_id, q.document_source(
+                replace(doc, sources=sources), dense_bit=BIT_VECTORS in self.features),
+                require_alias=True, version=doc.version)
+            result = (await run_bulk(self.client, [action], self.bulk))[doc_id]
+            if not result.ok:
+                raise Unavailable(f"adding a source to {doc_id} failed: {result.error}")
+            if not result.superseded:
+                return True
+        raise Unavailable(f"{doc_id} kept changing while a source was added to it")
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         unique = list(dict.fromkeys(ids))
@@ -236,6 +262,17 @@ class EngineIndex:
     async def get(self, doc_id: str) -> Document | None:
         src = await self.client.get(self.names.alias, doc_id)
         return None if src is None else q.document_from_source(doc_id, src)
+
+    async def get_preview(self, doc_id: str) -> bytes | None:
+        doc = await self.get(doc_id)
+        return None if doc is None else doc.preview
+
+    async def existing(self, ids: Sequence[str]) -> set[str]:
+        # A get each (real time, as ``get``): an ids query would miss what the last refresh
+        # interval wrote.
+        unique = list(dict.fromkeys(ids))
+        found = await asyncio.gather(*(self.client.get(self.names.alias, i) for i in unique))
+        return {i for i, src in zip(unique, found, strict=True) if src is not None}
 
     async def capabilities(self) -> Capabilities:
         # A strategy is served when the index has the feature it needs (known once open()

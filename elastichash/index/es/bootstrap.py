@@ -186,8 +186,8 @@ async def rederive(client: EngineClient, index: str) -> None:
             break
         actions = [
             Action("index", index, h["_id"], document_source(
-                document_from_source(h["_id"], h["_source"]),
-                dense_bit=DENSE_BIT_FIELD in h["_source"]))
+                doc := document_from_source(h["_id"], h["_source"]),
+                dense_bit=DENSE_BIT_FIELD in h["_source"]), version=doc.version)
             for h in hits
         ]
         failed = [r for r in (await run_bulk(client, actions, BulkPolicy())).values() if not r.ok]

@@ -47,11 +47,17 @@ class Action:
     # (a bulk racing the cluster state's recovery after a full restart otherwise fails with
     # invalid_index_name_exception, a permanent error, for items that only had to wait).
     require_alias: bool = False
+    # > 0: an external version; the write is refused (and reported superseded) when the
+    # stored document's version is higher. Equal is written: a redelivered message.
+    version: int = 0
 
     def lines(self) -> str:
         meta: dict[str, Any] = {"_index": self.index, "_id": self.id}
         if self.require_alias:
             meta["require_alias"] = True
+        if self.version:
+            meta["version"] = self.version
+            meta["version_type"] = "external_gte"
         head = json.dumps({self.op: meta})
         if self.source is None:
             return head + "\n"
@@ -85,7 +91,7 @@ def _error_text(info: dict[str, Any]) -> str:
     return str(info.get("result") or f"status {info.get('status')}")
 
 
-def item_result(doc_id: str, info: dict[str, Any]) -> WriteResult:
+def item_result(doc_id: str, info: dict[str, Any], versioned: bool = False) -> WriteResult:
     """The result of one item of a bulk response (``info`` is the item's inner object)."""
     status = int(info.get("status", 500))
     if 200 <= status < 300:
@@ -93,6 +99,10 @@ def item_result(doc_id: str, info: dict[str, Any]) -> WriteResult:
     if status == 404 and info.get("result") == "not_found":
         return WriteResult(id=doc_id, ok=False, error="not_found")
     err = info.get("error")
+    if (versioned and status == 409 and isinstance(err, dict)
+            and err.get("type") == "version_conflict_engine_exception"):
+        # The engine holds a newer upload of the id: nothing to write, nothing lost.
+        return WriteResult(id=doc_id, ok=True, superseded=True)
     # A write block lifts (a reindex behind the alias, disk flood stage): requeue, not drop.
     # A missing alias under require_alias comes back too (the cluster state recovering).
     blocked = isinstance(err, dict) and err.get("type") in (
@@ -143,7 +153,7 @@ async def run_bulk(
             retry: list[tuple[Action, str]] = []
             for (action, text), item in zip(pending, resp["items"], strict=True):
                 (_op, info), = item.items()
-                result = item_result(action.id, info)
+                result = item_result(action.id, info, versioned=action.version > 0)
                 status = int(info.get("status", 500))
                 if status in TRANSIENT_STATUSES and attempt < policy.max_retries:
                     retry.append((action, text))

@@ -23,7 +23,11 @@ HIT_SOURCE_FIELDS = list(HIT_FIELDS)
 DENSE_BIT_MIN_VERSION = (8, 15)
 
 _STORED_ONLY: dict[str, Any] = {"type": "keyword", "index": False, "doc_values": False}
-_ES_TYPE = {"keyword": "keyword", "number": "double", "date": "date", "text": "text"}
+_ES_TYPE = {"keyword": "keyword", "keywords": "keyword", "number": "double", "date": "date",
+            "text": "text"}
+# The upload's sequence, also the engine's external _version; kept in _source so that a
+# rewrite of the documents (rederive after a reindex) writes them with the same version.
+VERSION_FIELD = "version"
 # The filterable values (filters.FILTER_FIELDS) of each document, derived at write time by
 # filters.field_values, so the engine compares exactly what the embedded index compares:
 # keywords as strings, numbers and dates as doubles (dates in unix seconds).
@@ -115,6 +119,7 @@ def retrieval_mapping(dense_bit: bool) -> dict[str, Any]:
         # Read by the script through doc values only: no inverted index needed.
         **{r: {"type": "long", "index": False} for r in WORD_FIELDS},
         **{spec.name: field_mapping(spec) for spec in FIELDS},
+        VERSION_FIELD: {"type": "long", "index": False, "doc_values": False},
         FILTER_OBJECT: filter_mapping(),
         LABEL_SCORES: label_scores_mapping(),
     }

@@ -30,6 +30,7 @@ from elastichash.index.es.mapping import (
     ID_FIELD,
     LABEL_SCORES,
     SUBCODE_FIELDS,
+    VERSION_FIELD,
     WORD_FIELDS,
     filter_path,
 )
@@ -263,6 +264,8 @@ def _to_source(spec: FieldSpec, value: Any) -> Any:
 def _from_source(spec: FieldSpec, value: Any) -> Any:
     if value is None or value == "":
         return empty(spec)
+    if spec.kind == "keywords":
+        return tuple(value) if isinstance(value, list) else (value,)
     return base64.b64decode(value) if spec.kind == "binary" else value
 
 
@@ -272,8 +275,10 @@ def document_source(doc: Document, *, dense_bit: bool) -> dict[str, Any]:
     body.update(word_params(doc.code))
     for spec in FIELDS:  # unset fields stay out of _source
         value = getattr(doc, spec.name)
-        if value is not None and value != {}:
+        if value is not None and value != {} and value != ():
             body[spec.name] = _to_source(spec, value)
+    if doc.version:
+        body[VERSION_FIELD] = doc.version
     values = {name: found for name in filters.FILTER_FIELDS
               if (found := filters.field_values(name, doc.source, doc.metadata))}
     if values:
@@ -291,5 +296,6 @@ def document_from_source(doc_id: str, src: dict[str, Any]) -> Document:
         id=doc_id,
         code=from_words([int(src[r]) for r in WORD_FIELDS]),
         short=from_subcodes([int(src[f]) for f in SUBCODE_FIELDS]),
+        version=int(src.get(VERSION_FIELD) or 0),
         **{s.name: _from_source(s, src.get(s.name)) for s in FIELDS},
     )

@@ -19,7 +19,7 @@ from aiohttp import BodyPartReader, web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 
 from elastichash.errors import InvalidInput, PayloadTooLarge, RequestTimeout
-from gateway.config import BodySettings
+from elastichash.settings import BodySettings
 
 T = TypeVar("T")
 CHUNK = 256 * 1024

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web, web_protocol, web_server
 from aiohttp.web_request import BaseRequest
 
-from gateway.config import ServerSettings
+from elastichash.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,162 @@
+"""Every backend keeps the newer upload of an id, whatever order the writes arrive in, appends
+the sources of re-uploaded bytes, and stores the large-view preview with the document: the
+embedded index (SQLite), the engine (the stand-in and the real one, external versions) and
+the search service's HTTP API in front of either."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestServer
+
+from elastichash.index.base import Document, Failure, Index, SearchQuery
+from elastichash.index.embedded import EmbeddedIndex
+from elastichash.index.remote import RemoteIndex
+from elastichash.index.schema import MAX_SOURCES
+from search_service.app import create_app
+from search_service.config import SearchServiceSettings
+from tests.engines import Engine, drop, make_index
+
+OLD, NEW = 1_700_000_000_000_000_000, 1_700_000_000_000_000_500
+
+
+def doc(seed: int, version: int, *, source: str = "a.jpg",
+        preview: bytes | None = None) -> Document:
+    code = np.random.default_rng(seed).integers(0, 256, 32, dtype=np.uint8).tobytes()
+    return Document("img", code, code[:8], source=source, sources=(source,),
+                    thumbnail=b"\xff\xd8thumb%d" % seed, preview=preview, version=version)
+
+
+@pytest.fixture(params=["embedded", "stand-in", "real engine", "search service"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, Engine | None]:
+    if request.param in ("stand-in", "real engine"):
+        return request.param, request.getfixturevalue(
+            "stand_in" if request.param == "stand-in" else "real_engine")
+    return request.param, None
+
+
+@pytest.fixture
+async def index(backend: tuple[str, Engine | None], tmp_path: Path) -> AsyncIterator[Index]:
+    kind, engine = backend
+    if engine is None:
+        embedded = EmbeddedIndex(tmp_path / "idx")
+        if kind == "embedded":
+            await embedded.open()
+            yield embedded
+            await embedded.close()
+            return
+        server = TestServer(create_app(SearchServiceSettings(), index=embedded))
+        await server.start_server()
+        remote = RemoteIndex(str(server.make_url("")))
+        await remote.open()
+        yield remote
+        await remote.close()
+        await server.close()
+        return
+    idx = make_index(engine)
+    await idx.open()
+    yield idx
+    await drop(idx)
+    await idx.close()
+
+
+async def test_an_older_upload_written_last_does_not_replace_the_newer_one(index: Index) -> None:
+    new, old = doc(1, NEW, source="new.jpg"), doc(2, OLD, source="old.jpg")
+    [first] = await index.upsert([new])
+    assert first.ok
+    assert not first.superseded
+    [late] = await index.upsert([old])
+    assert late.ok
+    assert late.superseded
+    kept = await index.get("img")
+    assert kept is not None
+    assert (kept.code, kept.source, kept.version, kept.thumbnail) == (
+        new.code, "new.jpg", NEW, new.thumbnail)
+    # A redelivery of the newer upload is written again (equal versions), a newer one wins.
+    assert not (await index.upsert([new]))[0].superseded
+    newest = doc(3, NEW + 1, source="newest.jpg")
+    assert not (await index.upsert([newest]))[0].superseded
+    got = await index.get("img")
+    assert got is not None
+    assert got.code == newest.code
+
+
+async def test_a_superseded_write_leaves_the_failure_record_of_the_newer_upload(
+        index: Index) -> None:
+    await index.upsert([doc(1, NEW)])
+    await index.record_failures([Failure("img", "corrupt", "newest upload was cut short",
+                                         "c.jpg", 1e9)])
+    await index.upsert([doc(2, OLD)])
+    failure = await index.get_failure("img")
+    assert failure is not None
+    assert failure.reason == "corrupt"
+
+
+async def test_the_newer_of_two_versions_in_one_batch_wins(index: Index) -> None:
+    new, old = doc(1, NEW), doc(2, OLD)
+    results = await index.upsert([new, old])
+    assert all(r.ok for r in results)
+    got = await index.get("img")
+    assert got is not None
+    assert got.code == new.code
+
+
+async def test_an_unversioned_write_replaces_whatever_is_stored(index: Index) -> None:
+    await index.upsert([doc(1, NEW)])
+    plain = doc(2, 0)
+    assert not (await index.upsert([plain]))[0].superseded
+    got = await index.get("img")
+    assert got is not None
+    assert got.code == plain.code
+
+
+async def test_a_superseded_write_is_not_searchable(index: Index) -> None:
+    new, old = doc(1, NEW), doc(2, OLD)
+    await index.upsert([new])
+    await index.upsert([old])
+    if hasattr(index, "refresh"):
+        await index.refresh()
+    query = SearchQuery(code=old.code, short=old.short, k=5, strategy="exact")
+    hits = (await index.search(query)).hits
+    assert [h.id for h in hits] == ["img"]
+    assert hits[0].distance == int(np.unpackbits(
+        np.frombuffer(bytes(a ^ b for a, b in zip(old.code, new.code, strict=True)),
+                      np.uint8)).sum())
+
+
+async def test_a_source_is_appended_once_and_the_first_is_kept(index: Index) -> None:
+    await index.upsert([doc(1, NEW, source="first.jpg")])
+    assert await index.add_source("img", "second.jpg")
+    assert await index.add_source("img", "second.jpg")  # already there: kept once
+    assert await index.add_source("img", "https://example.org/third.jpg")
+    got = await index.get("img")
+    assert got is not None
+    assert got.source == "first.jpg"
+    assert got.sources == ("first.jpg", "second.jpg", "https://example.org/third.jpg")
+    assert got.version == NEW  # appending is no new upload: an older one still loses
+    assert (await index.upsert([doc(2, OLD)]))[0].superseded
+    assert not await index.add_source("missing", "x.jpg")
+
+
+async def test_sources_are_capped_keeping_the_first_and_the_latest(index: Index) -> None:
+    await index.upsert([doc(1, NEW, source="first.jpg")])
+    for i in range(MAX_SOURCES + 5):
+        await index.add_source("img", f"copy-{i}.jpg")
+    got = await index.get("img")
+    assert got is not None
+    assert len(got.sources) == MAX_SOURCES
+    assert got.sources[0] == "first.jpg"
+    assert got.sources[-1] == f"copy-{MAX_SOURCES + 4}.jpg"
+
+
+async def test_the_preview_is_stored_with_its_upload_and_replaced_with_it(index: Index) -> None:
+    await index.upsert([doc(1, NEW, preview=b"\xff\xd8preview-new")])
+    assert await index.get_preview("img") == b"\xff\xd8preview-new"
+    await index.upsert([doc(2, OLD, preview=b"\xff\xd8preview-old")])  # superseded
+    assert await index.get_preview("img") == b"\xff\xd8preview-new"
+    await index.upsert([doc(3, NEW + 1)])  # a newer upload without one (a small image)
+    assert await index.get_preview("img") is None
+    assert await index.get_preview("missing") is None
