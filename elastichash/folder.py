@@ -37,11 +37,21 @@ class FolderReport:
     indexed: int = 0
     failed: int = 0
     not_image_examples: list[str] = field(default_factory=list)
+    # (file, why) of each image that could not be indexed: refused before queueing (corrupt
+    # header, too many pixels) or failed in the pipeline (truncated, cannot be decoded)
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.files} files: {self.indexed} indexed, {self.failed} failed, "
                 f"{self.already_indexed} already indexed, {self.not_images} not images, "
                 f"{self.too_large} too large, {self.unreadable} unreadable")
+
+    def failure_lines(self, limit: int = 50) -> list[str]:
+        """One line per image that could not be indexed, naming the file and why."""
+        lines = [f"not indexed: {path}: {why}" for path, why in self.failures[:limit]]
+        if len(self.failures) > limit:
+            lines.append(f"... and {len(self.failures) - limit} more")
+        return lines
 
 
 def walk(root: Path) -> Iterator[Path]:
@@ -82,13 +92,15 @@ async def ingest_folder(pipeline: LocalPipeline, index: Index, root: Path, *,
         last = 0
         while True:
             done = (report.already_indexed + report.not_images + report.unreadable
-                    + report.too_large
+                    + report.too_large + refused
                     + pipeline.counts["indexed"] - start_counts["indexed"]
                     + pipeline.counts["failed"] - start_counts["failed"])
             bar.update(done - last)
             last = done
             await asyncio.sleep(0.2)
 
+    submitted: dict[str, str] = {}  # content id -> file, to name the files that failed
+    refused = 0
     follower = asyncio.create_task(follow())
     group: list[IngestItem] = []
     try:
@@ -111,14 +123,17 @@ async def ingest_folder(pipeline: LocalPipeline, index: Index, root: Path, *,
             try:
                 info = await asyncio.to_thread(inspect_image, got, limits.max_pixels)
             except ElasticHashError as exc:
-                # Not queued at all, so it is counted (and logged) here, not in the index.
-                report.unreadable += 1
-                log.warning("skipping %s: %s", path, exc.message)
+                # Not queued at all, so it is counted here, not in the index: an image that
+                # cannot be used (corrupt header, too many pixels) is a failure like one the
+                # pipeline finds, not an unreadable file.
+                refused += 1
+                report.failures.append((str(path), exc.message))
                 continue
             if await index.get(info.content_id) is not None:
                 report.already_indexed += 1
                 continue
             metadata = {"filename": path.name, "width": info.width, "height": info.height}
+            submitted[info.content_id] = str(path)
             group.append(IngestItem(info.content_id, got, str(path), metadata,
                                     info.content_type))
             if len(group) >= GROUP:
@@ -134,7 +149,19 @@ async def ingest_folder(pipeline: LocalPipeline, index: Index, root: Path, *,
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         report.indexed = pipeline.counts["indexed"] - start_counts["indexed"]
-        report.failed = pipeline.counts["failed"] - start_counts["failed"]
+        failed_in_pipeline = pipeline.counts["failed"] - start_counts["failed"]
+        report.failed = refused + failed_in_pipeline
         bar.n = bar.total
         bar.close()
+    if failed_in_pipeline:
+        report.failures += await _pipeline_failures(index, submitted, failed_in_pipeline)
     return report
+
+
+async def _pipeline_failures(index: Index, submitted: dict[str, str],
+                             count: int) -> list[tuple[str, str]]:
+    """(file, why) of this run's images the pipeline recorded as failed: the newest failure
+    records that name one of them (others may fail meanwhile, through a server's page)."""
+    records = await index.recent_failures(limit=count + 100)
+    found = [(submitted[f.id], f"{f.message or f.reason}") for f in records if f.id in submitted]
+    return sorted(found)[:count]

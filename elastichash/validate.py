@@ -40,7 +40,12 @@ def check_image_bytes(data: bytes, max_pixels: int) -> tuple[str, int, int]:
                     if img.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):
                         width, height = height, width
     except Image.DecompressionBombError:
-        raise ImageError("too_many_pixels", "image has too many pixels") from None
+        # Pillow's own guard fires first for the largest; say the size where the header
+        # gives it, and our limit, as the check below does.
+        size = declared_size(data, fmt)
+        said = (f"image is {size[0]}x{size[1]} = {size[0] * size[1]} pixels" if size
+                else "image has too many pixels")
+        raise ImageError("too_many_pixels", f"{said}; the limit is {max_pixels}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         size = declared_size(data, fmt)
         if size is not None and 0 in size:

@@ -81,6 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
                     except Exception:
                         log.exception("indexing folder %s stopped", args.images)
                     else:
+                        for line in report.failure_lines():
+                            log.warning("folder %s: %s", args.images, line)
                         log.info("folder %s: %s", args.images, report.summary())
 
                 task = asyncio.create_task(index_folder())

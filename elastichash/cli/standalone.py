@@ -163,6 +163,8 @@ def run_index(args: argparse.Namespace) -> int:
                               data_dir(args) / "spool") as local:
             report = await ingest_folder(local.pipeline, local.index, args.folder,
                                          limits=ImageLimits())
+            for line in report.failure_lines():
+                print(line, file=sys.stderr)
             print(report.summary())
             return 0
 

@@ -426,12 +426,12 @@ class EmbeddedIndex:
         def run() -> SearchResult:
             matched = self._store.rows_with_labels(sorted(classes)) if classes else []
             if clauses is not None and matched:
-                snap = self._begin_view()
-                try:
+
+                def passing_rows(snap: Snapshot, _last: bool) -> set[int]:
                     mask = self._filter_mask(snap, clauses) & snap.alive[: snap.n]
-                    passing = set(snap.rows[: snap.n][mask].tolist())
-                finally:
-                    self._store.end_read()
+                    return set(snap.rows[: snap.n][mask].tolist())
+
+                passing = self._in_view(passing_rows)
                 matched = [m for m in matched if m[0] in passing]
             if code is None:
                 page = matched[query.offset : query.offset + query.k]

@@ -99,6 +99,19 @@ async def test_words_and_a_code_rank_by_hamming_among_the_labelled(index: Embedd
     assert [h.distance for h in res.hits] == [0, 64, 96]
 
 
+async def test_words_with_a_filter_keep_only_the_labelled_images_that_pass(
+        index: EmbeddedIndex) -> None:
+    await index.upsert([Document("img7", bytes(32), bytes(8), metadata={
+        "labels": [{"id": BEAGLE, "name": BEAGLE, "score": 0.7}], "album": "park"})])
+    res = await index.search(SearchQuery(text="dog", filter={"album": "park"}))
+    assert [h.id for h in res.hits] == ["img7"]
+    assert res.total == 1
+    code = bytes([0x0F]) * 32
+    res = await index.search(SearchQuery(text="dog", code=code, short=code[:8],
+                                         filter={"album": ["park", "none"]}))
+    assert [(h.id, h.distance) for h in res.hits] == [("img7", 128)]
+
+
 async def test_replacing_or_deleting_an_image_drops_its_old_labels(index: EmbeddedIndex) -> None:
     await index.upsert([_doc(2, [(BUS, 0.5)], 0x01)])
     assert "img2" not in [h.id for h in (await index.search(SearchQuery(text="dog"))).hits]
