@@ -56,6 +56,7 @@ def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
     p.add_argument("folder", type=Path,
                    help="indexed recursively; files already indexed are skipped, and each "
                         "image that cannot be indexed is named with the reason")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_index)
 
     p = sub.add_parser("search", help="search the local index with an image and/or words "
@@ -169,7 +170,7 @@ def run_index(args: argparse.Namespace) -> int:
         async with open_local(model_settings(args), ImageLimits(), index_settings(args),
                               data_dir(args) / "spool") as local:
             report = await ingest_folder(local.pipeline, local.index, args.folder,
-                                         limits=ImageLimits())
+                                         limits=ImageLimits(), progress=not args.no_progress)
             for line in report.failure_lines():
                 print(line, file=sys.stderr)
             print(report.summary())
