@@ -248,6 +248,12 @@ async def test_operational_endpoints(client: TestClient) -> None:
     spec = await (await client.get("/v1/openapi.json")).json()
     assert spec["openapi"].startswith("3.")
     assert {"/v1/images", "/v1/search", "/v1/stats"} <= set(spec["paths"])
+    # every /v1 route the app serves is described, with its methods
+    served = {(r.resource.canonical, r.method.lower()) for r in client.app.router.routes()
+              if r.resource is not None and r.resource.canonical.startswith("/v1/")
+              and r.method != "HEAD"}
+    described = {(p, m) for p, ops in spec["paths"].items() for m in ops}
+    assert served - {("/v1/openapi.json", "get")} <= described, served - described
     stats = await (await client.get("/v1/stats")).json()
     assert stats["backend"] == "embedded"
     assert stats["mode"] == "standalone"
