@@ -1,6 +1,6 @@
 """Ingest throughput of the distributed pipeline vs the encoder alone, in the same run.
 
-    python bench/ingest.py [--images 1000] [--dir DIR]
+    python bench/ingest.py [--images 1000] [--dir DIR] [--encoder-env K=V ...]
                            [--amqp amqp://guest:guest@127.0.0.1:5672/]
                            [--out bench/results/ingest.json]
 
@@ -283,7 +283,8 @@ async def count(http: aiohttp.ClientSession, search: str) -> int:
 async def run_stack(
     args: argparse.Namespace, images: list[bytes], model: Path, encoders: int, tmp: Path
 ) -> dict[str, Any]:
-    stack = Stack(args.amqp, model, tmp / f"e{encoders}", encoders, args.batch)
+    stack = Stack(args.amqp, model, tmp / f"e{encoders}", encoders, args.batch,
+                  dict(kv.split("=", 1) for kv in args.encoder_env))
     stack.tmp.mkdir()
     base = f"http://127.0.0.1:{stack.gateway_port}"
     search = f"http://127.0.0.1:{stack.search_port}"
@@ -552,6 +553,8 @@ def main() -> int:
                         help="measure search under a flood of this many images instead")
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--encoder-env", action="append", default=[], metavar="K=V",
+                        help="throughput: a setting for the encoder workers (repeatable)")
     parser.add_argument("--no-reference", action="store_true",
                         help="flood: run the default settings only, not the reference")
     parser.add_argument("--send-to", help=argparse.SUPPRESS)  # the flood sender's process
@@ -583,6 +586,7 @@ def main() -> int:
          *((f"pipeline, {r['encoders']} encoder(s)", r["images_per_s"], r["ratio_vs_alone"],
             r["p50_s"] * 1000, r["p99_s"] * 1000) for r in runs)]))
     result = {
+        "encoder_env": args.encoder_env,
         "images": len(images),
         "batch": args.batch,
         "cpus": os.cpu_count(),

@@ -186,6 +186,7 @@ class IndexFailure(_Frozen):
     message: str = Field(max_length=MAX_FAILURE_MESSAGE_CHARS)
     source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
     at: float = Field(default_factory=time.time)
+    version: int = Field(default=0, ge=0, le=MAX_VERSION)
 
     @field_validator("id")
     @classmethod
@@ -193,9 +194,8 @@ class IndexFailure(_Frozen):
         return checked_id(value)
 
     def failure(self) -> Failure:
-        return Failure(
-            id=self.id, reason=self.reason, message=self.message, source=self.source, at=self.at
-        )
+        return Failure(id=self.id, reason=self.reason, message=self.message,
+                       source=self.source, at=self.at, version=self.version)
 
 
 IndexMessage = Annotated[IndexDoc | IndexFailure, Field(discriminator="kind")]

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from pydantic import HttpUrl, TypeAdapter, ValidationError
 
 from elastichash.errors import (
     Conflict,
@@ -213,13 +214,13 @@ async def post_images(request: web.Request) -> web.Response:
         urls = IngestUrlsRequest.model_validate(await body.json())
         shared = ingest_metadata(urls.album, urls.tags, urls.taken_at)
         pairs: list[tuple[str, str | None, dict[str, Any]]] = [
-            (str(u), None, shared) for u in urls.urls or []]
-        pairs += [(str(i.url), i.id, {**shared, **ingest_metadata(i.album, i.tags, i.taken_at)})
+            (u, None, shared) for u in urls.urls or []]
+        pairs += [(i.url, i.id, {**shared, **ingest_metadata(i.album, i.tags, i.taken_at)})
                   for i in urls.items or []]
         if len(pairs) > settings.max_urls_per_request:
             raise InvalidInput(f"at most {settings.max_urls_per_request} URLs per request",
                                field="urls")
-        await _url_ingest(request, batch, pairs)
+        await _url_ingest(request, batch, _well_formed(batch, pairs))
     else:
         raise InvalidInput("send multipart/form-data with 'file' parts, or JSON with 'urls'")
     await batch.flush()
@@ -268,6 +269,23 @@ async def _multipart_ingest(request: web.Request, body: Body, batch: _Batch) -> 
         raise InvalidInput("an 'id' field must come before the file part it names", field="id")
     if files == 0:
         raise InvalidInput("no 'file' part in the upload", field="file")
+
+
+_HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+
+
+def _well_formed(batch: _Batch, pairs: list[tuple[str, str | None, dict[str, Any]]]
+                 ) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The pairs whose URL is a well-formed http(s) URL (normalised); each other one is an
+    entry in the answer's errors, naming it, and the rest are still fetched."""
+    kept = []
+    for url, given, fields in pairs:
+        try:
+            kept.append((str(_HTTP_URL.validate_python(url)), given, fields))
+        except ValidationError as exc:
+            why = exc.errors()[0]["msg"]
+            batch.error(InvalidInput(f"malformed URL {url[:200]}: {why}", field="url"), url=url)
+    return kept
 
 
 async def _url_ingest(request: web.Request, batch: _Batch,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
@@ -47,13 +47,19 @@ class CollectionFields(Strict):
                                          description="ISO 8601 date or date-time, or unix s")
 
 
+# An ingest checks each URL on its own (gateway/ingest.py): a malformed one is an entry in
+# 'errors' and the others are still fetched, so the body takes them as strings.
+IngestUrl = Annotated[str, Field(max_length=8192, json_schema_extra={"format": "uri"},
+                                 description="http or https URL of an image")]
+
+
 class UrlItem(CollectionFields):
-    url: HttpUrl
+    url: IngestUrl
     id: str | None = Field(default=None, description="client id; default: content hash")
 
 
 class IngestUrlsRequest(CollectionFields):
-    urls: list[HttpUrl] | None = Field(default=None, max_length=1000)
+    urls: list[IngestUrl] | None = Field(default=None, max_length=1000)
     items: list[UrlItem] | None = Field(default=None, max_length=1000)
 
     @model_validator(mode="after")

@@ -115,7 +115,8 @@ async def post_search(request: web.Request) -> web.Response:
                 str(body.url), client_key(request, settings.api_keys))
             query = await _encode(request, data)
     else:
-        raise InvalidInput("send JSON (url, id or code) or multipart/form-data with a 'file'")
+        raise InvalidInput("send JSON (url, id, code and/or text) or multipart/form-data "
+                           "with a 'file'")
 
     # The fields were validated with the request; the query only adds the codes.
     search_query = SearchQuery(

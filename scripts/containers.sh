@@ -8,7 +8,7 @@
 #
 # Docker is used when an engine answers (`docker info`); otherwise podman, installed from
 # Debian when missing, with deploy/local/containers.conf (the sandbox settings) and images
-# built FROM a local Debian bookworm base made by debootstrap: no registry is needed at all.
+# built FROM a local Debian bookworm base made by mmdebstrap: no registry is needed at all.
 # CONTAINER_ENGINE=docker|podman forces one. EH_HTTP_PORT sets the gateway's host port.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,8 +19,9 @@ BASE_IMAGE=${EH_BASE_IMAGE:-localhost/elastichash-base:bookworm}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # What the local base holds: python3 is 3.11 on bookworm, as in python:3.11-slim.
 BASE_PACKAGES=python3,python3-venv,python-is-python3,ca-certificates,tini
-BASE_RECIPE=2  # bump when the recipe below changes: a base with another recipe is rebuilt
+BASE_RECIPE=3  # bump when the recipe below changes: a base with another recipe is rebuilt
 HEALTH_TIMEOUT_S=${EH_STACK_TIMEOUT_S:-600}
+BUILD_TIMEOUT_S=${EH_BUILD_TIMEOUT_S:-1200}  # one image build; mmdebstrap and apt get 900 s
 
 log() { echo "containers: $*" >&2; }
 die() { echo "containers: error: $*" >&2; exit 1; }
@@ -31,7 +32,7 @@ source scripts/apt.sh
 engine() {
   if [[ -n ${CONTAINER_ENGINE:-} ]]; then
     echo "$CONTAINER_ENGINE"
-  elif command -v docker >/dev/null && timeout 10 docker info >/dev/null 2>&1; then
+  elif command -v docker >/dev/null && timeout --foreground 10 docker info >/dev/null 2>&1; then
     echo docker
   else
     echo podman
@@ -43,20 +44,23 @@ setup_podman() {
   local missing=()
   command -v podman >/dev/null || missing+=(podman)
   command -v runc >/dev/null || missing+=(runc)
-  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
   # Name resolution between containers on a bridge network, and the rootless helpers.
   [[ -x /usr/lib/podman/aardvark-dns || -x /usr/libexec/podman/aardvark-dns ]] \
     || missing+=(aardvark-dns)
   if ((${#missing[@]})); then
     log "installing ${missing[*]} from Debian"
-    apt_install --no-install-recommends "${missing[@]}" netavark slirp4netns uidmap fuse-overlayfs
+    timeout --foreground -k 10 900 bash -c 'source scripts/apt.sh && apt_install "$@"' apt \
+      --no-install-recommends "${missing[@]}" netavark slirp4netns uidmap fuse-overlayfs \
+      || die "could not install ${missing[*]} from Debian (apt-get failed or took over 900 s)"
   fi
   export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/local/containers.conf}
 }
 
-# The local base image: Debian bookworm minbase with Python 3.11, made by debootstrap and
-# imported, so that builds need no registry. Kept in podman's store; rebuilt only when absent
-# or made by another recipe.
+# The local base image: Debian bookworm minbase with Python 3.11, made by mmdebstrap (one apt
+# run with parallel downloads: about twice as fast as debootstrap) and imported, so that
+# builds need no registry. Kept in podman's store; rebuilt only when absent or made by
+# another recipe.
 ensure_base() {
   local have
   have=$(podman image inspect --format '{{index .Labels "elastichash.base-recipe"}}' \
@@ -64,34 +68,34 @@ ensure_base() {
   if [[ $have == "$BASE_RECIPE" ]]; then
     return 0
   fi
-  log "building the local base image $BASE_IMAGE with debootstrap (a few minutes, once)"
-  local dir
+  log "building the local base image $BASE_IMAGE with mmdebstrap (a minute or two, once)"
+  local dir t0=$SECONDS security=${DEBIAN_MIRROR%/debian}/debian-security
   dir=$(mktemp -d /var/tmp/eh-base.XXXXXX)
-  # shellcheck disable=SC2064
-  trap "rm -rf '$dir'" RETURN
-  $SUDO debootstrap --variant=minbase --include="$BASE_PACKAGES" bookworm "$dir" \
-    "$DEBIAN_MIRROR" >"$dir.log" 2>&1 || { tail -20 "$dir.log" >&2; die "debootstrap failed"; }
-  rm -f "$dir.log"
-  cat >"$dir/etc/apt/sources.list" <<EOF
-deb $DEBIAN_MIRROR bookworm main
-deb $DEBIAN_MIRROR bookworm-updates main
-deb ${DEBIAN_MIRROR%/debian}/debian-security bookworm-security main
-EOF
-  # Trust what this host trusts (an HTTPS proxy's CA, say), and make pip use the system
-  # bundle: the pip that venv bundles on bookworm would otherwise use only its own.
-  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-    cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
-    chroot "$dir" update-ca-certificates >/dev/null 2>&1
+  # Hooks: trust what this host trusts (an HTTPS proxy's CA, say), and make pip use the
+  # system bundle: the pip that venv bundles on bookworm would otherwise use only its own.
+  # shellcheck disable=SC2016  # $1 is the hook's: the new root
+  if ! timeout --foreground -k 10 900 $SUDO mmdebstrap --variant=minbase \
+    --include="$BASE_PACKAGES" \
+    --customize-hook='for c in /usr/local/share/ca-certificates/*.crt; do
+        if [ -e "$c" ]; then cp "$c" "$1/usr/local/share/ca-certificates/"; fi; done
+      chroot "$1" update-ca-certificates >/dev/null 2>&1' \
+    --customize-hook='printf "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n" >"$1/etc/pip.conf"' \
+    bookworm "$dir/base.tar" "deb $DEBIAN_MIRROR bookworm main" \
+    "deb $DEBIAN_MIRROR bookworm-updates main" "deb $security bookworm-security main" \
+    >"$dir/log" 2>&1; then
+    tail -20 "$dir/log" >&2
+    rm -rf "$dir"
+    die "mmdebstrap failed (or took over 900 s): the base image was not made"
   fi
-  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$dir/etc/pip.conf"
-  rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb
-  tar -C "$dir" -c . | podman import \
+  timeout --foreground -k 10 600 podman import -q \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'CMD ["/bin/bash"]' \
     --change "LABEL elastichash.base-recipe=$BASE_RECIPE" \
-    - "$BASE_IMAGE" >/dev/null 2>&1
-  log "base image $BASE_IMAGE ready"
+    "$dir/base.tar" "$BASE_IMAGE" >/dev/null \
+    || { rm -rf "$dir"; die "podman import of the base image failed"; }
+  rm -rf "$dir"
+  log "base image $BASE_IMAGE ready in $((SECONDS - t0)) s"
 }
 
 # ------------------------------------------------------------------------------ images
@@ -101,22 +105,35 @@ LOCAL_RABBITMQ_IMAGE=localhost/elastichash-rabbitmq:local
 LOCAL_ENGINE_IMAGE=localhost/elastichash-engine:local
 CUDA_IMAGE=${CUDA_IMAGE:-nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04}
 
-build() {  # build ENGINE ARGS...: one image, quietly; its log is shown when it fails
-  local eng=$1 logf
-  shift
-  logf=$(mktemp /tmp/eh-build.XXXXXX)
+build() {  # build NAME ENGINE ARGS...: one image, quietly; its log is shown when it fails
+  local name=$1 eng=$2 logf
+  shift 2
+  logf=$(mktemp "/tmp/eh-build-${name//[^a-z0-9]/_}.XXXXXX")
   if [[ $eng == podman ]]; then
     # docker format keeps HEALTHCHECK; host network: the sandbox has no bridge to the mirrors.
     set -- --format docker --network host --build-arg "PYTHON_IMAGE=$BASE_IMAGE" \
       --build-arg "BASE_IMAGE=$BASE_IMAGE" "$@"
   fi
   [[ -d ${!#} ]] || set -- "$@" .  # the context: the repository unless given last
-  if "$eng" build "$@" >"$logf" 2>&1; then
+  local t0=$SECONDS rc=0
+  # Each line of the log with the seconds since the build began: where the time goes.
+  timeout --foreground -k 30 "$BUILD_TIMEOUT_S" "$eng" build "$@" 2>&1 </dev/null \
+    | while IFS= read -r line; do
+      printf '%4ds %s\n' $((SECONDS - t0)) "$line"
+    done >"$logf" || rc=$?
+  if [[ -n ${EH_BUILD_LOG_DIR:-} ]]; then
+    mkdir -p "$EH_BUILD_LOG_DIR"
+    cp "$logf" "$EH_BUILD_LOG_DIR/$(basename "$logf").log"
+  fi
+  if ((rc == 0)); then
     rm -f "$logf"
+    log "$name built in $((SECONDS - t0)) s"
     return 0
   fi
+  echo "--- the end of $name's build log" >&2
   tail -30 "$logf" >&2
   rm -f "$logf"
+  ((rc == 124 || rc == 137)) && log "the build ran over ${BUILD_TIMEOUT_S} s"
   return 1
 }
 
@@ -125,7 +142,7 @@ build() {  # build ENGINE ARGS...: one image, quietly; its log is shown when it 
 engine_context() {
   local cache ctx jar
   [[ -x scripts/engine.sh ]] || die "no scripts/engine.sh: the engine image is assembled by it"
-  cache=$(scripts/engine.sh build | tail -1)
+  cache=$(timeout --foreground -k 10 1200 scripts/engine.sh build | tail -1)
   [[ -f $cache/classpath.txt ]] || die "scripts/engine.sh build gave no classpath ($cache)"
   ctx=$(mktemp -d /var/tmp/eh-engine.XXXXXX)
   mkdir "$ctx/lib"
@@ -140,37 +157,50 @@ engine_context() {
 }
 
 images() {
-  local eng t0
+  local eng t0 pids=()
   eng=$(engine)
   t0=$SECONDS
   if [[ $eng == podman ]]; then
     setup_podman
     ensure_base
   fi
+  if [[ $eng == podman || -n ${EH_LOCAL_IMAGES:-} ]]; then
+    # The local RabbitMQ and engine build beside the project's image: they wait mostly on
+    # the network and dpkg while it installs wheels and builds the models.
+    log "building $LOCAL_RABBITMQ_IMAGE (Debian's rabbitmq-server) in the background"
+    build rabbitmq "$eng" -f deploy/local/rabbitmq.Dockerfile -t "$LOCAL_RABBITMQ_IMAGE" &
+    pids+=("$!")
+    log "building $LOCAL_ENGINE_IMAGE (search engine, as scripts/engine.sh assembles it)" \
+      "in the background"
+    (
+      ctx=$(engine_context)
+      trap 'rm -rf "$ctx"' EXIT
+      build engine "$eng" -f deploy/local/engine.Dockerfile -t "$LOCAL_ENGINE_IMAGE" "$ctx"
+    ) &
+    pids+=("$!")
+  fi
+  local failed=()
   log "building $EH_IMAGE:$EH_IMAGE_TAG (cpu) with $eng"
-  build "$eng" -f deploy/Dockerfile --target cpu -t "$EH_IMAGE:$EH_IMAGE_TAG" \
-    || die "the cpu image did not build"
-  # The GPU image needs NVIDIA's CUDA base from a registry: tried, and reported when absent.
-  log "building $EH_IMAGE-gpu:$EH_IMAGE_TAG (gpu)"
-  if [[ $eng == podman ]] && ! podman image exists "$CUDA_IMAGE" \
-    && ! timeout 60 podman pull -q "docker.io/$CUDA_IMAGE" >/dev/null 2>&1; then
+  build cpu "$eng" -f deploy/Dockerfile --target cpu -t "$EH_IMAGE:$EH_IMAGE_TAG" \
+    || failed+=("the cpu image $EH_IMAGE:$EH_IMAGE_TAG")
+  if [[ -n ${EH_SKIP_GPU:-} ]]; then
+    :  # make test-containers: the tests need the cpu image only
+  elif [[ $eng == podman ]] && ! podman image exists "$CUDA_IMAGE" \
+    && ! timeout --foreground 60 podman pull -q "docker.io/$CUDA_IMAGE" >/dev/null 2>&1; then
+    # The GPU image needs NVIDIA's CUDA base from a registry: tried, and reported when absent.
     log "gpu image NOT built: its base $CUDA_IMAGE cannot be pulled here (no registry)." \
       "On a machine with registry access: docker build -f deploy/Dockerfile --target gpu ."
-  elif ! build "$eng" -f deploy/Dockerfile --target gpu --build-arg RUNTIME=gpu \
-    -t "$EH_IMAGE-gpu:$EH_IMAGE_TAG"; then
-    log "gpu image NOT built (see the build log above); the cpu image is unaffected"
+  else
+    log "building $EH_IMAGE-gpu:$EH_IMAGE_TAG (gpu)"
+    build gpu "$eng" -f deploy/Dockerfile --target gpu --build-arg RUNTIME=gpu \
+      -t "$EH_IMAGE-gpu:$EH_IMAGE_TAG" \
+      || log "gpu image NOT built (see the build log above); the cpu image is unaffected"
   fi
-  if [[ $eng == podman || -n ${EH_LOCAL_IMAGES:-} ]]; then
-    log "building $LOCAL_RABBITMQ_IMAGE (Debian's rabbitmq-server)"
-    build "$eng" -f deploy/local/rabbitmq.Dockerfile -t "$LOCAL_RABBITMQ_IMAGE" \
-      || die "the RabbitMQ image did not build"
-    log "building $LOCAL_ENGINE_IMAGE (search engine, as scripts/engine.sh assembles it)"
-    local ctx
-    ctx=$(engine_context)
-    build "$eng" -f deploy/local/engine.Dockerfile -t "$LOCAL_ENGINE_IMAGE" "$ctx" \
-      || { rm -rf "$ctx"; die "the engine image did not build"; }
-    rm -rf "$ctx"
-  fi
+  local pid
+  for pid in "${pids[@]+"${pids[@]}"}"; do
+    wait "$pid" || failed+=("a local image (RabbitMQ or engine; its log is above)")
+  done
+  ((${#failed[@]} == 0)) || die "not built: $(printf '%s; ' "${failed[@]}")"
   log "images ready in $((SECONDS - t0)) s"
 }
 
@@ -178,13 +208,13 @@ images() {
 COMPOSE_FILES=(-f docker-compose.yml)
 VENV=${VENV:-.venv}
 
-compose() {
-  local eng
+compose() {  # bounded: COMPOSE_TIMEOUT_S (300) for one compose command
+  local eng bound=(timeout --foreground -k 10 "${COMPOSE_TIMEOUT_S:-300}")
   eng=$(engine)
   if [[ $eng == docker ]]; then
-    docker compose -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
+    "${bound[@]}" docker compose -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
   else
-    "$VENV/bin/podman-compose" -p "$PROJECT" "${COMPOSE_FILES[@]}" \
+    "${bound[@]}" "$VENV/bin/podman-compose" -p "$PROJECT" "${COMPOSE_FILES[@]}" \
       -f deploy/local/compose.podman.yml --profile "${INDEX_ENGINE:-elasticsearch}" "$@"
   fi
 }
@@ -193,7 +223,8 @@ ensure_podman_compose() {
   [[ -x $VENV/bin/podman-compose ]] && return 0
   [[ -x $VENV/bin/python ]] || die "no $VENV: run scripts/setup.sh first (make does)"
   log "installing podman-compose into $VENV"
-  "$VENV/bin/python" -m pip install -q "podman-compose>=1.2"
+  timeout --foreground -k 10 600 "$VENV/bin/python" -m pip install -q "podman-compose>=1.2" \
+    || die "could not install podman-compose into $VENV"
 }
 
 local_images_env() {  # the stack on podman runs the images built from Debian's packages
@@ -223,7 +254,8 @@ wait_healthy() {  # wait_healthy DEADLINE NAME...
         podman logs --tail 30 "$name" >&2 || true
         die "$name is $state"
       fi
-      if [[ $state == running ]] && podman healthcheck run "$name" >/dev/null 2>&1; then
+      if [[ $state == running ]] \
+        && timeout --foreground -k 5 60 podman healthcheck run "$name" >/dev/null 2>&1; then
         log "$name healthy after $((SECONDS - T_UP)) s"
       else
         left+=("$name")
@@ -276,10 +308,13 @@ stack_up() {
   local eng url
   eng=$(engine)
   T_UP=$SECONDS
+  T_LOG=$(mktemp /tmp/eh-compose.XXXXXX)
+  # shellcheck disable=SC2064
+  trap "rm -f '$T_LOG'" EXIT
   url="http://127.0.0.1:${EH_HTTP_PORT:-8080}"
   if [[ $eng == docker ]]; then
     [[ -n ${EH_LOCAL_IMAGES:-} ]] && local_images_env
-    docker compose -p "$PROJECT" "${COMPOSE_FILES[@]}" up -d --no-build --wait \
+    COMPOSE_TIMEOUT_S=$((HEALTH_TIMEOUT_S + 120)) compose up -d --no-build --wait \
       --wait-timeout "$HEALTH_TIMEOUT_S"
   else
     setup_podman
@@ -293,8 +328,8 @@ stack_up() {
     ((${#levels[@]})) || die "no services found in docker-compose.yml"
     for services in "${levels[@]}"; do
       # shellcheck disable=SC2086
-      compose up -d --no-build --no-deps $services </dev/null >/dev/null 2>&1 \
-        || { compose up -d --no-build --no-deps $services; die "could not start $services"; }
+      compose up -d --no-build --no-deps $services </dev/null \
+        >"$T_LOG" 2>&1 || { tail -30 "$T_LOG" >&2; die "could not start $services (log above)"; }
       names=()
       for svc in $services; do
         mapfile -t -O "${#names[@]}" names < <(podman ps -a \
@@ -312,7 +347,7 @@ stack_down() {
   local eng
   eng=$(engine)
   if [[ $eng == docker ]]; then
-    docker compose -p "$PROJECT" "${COMPOSE_FILES[@]}" down -v --remove-orphans
+    compose down -v --remove-orphans
     return
   fi
   setup_podman
@@ -323,12 +358,12 @@ stack_down() {
   # Whatever compose left (an interrupted start): containers, then volumes and network.
   local name
   for name in $(containers_of_project); do
-    podman rm -f -t 5 "$name" >/dev/null 2>&1 || true
+    timeout --foreground -k 5 60 podman rm -f -t 5 "$name" >/dev/null 2>&1 || true
   done
   for name in $(podman volume ls -q --filter "label=com.docker.compose.project=$PROJECT"); do
-    podman volume rm -f "$name" >/dev/null 2>&1 || true
+    timeout --foreground -k 5 60 podman volume rm -f "$name" >/dev/null 2>&1 || true
   done
-  podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
+  timeout --foreground -k 5 60 podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
   log "stack $PROJECT removed"
 }
 

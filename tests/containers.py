@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 import aiohttp
 import pytest
 
+from elastichash.model.labels import vocabulary
 from elastichash.pipeline import IngestItem
 
 # Both container test modules: opt-in (they build images and start containers), long.
@@ -83,3 +85,50 @@ async def searchable_by_upload_and_id(
         assert (hits[0]["id"], hits[0]["distance"]) == (item.id, 0)
         assert len(hits) == 10
         assert [h["distance"] for h in hits] == sorted(h["distance"] for h in hits)
+
+
+async def searchable_by_words(
+    http: aiohttp.ClientSession, url: str, items: list[IngestItem]
+) -> None:
+    """Each sampled image's top label finds it among the images carrying that label, every
+    result carries the label, and words with the image's id rank the image itself first;
+    an unknown word gives no results and a hint."""
+    step = max(1, len(items) // 4)
+    for item in items[1::step]:
+        async with http.get(f"{url}/v1/images/{item.id}") as resp:
+            labels = (await resp.json())["metadata"]["labels"]
+        assert labels, f"{item.id} has no labels"
+        top = labels[0]["name"]
+        found: list[dict[str, Any]] = []
+        offset = 0
+        while True:  # every page: the image may rank anywhere among those with the label
+            query = {"text": top, "k": 100, "offset": offset}
+            async with http.post(f"{url}/v1/search", json=query) as resp:
+                body = await resp.json()
+                assert resp.status == 200, body
+            assert body["hint"] is None, body
+            found += body["results"]
+            if len(body["results"]) < 100:
+                break
+            offset += 100
+        assert item.id in [r["id"] for r in found], (top, item.id)
+        # Every result carries a class the words name (the class and the ones below it in
+        # WordNet), ranked by its best score among those classes.
+        classes, _, _ = vocabulary().resolve(top)
+        scores = []
+        for r in found:
+            named = [lab["score"] for lab in r["metadata"]["labels"] if lab["id"] in classes]
+            assert named, (top, r)
+            scores.append(max(named))
+        assert scores == sorted(scores, reverse=True), "ranked by label score"
+
+        async with http.post(f"{url}/v1/search", json={"text": top, "id": item.id}) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+        assert (body["results"][0]["id"], body["results"][0]["distance"]) == (item.id, 0)
+
+    async with http.post(f"{url}/v1/search", json={"text": "xyzzy"}) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    assert body["results"] == []
+    assert "xyzzy" in body["hint"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the rendered cpu overlay with ``podman kube play``, on the local images.
 
-    python deploy/local/kube_play.py up [--port 24180]   # prints the gateway's URL last
+    python deploy/local/kube_play.py up [--port 33180]   # prints the gateway's URL last
     python deploy/local/kube_play.py down
 
 podman runs what Kubernetes itself would run from these manifests: the Deployments (one pod
@@ -171,8 +171,16 @@ def manifests(port: int) -> tuple[list[Obj], list[str]]:
     return kept, notes
 
 
-def podman(*args: str, check: bool = True, stdin: bytes | None = None) -> str:
-    out = subprocess.run(["podman", *args], input=stdin, capture_output=True, check=False)
+def podman(*args: str, check: bool = True, stdin: bytes | None = None,
+           timeout: float = 120) -> str:
+    """One podman command, bounded: a hung podman is an error that names the command."""
+    try:
+        out = subprocess.run(["podman", *args], input=stdin, capture_output=True, check=False,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if not check:
+            return ""
+        raise SystemExit(f"podman {' '.join(args)} did not finish within {timeout:.0f}s") from None
     if check and out.returncode != 0:
         raise SystemExit(f"podman {' '.join(args)} failed: {out.stderr.decode()[-2000:]}")
     return out.stdout.decode()
@@ -192,6 +200,14 @@ def ready(url: str) -> bool:
         return False
 
 
+def probe_passes(container: str, probe: list[str]) -> bool:
+    try:
+        return subprocess.run(["podman", "exec", container, *probe], capture_output=True,
+                              check=False, timeout=60).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def up(port: int, timeout_s: float) -> int:
     started = time.monotonic()
     objects, notes = manifests(port)
@@ -203,9 +219,10 @@ def up(port: int, timeout_s: float) -> int:
     amqp = f"amqp://{AMQP_USER}:{AMQP_PASSWORD}@{HOSTS['elastichash-rabbitmq']}:5672/"
     secret("elastichash-amqp", {"url": amqp})
     secret("elastichash-es-elastic-user", {"elastic": ES_PASSWORD})
-    if subprocess.run(["podman", "network", "exists", NETWORK], check=False).returncode:
+    if subprocess.run(["podman", "network", "exists", NETWORK], check=False,
+                      timeout=60).returncode:
         podman("network", "create", NETWORK)
-    podman("kube", "play", "--network", NETWORK, str(path))
+    podman("kube", "play", "--network", NETWORK, str(path), timeout=300)
     deployments = [o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"]
     workers = {  # podman names a pod's container <pod>-<container>
         f"{pod_host(o['metadata']['name'])}-{c['name']}"
@@ -221,9 +238,7 @@ def up(port: int, timeout_s: float) -> int:
     deadline = started + timeout_s
     while pending or not ready(f"http://127.0.0.1:{port}/readyz"):
         probe = ["python", "/usr/local/bin/eh-healthcheck", "9100"]
-        pending = [c for c in pending
-                   if subprocess.run(["podman", "exec", c, *probe], capture_output=True,
-                                     check=False).returncode]  # fmt: skip
+        pending = [c for c in pending if not probe_passes(c, probe)]
         if time.monotonic() > deadline:
             print(podman("pod", "ps", check=False), file=sys.stderr)
             raise SystemExit(f"kube-play: not ready within {timeout_s:.0f}s (waiting: "
@@ -234,11 +249,15 @@ def up(port: int, timeout_s: float) -> int:
     return 0
 
 
-def down() -> int:
+def down(port: int) -> int:
+    """Remove what ``up`` made, also after a run that died before writing its state: the
+    manifests are rendered again (the same names) when the state file is gone."""
     path = STATE / "manifests.yaml"
-    if path.exists():
-        podman("kube", "down", str(path), check=False)
-        path.unlink()
+    if not path.exists():
+        STATE.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump_all(manifests(port)[0], sort_keys=False))
+    podman("kube", "down", str(path), check=False, timeout=300)
+    path.unlink()
     for name in ("elastichash-amqp", "elastichash-es-elastic-user"):
         podman("secret", "rm", name, check=False)
     podman("network", "rm", "-f", NETWORK, check=False)
@@ -249,7 +268,7 @@ def down() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["up", "down", "print"])
-    parser.add_argument("--port", type=int, default=24180, help="host port of the gateway")
+    parser.add_argument("--port", type=int, default=33180, help="host port of the gateway")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
     os.environ.setdefault("CONTAINERS_CONF", str(REPO / "deploy/local/containers.conf"))
@@ -258,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(f"# {n}" for n in notes))
         print(yaml.safe_dump_all(objects, sort_keys=False))
         return 0
-    return up(args.port, args.timeout) if args.action == "up" else down()
+    return up(args.port, args.timeout) if args.action == "up" else down(args.port)
 
 
 if __name__ == "__main__":

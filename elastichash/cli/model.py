@@ -15,6 +15,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".ti
 
 
 def register(subparsers: Any) -> None:
+    from elastichash.model import registry
+
     model = subparsers.add_parser("model", help="build, inspect and prepare encoder models")
     sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
 
@@ -22,12 +24,14 @@ def register(subparsers: Any) -> None:
         "build-default", help="build a built-in model (offline, deterministic); default: the "
         "default model, EfficientNet-Lite0"
     )
-    p.add_argument("out", type=Path)
-    p.add_argument("--model", default=None, help="built-in model name (efficientnet-lite0, visual)")
+    p.add_argument("out", type=Path, help="ONNX file to write")
+    p.add_argument("--model", default=None,
+                   help=f"built-in model name ({', '.join(registry.BUILTINS)}; "
+                        f"default {registry.DEFAULT})")
     p.set_defaults(func=_build_default)
 
     p = sub.add_parser("select-bits", help="choose the 64 short-code bits from sample images")
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=Path, help="ONNX model file to update")
     p.add_argument("--images", type=Path, required=True, help="folder of sample images")
     p.add_argument("--out", type=Path, default=None, help="write here instead of in place")
     p.add_argument("--limit", type=int, default=5000, help="at most this many images")
@@ -40,23 +44,25 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_select_bits)
 
     p = sub.add_parser("inspect", help="print the model's contract fields as JSON")
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=Path, help="ONNX model file")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("export-torch", help="export a PyTorch hashing model to the contract")
     p.add_argument("factory", help="module:function returning a torch.nn.Module (N,3,S,S)->(N,256)")
-    p.add_argument("out", type=Path)
-    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("out", type=Path, help="ONNX file to write")
+    p.add_argument("--input-size", type=int, default=224,
+                   help="side of the square model input (default 224)")
     p.add_argument("--resize", type=int, default=None, help="shorter side before the crop")
-    p.add_argument("--name", default="torch-hashing")
-    p.add_argument("--version", default="1")
+    p.add_argument("--name", default="torch-hashing",
+                   help="model name recorded in its metadata (default torch-hashing)")
+    p.add_argument("--version", default="1", help="model version recorded in its metadata")
     p.set_defaults(func=_export_torch)
 
     p = subparsers.add_parser("encode", help="print one JSON line of codes per image")
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--model", default="",
-                   help="built-in model name or ONNX file (default: efficientnet-lite0)")
-    p.add_argument("--batch-size", type=int, default=32)
+                   help=f"built-in model name or ONNX file (default: {registry.DEFAULT})")
+    p.add_argument("--batch-size", type=int, default=32, help="images per inference (default 32)")
     p.set_defaults(func=_encode)
 
 

@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
                    help="data directory; default $ELASTICHASH_DATA or ~/.local/share/elastichash")
     p.add_argument("--model", default="efficientnet-lite0",
                    help="built-in model name or ONNX file to re-encode with")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 

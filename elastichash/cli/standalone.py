@@ -16,12 +16,14 @@ from typing import Any
 from elastichash import datalock
 from elastichash.errors import InvalidInput
 from elastichash.index.query import PORTABLE_STRATEGIES, QueryParams, SearchQuery
+from elastichash.model.registry import BUILTINS, DEFAULT
 from elastichash.settings import (
     ImageLimits,
     IndexSettings,
     ModelSettings,
     SpoolSettings,
     default_data_dir,
+    port_number,
 )
 
 
@@ -30,8 +32,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="data directory (index, spool, default model); "
                         "default $ELASTICHASH_DATA or ~/.local/share/elastichash")
     p.add_argument("--model", default=None,
-                   help="a built-in model (efficientnet-lite0, visual) or an ONNX file meeting "
-                        "the contract; default: the index's model, else efficientnet-lite0")
+                   help=f"a built-in model ({', '.join(BUILTINS)}) or an ONNX file meeting "
+                        f"the contract; default: the index's model, else {DEFAULT}")
     p.add_argument("--strategy", choices=PORTABLE_STRATEGIES, default=None,
                    help="search strategy (default auto: exact up to 100,000 images, "
                         "two_stage above)")
@@ -40,8 +42,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
     p = sub.add_parser("serve", help="run the whole system in one process (standalone mode)")
     add_common(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=port_number, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--images", type=Path, default=None,
                    help="index this folder (recursively) at start, with a progress bar")
     p.add_argument("--api-key", action="append", default=[], dest="api_keys",
@@ -50,18 +53,23 @@ def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
 
     p = sub.add_parser("index", help="index a folder of images (one shot, no server)")
     add_common(p)
-    p.add_argument("folder", type=Path)
+    p.add_argument("folder", type=Path,
+                   help="indexed recursively; files already indexed are skipped, and each "
+                        "image that cannot be indexed is named with the reason")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_index)
 
     p = sub.add_parser("search", help="search the local index with an image and/or words "
                        "(one shot)")
     add_common(p)
-    p.add_argument("image", type=Path, nargs="?", default=None)
+    p.add_argument("image", type=Path, nargs="?", default=None,
+                   help="query image; omit it to search by --text alone")
     p.add_argument("--text", default=None,
                    help="words naming ImageNet classes or broader ones ('dog', 'vehicle'); "
                         "with an image: rank the images carrying those labels by likeness")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--max-distance", type=int, default=None)
+    p.add_argument("-k", type=int, default=10, help="results to print (1..1000, default 10)")
+    p.add_argument("--max-distance", type=int, default=None,
+                   help="leave out results further than this many bits (0..256)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_search)
 
@@ -162,7 +170,7 @@ def run_index(args: argparse.Namespace) -> int:
         async with open_local(model_settings(args), ImageLimits(), index_settings(args),
                               data_dir(args) / "spool") as local:
             report = await ingest_folder(local.pipeline, local.index, args.folder,
-                                         limits=ImageLimits())
+                                         limits=ImageLimits(), progress=not args.no_progress)
             for line in report.failure_lines():
                 print(line, file=sys.stderr)
             print(report.summary())

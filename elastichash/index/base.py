@@ -137,6 +137,9 @@ class Failure:
     message: str
     source: str | None = None
     at: float = 0.0  # unix time
+    # The failed upload's sequence (Document.version): a failure older than the indexed
+    # document is not recorded, and a document older than the failure does not clear it.
+    version: int = 0
 
 
 @runtime_checkable

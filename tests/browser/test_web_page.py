@@ -254,6 +254,7 @@ def test_uploaded_images_become_indexed_then_similar_puts_the_clicked_image_firs
     first = page.locator("#gallery .tile").first
     expect(first).to_have_attribute("data-id", query_id or "")
     expect(first).to_have_attribute("data-distance", "0")
+    expect(first.locator(".tile-distance")).to_be_visible()
     expect(page.locator("#search-status")).to_contain_text("candidates")
     expect(page.locator("#search-status")).to_contain_text(" ms")
     distances = [int(d) for d in page.locator("#gallery .tile").evaluate_all(
@@ -568,6 +569,13 @@ def test_the_words_box_finds_images_by_label_and_the_large_view_shows_them(
     classes, _, _ = vocabulary().resolve(name)
     carrying = {i for i, ls in labelled.items() if any(lab["id"] in classes for lab in ls)}
 
+    # the words box is laid out like the URL box above it (it was left unstyled, tiny)
+    words_box = page.locator("#search-text").bounding_box()
+    url_box = page.locator("#search-url").bounding_box()
+    assert words_box is not None
+    assert url_box is not None
+    assert abs(words_box["width"] - url_box["width"]) < 2, (words_box, url_box)
+    assert abs(words_box["height"] - url_box["height"]) < 2, (words_box, url_box)
     page.fill("#search-text", name)
     page.keyboard.press("Enter")
     expect(page.locator(".results")).not_to_have_attribute("aria-busy", "true")
@@ -588,9 +596,16 @@ def test_the_words_box_finds_images_by_label_and_the_large_view_shows_them(
     expect(viewer).to_have_attribute("data-id", shown[0])
     terms = page.locator("#viewer-meta dt")
     expect(terms.filter(has_text="Labels")).to_have_count(1)
+    # words alone rank by label score: no distance (always 0) on the tiles or in the view
+    expect(page.locator("#gallery .tile-distance").first).to_be_hidden()
+    expect(terms.filter(has_text="Distance")).to_have_count(0)
     shown_labels = page.locator("#viewer-meta dt:text-is('Labels') + dd")
     for lab in _labels(base_url, shown[0]):  # each label with its score in percent
         expect(shown_labels).to_contain_text(re.compile(rf"{re.escape(lab['name'])} \d+%"))
+    # a date, not the unix seconds the API sends
+    ingested = page.locator("#viewer-meta dt:text-is('ingested_at') + dd")
+    expect(ingested).not_to_have_text(re.compile(r"^\d+(\.\d+)?$"))
+    expect(ingested).to_contain_text(str(time.gmtime().tm_year))
     _shot(page, "words-search.png")
 
 

@@ -2,9 +2,9 @@
 
 docker-compose.yml brought up by scripts/containers.sh on the images `make images` built:
 200 images uploaded through the gateway, the encoder container killed mid-ingest and
-started again, then every image must be searchable (nothing lost, nothing twice), by upload
-and by id. Runs only when EH_TEST_CONTAINERS=1 (it builds and starts containers); the stack
-is always taken down, whatever happens.
+started again, then every image must be searchable (nothing lost, nothing twice), by upload,
+by id and by words (its labels, on the engine). Runs only when EH_TEST_CONTAINERS=1 (it
+builds and starts containers); the stack is always taken down, whatever happens.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tests.containers import (
     MARKS,
     indexed_count,
     searchable_by_upload_and_id,
+    searchable_by_words,
     settled_count,
     status,
     upload,
@@ -38,9 +39,9 @@ PER_REQUEST = 20
 # Host ports of this test's stack, apart from a user's stack (8080) and the suite's services.
 STACK_ENV = {
     "EH_STACK_PROJECT": "ehtest",
-    "EH_HTTP_PORT": "24080",
-    "OPENSEARCH_PORT": "24092",
-    "RABBITMQ_UI_PORT": "24672",
+    "EH_HTTP_PORT": "33080",
+    "OPENSEARCH_PORT": "33092",
+    "RABBITMQ_UI_PORT": "33672",
 }
 
 
@@ -87,7 +88,7 @@ def stack() -> Iterator[Stack]:
         subprocess.run([SCRIPT, "down"], env=env, timeout=300, check=False)
 
 
-async def test_200_images_survive_an_encoder_kill_and_are_searchable_by_upload_and_id(
+async def test_200_images_survive_an_encoder_kill_and_are_searchable_by_upload_id_and_words(
     stack: Stack,
 ) -> None:
     items = images(range(40_000, 40_000 + N))
@@ -126,3 +127,4 @@ async def test_200_images_survive_an_encoder_kill_and_are_searchable_by_upload_a
         assert set(statuses) == {"indexed"}
 
         await searchable_by_upload_and_id(http, stack.url, items)
+        await searchable_by_words(http, stack.url, items)

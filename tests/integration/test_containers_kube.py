@@ -2,7 +2,7 @@
 
 deploy/local/kube_play.py renders the overlay, leaves out what podman cannot run (it says
 what), and starts the rest on the local images; 200 images uploaded through the gateway must
-all be indexed once and be found by upload and by id. Always taken down afterwards.
+all be indexed once and be found by upload, by id and by words. Always taken down afterwards.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tests.containers import (
     MARKS,
     indexed_count,
     searchable_by_upload_and_id,
+    searchable_by_words,
     settled_count,
     upload,
 )
@@ -29,7 +30,7 @@ pytestmark = MARKS
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = [sys.executable, str(REPO / "deploy/local/kube_play.py")]
-PORT = 24180
+PORT = 33180
 N = 200
 
 
@@ -61,3 +62,4 @@ async def test_kube_play_of_the_cpu_overlay_indexes_and_finds_200_images(gateway
         await wait_for(all_indexed, 600, f"all {N} images indexed")
         assert await settled_count(http, gateway) == N
         await searchable_by_upload_and_id(http, gateway, items)
+        await searchable_by_words(http, gateway, items)

@@ -75,3 +75,49 @@ def test_check_exits_1_when_no_worker_answers(unused_tcp_port: int) -> None:
     with contextlib.redirect_stdout(out):
         assert main(["encoder-worker", "--check", "--port", str(unused_tcp_port)]) == 1
     assert "unhealthy" in out.getvalue()
+
+
+def _parser_for(command: Command) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in command:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c[0] not in ROLES], ids=" ".join)
+def test_every_option_and_argument_of_a_user_command_says_what_it_is(command: Command) -> None:
+    bare = [a.option_strings[-1] if a.option_strings else a.dest
+            for a in _parser_for(command)._actions
+            if a.help is None and not isinstance(a, argparse._SubParsersAction)]
+    assert bare == [], f"{' '.join(command)}: no help for {bare}"
+
+
+def test_the_model_options_name_every_built_in_model() -> None:
+    from elastichash.model.registry import BUILTINS
+
+    for command in (("serve",), ("index",), ("search",), ("model", "build-default")):
+        text = " ".join(_help(*command).split()).replace("- ", "-")  # unwrapped
+        for name in BUILTINS:
+            assert name in text, (command, name)
+
+
+@pytest.mark.parametrize("command", [("serve",), *((r,) for r in sorted(ROLES))], ids=" ".join)
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(
+        command: Command, port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--port", port])
+    assert exit_info.value.code == 2
+    assert "a port is a number from 0 to 65535" in capsys.readouterr().err
+
+
+def test_a_port_setting_out_of_range_is_refused_as_a_setting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pydantic
+
+    from gateway.config import GatewaySettings
+
+    monkeypatch.setenv("EH_GATEWAY_PORT", "99999")
+    with pytest.raises(pydantic.ValidationError, match="port"):
+        GatewaySettings()

@@ -111,6 +111,8 @@ export class SearchController {
   #accept(data, opts, query) {
     const results = Array.isArray(data.results) ? data.results : [];
     this.last = data;
+    // words alone rank by label score: every distance is 0, which says nothing
+    this.gallery.list.classList.toggle("by-words", data.strategy === "words");
     this.gallery.append(results);
     this.nextOffset = Number.isInteger(data.next_offset) ? data.next_offset : null;
     this.gallery.hasMore = this.nextOffset !== null;

@@ -3,6 +3,14 @@
 import { apiUrl } from "./api.js";
 import { labelOf } from "./gallery.js";
 
+// metadata fields that hold a moment, as unix seconds (docs/API.md)
+const DATE_FIELDS = new Set(["ingested_at", "taken_at"]);
+
+function formatDate(seconds) {
+  const d = new Date(seconds * 1000);
+  return Number.isNaN(d.getTime()) ? String(seconds) : d.toLocaleString();
+}
+
 export class Viewer {
   constructor(dialog, { gallery, onSimilar, loadMore }) {
     this.dialog = dialog;
@@ -66,10 +74,11 @@ export class Viewer {
     this.img.src = apiUrl(`/v1/images/${encodeURIComponent(item.id)}/preview`);
     this.img.alt = `Result ${index + 1}: ${labelOf(item)}`;
     this.title.textContent = `${index + 1}. ${labelOf(item)}`;
-    const rows = [
-      ["Distance", `${item.distance} bits`],
-      ["Id", item.id],
-    ];
+    const rows = [];
+    if (!this.gallery.list.classList.contains("by-words")) {
+      rows.push(["Distance", `${item.distance} bits`]);
+    }
+    rows.push(["Id", item.id]);
     if (item.source) rows.push(["Source", item.source]);
     const labels = (item.metadata && Array.isArray(item.metadata.labels)) ? item.metadata.labels : [];
     if (labels.length) {
@@ -77,7 +86,9 @@ export class Viewer {
       rows.push(["Labels", labels.map((l) => `${l.name} ${Math.round(100 * l.score)}%`).join(", ")]);
     }
     for (const [k, v] of Object.entries(item.metadata || {})) {
-      if (v !== null && v !== undefined && typeof v !== "object") rows.push([k, String(v)]);
+      if (v === null || v === undefined || typeof v === "object") continue;
+      // dates arrive as unix seconds: a person reads a date
+      rows.push([k, DATE_FIELDS.has(k) && typeof v === "number" ? formatDate(v) : String(v)]);
     }
     this.meta.replaceChildren(
       ...rows.flatMap(([k, v]) => {
