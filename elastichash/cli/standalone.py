@@ -86,8 +86,25 @@ def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
 
 def data_dir(args: argparse.Namespace) -> Path:
     path: Path = args.data or default_data_dir()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, no permission: one line, not a traceback
+        why = "not a directory" if path.exists() and not path.is_dir() else exc.strerror or exc
+        print(f"error: cannot use {path} as the data directory: {why}", file=sys.stderr)
+        raise SystemExit(2) from None
     return path
+
+
+def has_index(args: argparse.Namespace) -> bool:
+    """Whether the data directory holds an index; else say so. Commands that only read
+    (search, duplicates) must not create a data directory on a mistyped --data."""
+    path: Path = args.data or default_data_dir()
+    if (path / "index").is_dir():
+        return True
+    print(f"error: no index in {path}: nothing was indexed there yet (`elastichash index "
+          "FOLDER`, or `elastichash serve` and add images); --data names another",
+          file=sys.stderr)
+    return False
 
 
 def model_settings(args: argparse.Namespace, base: ModelSettings | None = None) -> ModelSettings:
@@ -196,6 +213,8 @@ def run_search(args: argparse.Namespace) -> int:
     if args.image is None and not args.text:
         print("error: give an image, --text WORDS, or both", file=sys.stderr)
         return 2
+    if not has_index(args):
+        return 2
     data = None
     if args.image is not None:
         try:
@@ -261,6 +280,9 @@ def run_duplicates(args: argparse.Namespace) -> int:
     from elastichash.errors import InvalidInput
     from elastichash.index import service_json
     from elastichash.index.factory import make_index
+
+    if not has_index(args):
+        return 2
 
     async def go() -> int:
         cfg = IndexSettings(backend="embedded", data_dir=data_dir(args) / "index")
