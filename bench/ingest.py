@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import signal
@@ -54,6 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import table, write_result  # noqa: E402
 from elastichash.ids import content_id  # noqa: E402
 
 
@@ -518,15 +518,11 @@ def flood_main(args: argparse.Namespace) -> int:
         f"search by upload, {args.queries} queries x {args.repeat} runs, under a flood of"
         f" {len(images)} images into one encoder (batch {args.batch}), {os.cpu_count()} CPUs"
     )
-    print(f"{'setup':<40}{'idle p50':>10}{'p99':>8}{'flood p50':>11}{'p99':>8}"
-          f"{'x p50':>7}{'x p99':>7}")
-    for r in runs:
-        label = r["label"]
-        print(
-            f"{label:<40}{r['idle']['p50_ms']:>8.0f}ms{r['idle']['p99_ms']:>6.0f}ms"
-            f"{r['flood']['p50_ms']:>9.0f}ms{r['flood']['p99_ms']:>6.0f}ms"
-            f"{r['ratio_p50']:>7.2f}{r['ratio_p99']:>7.2f}"
-        )
+    print(table(
+        [("setup", "<40"), ("idle p50 ms", ">11.0f"), ("p99 ms", ">7.0f"),
+         ("flood p50 ms", ">12.0f"), ("p99 ms", ">7.0f"), ("x p50", ">6.2f"), ("x p99", ">6.2f")],
+        [(r["label"], r["idle"]["p50_ms"], r["idle"]["p99_ms"], r["flood"]["p50_ms"],
+          r["flood"]["p99_ms"], r["ratio_p50"], r["ratio_p99"]) for r in runs]))
     out = args.out if args.out != ROOT / "bench/results/ingest.json" else (
         ROOT / "bench/results/ingest_flood.json")
     result = {
@@ -539,8 +535,7 @@ def flood_main(args: argparse.Namespace) -> int:
         "target_ratio": 2.0,
         "default_meets_target": runs[-1]["ratio_p50"] <= 2.0 and runs[-1]["ratio_p99"] <= 2.0,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result("ingest_flood", result, path=out)
     print(f"wrote {out}")
     return 0
 
@@ -582,14 +577,14 @@ def main() -> int:
         f"{len(images)} images, batch {args.batch}, {os.cpu_count()} CPUs"
         f" ({platform.processor() or platform.machine()})"
     )
-    print(f"{'setup':<28}{'images/s':>10}{'vs alone':>10}{'202->searchable p50':>22}{'p99':>10}")
-    print(f"{'encoder alone (in-process)':<28}{alone:>10.1f}{1.0:>10.2f}{'-':>22}{'-':>10}")
     for r in runs:
         r["ratio_vs_alone"] = r["images_per_s"] / alone
-        print(
-            f"{'pipeline, ' + str(r['encoders']) + ' encoder(s)':<28}{r['images_per_s']:>10.1f}"
-            f"{r['ratio_vs_alone']:>10.2f}{r['p50_s'] * 1000:>20.0f}ms{r['p99_s'] * 1000:>8.0f}ms"
-        )
+    print(table(
+        [("setup", "<28"), ("images/s", ">9.1f"), ("vs alone", ">9.2f"),
+         ("202->searchable p50 ms", ">22.0f"), ("p99 ms", ">7.0f")],
+        [("encoder alone (in-process)", alone, 1.0, None, None),
+         *((f"pipeline, {r['encoders']} encoder(s)", r["images_per_s"], r["ratio_vs_alone"],
+            r["p50_s"] * 1000, r["p99_s"] * 1000) for r in runs)]))
     result = {
         "encoder_env": args.encoder_env,
         "images": len(images),
@@ -600,8 +595,7 @@ def main() -> int:
         "target_ratio": 0.8,
         "one_encoder_meets_target": runs[0]["ratio_vs_alone"] >= 0.8,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result("ingest", result, path=args.out)
     print(f"wrote {args.out}")
     return 0
 

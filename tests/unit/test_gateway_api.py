@@ -30,13 +30,6 @@ from tests.standalone import (
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-async def client(tmp_path: Path, model_path: Path) -> AsyncIterator[TestClient]:
-    settings = standalone_settings(tmp_path, model_path)
-    async with gateway_client(settings, tmp_path) as c:
-        yield c
-
-
 async def upload(client: TestClient, files: list[tuple[str, bytes, str]],
                  **fields: str) -> tuple[int, dict[str, Any]]:
     resp = await client.post("/v1/images", data=form_with_files(files, **fields))
