@@ -129,7 +129,7 @@ def ingest_record(item: IngestItem, result: Any, now: float) -> Document | Failu
 
     if isinstance(result, ElasticHashError):
         reason = getattr(result, "reason", result.code)
-        return Failure(item.id, reason, result.message, item.source, now)
+        return Failure(item.id, reason, result.message, item.source, now, item.seq)
     metadata = dict(item.metadata)
     labels = getattr(result, "labels", ())
     if labels:

@@ -31,6 +31,7 @@ import pydantic
 from pydantic_settings import BaseSettings
 
 from elastichash.errors import ConfigError, ElasticHashError, ModelContractError, Unavailable
+from elastichash.settings import port_number
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Role:
         what = "health and metrics" if self.worker else "HTTP"
         parser.add_argument("--host", help=f"{what} bind address ({self.setting(self.host_field)})")
         parser.add_argument(
-            "--port", type=int, help=f"{what} port ({self.setting(self.port_field)})"
+            "--port", type=port_number, help=f"{what} port ({self.setting(self.port_field)})"
         )
         if self.worker:
             parser.add_argument(

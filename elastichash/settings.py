@@ -8,13 +8,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from elastichash.index.incoming import DuplicatePolicy
 from elastichash.index.query import Strategy
+
+# A TCP port: anything else is refused as a setting (exit 3), not a crash at bind time.
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+def port_number(text: str) -> int:
+    """argparse type of a --port option."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, not {text!r}")
+    return port
 
 
 def default_data_dir() -> Path:
@@ -153,7 +169,7 @@ class WorkerSettings(BaseSettings):
     # SIGTERM: stop consuming, finish in-flight work within this grace, then cancel.
     drain_timeout_s: float = 30.0
     health_host: str = "0.0.0.0"
-    health_port: int = 9100
+    health_port: Port = 9100
 
 
 class AmqpSettings(BaseModel):

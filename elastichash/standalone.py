@@ -361,7 +361,8 @@ class LocalPipeline:
         if give_up:
             now = time.time()
             failures = [Failure(sp.item.id, "index_error", f"gave up after {MAX_ATTEMPTS} "
-                                f"attempts: {why}", sp.item.source, now) for sp in give_up]
+                                f"attempts: {why}", sp.item.source, now, sp.seq)
+                        for sp in give_up]
             try:
                 await self._index.record_failures(failures)
             except Exception:
@@ -417,7 +418,7 @@ class LocalPipeline:
                     retry.append(sp)
                 else:
                     failures.append(Failure(wr.id, "index_error", wr.error or "write failed",
-                                            sp.item.source, now))
+                                            sp.item.source, now, sp.seq))
                     done.append(sp)
         if failures or skipped:
             await self._index.record_failures(failures + skipped)

@@ -51,7 +51,7 @@ def encode_batch(encoder: Any, items: Sequence[IngestItem], preview_px: int = 0,
         record = ingest_record(item, res, now)
         if isinstance(record, Failure):
             out.append(IndexFailure(id=record.id, reason=record.reason, message=record.message,
-                                    source=record.source, at=record.at))
+                                    source=record.source, at=record.at, version=record.version))
         else:
             record = with_preview(record, item, preview_px, max_pixels,
                                   getattr(encoder, "budget", None))

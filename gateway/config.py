@@ -13,6 +13,7 @@ from elastichash.settings import (
     BodySettings,
     ImageLimits,
     ModelSettings,
+    Port,
     RemoteIndexSettings,
     ServerSettings,
     SpoolSettings,
@@ -42,7 +43,7 @@ class GatewaySettings(BaseSettings):
     )
 
     host: str = "0.0.0.0"
-    port: int = 8080
+    port: Port = 8080
     mode: Literal["standalone", "distributed"] = "distributed"
     # Empty: write endpoints are open. Otherwise X-API-Key must be one of these.
     api_keys: list[str] = Field(default_factory=list)

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from pydantic import HttpUrl, TypeAdapter, ValidationError
 
 from elastichash.errors import (
     Conflict,
@@ -22,6 +23,7 @@ from elastichash.errors import (
 from elastichash.ids import check_id, content_id
 from elastichash.index.filters import INGEST_FIELDS, ingest_metadata
 from elastichash.index.incoming import skipped_duplicate_of
+from elastichash.index.schema import hit_values
 from elastichash.pipeline import IngestItem
 from elastichash.serving.body import Body
 from elastichash.validate import inspect_image
@@ -212,13 +214,13 @@ async def post_images(request: web.Request) -> web.Response:
         urls = IngestUrlsRequest.model_validate(await body.json())
         shared = ingest_metadata(urls.album, urls.tags, urls.taken_at)
         pairs: list[tuple[str, str | None, dict[str, Any]]] = [
-            (str(u), None, shared) for u in urls.urls or []]
-        pairs += [(str(i.url), i.id, {**shared, **ingest_metadata(i.album, i.tags, i.taken_at)})
+            (u, None, shared) for u in urls.urls or []]
+        pairs += [(i.url, i.id, {**shared, **ingest_metadata(i.album, i.tags, i.taken_at)})
                   for i in urls.items or []]
         if len(pairs) > settings.max_urls_per_request:
             raise InvalidInput(f"at most {settings.max_urls_per_request} URLs per request",
                                field="urls")
-        await _url_ingest(request, batch, pairs)
+        await _url_ingest(request, batch, _well_formed(batch, pairs))
     else:
         raise InvalidInput("send multipart/form-data with 'file' parts, or JSON with 'urls'")
     await batch.flush()
@@ -269,6 +271,23 @@ async def _multipart_ingest(request: web.Request, body: Body, batch: _Batch) -> 
         raise InvalidInput("no 'file' part in the upload", field="file")
 
 
+_HTTP_URL: TypeAdapter[HttpUrl] = TypeAdapter(HttpUrl)
+
+
+def _well_formed(batch: _Batch, pairs: list[tuple[str, str | None, dict[str, Any]]]
+                 ) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The pairs whose URL is a well-formed http(s) URL (normalised); each other one is an
+    entry in the answer's errors, naming it, and the rest are still fetched."""
+    kept = []
+    for url, given, fields in pairs:
+        try:
+            kept.append((str(_HTTP_URL.validate_python(url)), given, fields))
+        except ValidationError as exc:
+            why = exc.errors()[0]["msg"]
+            batch.error(InvalidInput(f"malformed URL {url[:200]}: {why}", field="url"), url=url)
+    return kept
+
+
 async def _url_ingest(request: web.Request, batch: _Batch,
                       pairs: list[tuple[str, str | None, dict[str, Any]]]) -> None:
     """Fetch with bounded concurrency and hand each image on as it arrives, so at most
@@ -312,24 +331,25 @@ async def get_image(request: web.Request) -> web.Response:
         submitted = pending.submitted_at(image_id)
         queued = (doc is None and submitted is not None
                   and (failure is None or failure.at < submitted))
+    # The document's fields (the field table's in_hits ones) pass as a mapping, as generated.
     if queued:
-        return json_model(ImageStatus(id=image_id, status="queued",
-                                      source=pending.source(image_id)))
+        queued_fields = {"source": pending.source(image_id)}
+        return json_model(ImageStatus(id=image_id, status="queued", **queued_fields))
     pending.discard(image_id)
     if failure is not None:
         kept = " (the image indexed earlier under this id is kept)" if doc is not None else ""
         of = skipped_duplicate_of(failure)
+        thumb = thumbnail_url(image_id, doc.thumbnail_url) if doc else None
+        failed_fields = {"source": failure.source, "thumbnail_url": thumb}
         return json_model(ImageStatus(
             id=image_id, status="failed" if of is None else "skipped", reason=failure.reason,
-            message=failure.message + kept, source=failure.source, duplicate_of=of,
-            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url) if doc else None))
+            message=failure.message + kept, duplicate_of=of, **failed_fields))
     if doc is not None:
         of = doc.metadata.get("duplicate_of")
+        fields = {**hit_values(doc), "thumbnail_url": thumbnail_url(image_id, doc.thumbnail_url)}
         return json_model(ImageStatus(
-            id=image_id, status="indexed", source=doc.source,
-            sources=list(doc.sources) or ([doc.source] if doc.source else []),
-            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata,
-            duplicate_of=of if isinstance(of, str) else None))
+            id=image_id, status="indexed", duplicate_of=of if isinstance(of, str) else None,
+            sources=list(doc.sources) or ([doc.source] if doc.source else []), **fields))
     raise NotFound(f"no image with id {image_id}")
 
 

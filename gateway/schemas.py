@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
@@ -13,6 +13,7 @@ from elastichash.index.duplicates import (
     MAX_LIMIT,
 )
 from elastichash.index.query import K, QueryParams
+from elastichash.index.schema import HIT_SPECS, with_fields
 
 
 class Strict(BaseModel):
@@ -46,13 +47,19 @@ class CollectionFields(Strict):
                                          description="ISO 8601 date or date-time, or unix s")
 
 
+# An ingest checks each URL on its own (gateway/ingest.py): a malformed one is an entry in
+# 'errors' and the others are still fetched, so the body takes them as strings.
+IngestUrl = Annotated[str, Field(max_length=8192, json_schema_extra={"format": "uri"},
+                                 description="http or https URL of an image")]
+
+
 class UrlItem(CollectionFields):
-    url: HttpUrl
+    url: IngestUrl
     id: str | None = Field(default=None, description="client id; default: content hash")
 
 
 class IngestUrlsRequest(CollectionFields):
-    urls: list[HttpUrl] | None = Field(default=None, max_length=1000)
+    urls: list[IngestUrl] | None = Field(default=None, max_length=1000)
     items: list[UrlItem] | None = Field(default=None, max_length=1000)
 
     @model_validator(mode="after")
@@ -77,17 +84,14 @@ class IngestResponse(Strict):
     errors: list[ItemError]
 
 
-class ImageStatus(Strict):
+class ImageStatusBase(Strict):
     id: str
     status: Literal["queued", "indexed", "failed", "skipped"]
     reason: str | None = None
     message: str | None = None
-    source: str | None = None
     sources: list[str] = Field(
         default_factory=list,
         description="every source the same bytes were uploaded under, first first (indexed)")
-    thumbnail_url: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
     duplicate_of: str | None = Field(
         default=None, description="the indexed image this one nearly duplicates (ingest option)")
 
@@ -128,12 +132,19 @@ class SearchRequest(SearchParams):
         return self
 
 
-class ResultItem(Strict):
+class ResultItemBase(Strict):
     id: str
     distance: int
-    source: str | None = None
-    thumbnail_url: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+# An image's status and a search result carry the document fields returned with hits, generated
+# from the field table (elastichash/index/schema.py).
+if TYPE_CHECKING:
+    ImageStatus = ImageStatusBase
+    ResultItem = ResultItemBase
+else:
+    ImageStatus = with_fields("ImageStatus", ImageStatusBase, HIT_SPECS, None, checked=False)
+    ResultItem = with_fields("ResultItem", ResultItemBase, HIT_SPECS, None, checked=False)
 
 
 class QueryInfo(Strict):

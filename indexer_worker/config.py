@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from elastichash.settings import AmqpSettings, RemoteIndexSettings, WorkerSettings
+from elastichash.settings import AmqpSettings, Port, RemoteIndexSettings, WorkerSettings
 
 
 class IndexerWorkerSettings(WorkerSettings):
@@ -20,7 +20,7 @@ class IndexerWorkerSettings(WorkerSettings):
     # One index write per batch_max messages or batch_ms after the first, whichever first.
     batch_max: int = Field(default=64, ge=1, le=5000)
     batch_ms: float = Field(default=50.0, ge=0.0)
-    health_port: int = 9101
+    health_port: Port = 9101
     # Backoff before requeueing after a transient index failure (doubles, capped).
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0

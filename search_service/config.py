@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from elastichash.settings import BodySettings, IndexSettings, ServerSettings
+from elastichash.settings import BodySettings, IndexSettings, Port, ServerSettings
 
 
 class SearchServiceSettings(BaseSettings):
@@ -16,7 +16,7 @@ class SearchServiceSettings(BaseSettings):
 
     index: IndexSettings = Field(default_factory=IndexSettings)
     host: str = "0.0.0.0"
-    port: int = 8081
+    port: Port = 8081
     # Bulk bodies carry base64 thumbnails: 1,000 documents x ~20 KiB each fit in 64 MiB.
     # Counted as the bytes arrive (chunked bodies too); a 413 past it.
     max_body_bytes: int = 64 * 1024 * 1024

@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from elastichash.index.embedded import EmbeddedIndex
-    from elastichash.index.importer import checkpoint_path, import_codes
+    from elastichash.index.importer import SHORT_ROW, checkpoint_path, import_codes
 
     if not args.file.is_file():
         print(f"import-codes: no such file {args.file}", file=sys.stderr)
@@ -104,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.file}:{line}: {msg}", file=sys.stderr)
         if len(report.bad) > 50:
             print(f"... and {len(report.bad) - 50} more bad rows", file=sys.stderr)
+        if (args.format == "elastichash" and not report.loaded and report.bad
+                and all(msg.startswith(SHORT_ROW) for _, msg in report.bad)):
+            print("hint: no row has ElasticHash's 11 columns; for rows of id,hex256[,url[,json]] "
+                  "add --format plain", file=sys.stderr)
         print(
             f"imported {report.loaded} documents, {len(report.bad)} bad rows skipped"
             f"{f', resumed after line {report.resumed_after}' if report.resumed_after else ''};"

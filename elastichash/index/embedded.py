@@ -294,7 +294,7 @@ class EmbeddedIndex:
 
     async def record_failures(self, failures: Sequence[Failure]) -> None:
         items = [
-            f if f.at else Failure(f.id, f.reason, f.message, f.source, time.time())
+            f if f.at else Failure(f.id, f.reason, f.message, f.source, time.time(), f.version)
             for f in failures
         ]
         if items:

@@ -62,11 +62,12 @@ def _int(text: str, name: str) -> int:
         raise InvalidInput(f"{name} is not an integer: {text!r}", field=name) from None
 
 
+SHORT_ROW = "expected at least 11 columns (id, url, thumbnail url, f0..f3, r0..r3)"
+
+
 def parse_elastichash(row: Sequence[str]) -> Document:
     if len(row) < 11:
-        raise InvalidInput(
-            f"expected at least 11 columns (id, url, thumbnail url, f0..f3, r0..r3), got {len(row)}"
-        )
+        raise InvalidInput(f"{SHORT_ROW}, got {len(row)}")
     try:
         short = from_subcodes([_int(row[3 + i], f"f{i}") for i in range(4)])
         code = from_words([_int(row[7 + i], f"r{i}") for i in range(4)])
@@ -171,7 +172,8 @@ async def import_codes(
                     report.loaded += 1
                 else:
                     report.bad.append((line, res.error or "write failed"))
-                    log.warning("line %d: %s", line, res.error)
+                    # the report carries it (the command prints them, bounded); -v shows each
+                    log.info("line %d: %s", line, res.error)
             if any(r.transient for r in results):
                 raise RuntimeError(
                     "the index refused writes; fix the cause and rerun with --resume"
@@ -194,7 +196,7 @@ async def import_codes(
             )
         except InvalidInput as exc:
             report.bad.append((line, exc.message))
-            log.warning("line %d: %s (skipped)", line, exc.message)
+            log.info("line %d: %s (skipped)", line, exc.message)
             continue
         pending.append(doc)
         pending_lines.append(line)

@@ -81,7 +81,8 @@ async def screen(
             out.append(doc)
             written.append(i)
         elif policy.skip:
-            skipped.append(Failure(doc.id, DUPLICATE_REASON, skip_message(*best), doc.source, now))
+            skipped.append(Failure(doc.id, DUPLICATE_REASON, skip_message(*best), doc.source, now,
+                                   doc.version))
         else:
             meta = {**doc.metadata, "duplicate_of": best[0], "duplicate_distance": best[1]}
             out.append(replace(doc, metadata=meta))

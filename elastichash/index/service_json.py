@@ -28,6 +28,7 @@ from elastichash.index.base import (
 from elastichash.index.schema import (
     FIELDS,
     HIT_FIELDS,
+    MAX_VERSION,
     DocumentBody,
     empty,
     parse_code,
@@ -168,7 +169,8 @@ def write_result_from_json(item: dict[str, Any]) -> WriteResult:
 
 
 def failure_to_json(f: Failure) -> dict[str, Any]:
-    return {"id": f.id, "reason": f.reason, "message": f.message, "source": f.source, "at": f.at}
+    return {"id": f.id, "reason": f.reason, "message": f.message, "source": f.source, "at": f.at,
+            "version": f.version}
 
 
 def failure_from_json(item: Any) -> Failure:
@@ -186,4 +188,7 @@ def failure_from_json(item: Any) -> Failure:
         at_f = None
     if at_f is None or not math.isfinite(at_f):
         raise InvalidInput("at must be a finite unix time", field="at")
-    return Failure(item["id"], item["reason"], item["message"], source, at_f)
+    version = item.get("version") or 0
+    if type(version) is not int or not 0 <= version <= MAX_VERSION:
+        raise InvalidInput(f"version must be an integer from 0 to {MAX_VERSION}", field="version")
+    return Failure(item["id"], item["reason"], item["message"], source, at_f, version)

@@ -93,12 +93,18 @@ def _v5_versions(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE docs ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
 
 
+def _v6_failure_versions(conn: sqlite3.Connection) -> None:
+    # The failed upload's sequence: a failure record outlives the write of an older upload.
+    conn.execute("ALTER TABLE failures ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+
+
 # Ordered: MIGRATIONS[i] takes a database from schema i + 1 to i + 2. Append, never edit.
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite3.Connection], None]], ...] = (
     ("migration log", _v2_migration_log),
     ("previews table", _v3_previews),
     ("labels table", _v4_labels),
     ("document versions", _v5_versions),
+    ("failure versions", _v6_failure_versions),
 )
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
@@ -343,7 +349,9 @@ class Store:
                 conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}",
                              (json.dumps(no_thumb),))
             if ids and conn.execute("SELECT EXISTS(SELECT 1 FROM failures)").fetchone()[0]:
-                conn.execute(f"DELETE FROM failures WHERE id IN {_IN_JSON}", (json.dumps(ids),))
+                # The failure of a newer upload stays (the latest upload failed).
+                conn.executemany("DELETE FROM failures WHERE id = ? AND (? = 0 OR version <= ?)",
+                                 [(d.id, d.version, d.version) for d in docs])
             if old_ids:  # a replaced image's preview goes with it
                 conn.execute(f"DELETE FROM previews WHERE id IN {_IN_JSON}",
                              (json.dumps(sorted(old_ids)),))
@@ -409,10 +417,15 @@ class Store:
         conn = self.writer
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # A versioned failure older than the indexed document, or than the failure
+            # recorded, is left out: it is not what happened to the latest upload.
             conn.executemany(
-                "INSERT OR REPLACE INTO failures(id, reason, message, source, at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(f.id, f.reason, f.message, f.source, f.at) for f in failures],
+                "INSERT OR REPLACE INTO failures(id, reason, message, source, at, version)"
+                " SELECT ?, ?, ?, ?, ?, ? WHERE NOT (? > 0 AND ("
+                " EXISTS(SELECT 1 FROM docs WHERE id = ? AND version > ?)"
+                " OR EXISTS(SELECT 1 FROM failures WHERE id = ? AND version > ?)))",
+                [(f.id, f.reason, f.message, f.source, f.at, f.version,
+                  f.version, f.id, f.version, f.id, f.version) for f in failures],
             )
             conn.execute("COMMIT")
         except BaseException:
@@ -515,16 +528,16 @@ class Store:
             yield r, source, json.loads(metadata) if metadata else {}
 
     def get_failure(self, doc_id: str) -> Failure | None:
-        r = (
-            self.reader()
-            .execute("SELECT id, reason, message, source, at FROM failures WHERE id = ?", (doc_id,))
-            .fetchone()
-        )
+        r = self.reader().execute(
+            "SELECT id, reason, message, source, at, version FROM failures WHERE id = ?",
+            (doc_id,),
+        ).fetchone()
         return Failure(*r) if r else None
 
     def recent_failures(self, limit: int) -> list[Failure]:
         cur = self.reader().execute(
-            "SELECT id, reason, message, source, at FROM failures ORDER BY at DESC, id LIMIT ?",
+            "SELECT id, reason, message, source, at, version FROM failures"
+            " ORDER BY at DESC, id LIMIT ?",
             (limit,),
         )
         return [Failure(*r) for r in cur.fetchall()]

@@ -254,6 +254,7 @@ def test_uploaded_images_become_indexed_then_similar_puts_the_clicked_image_firs
     first = page.locator("#gallery .tile").first
     expect(first).to_have_attribute("data-id", query_id or "")
     expect(first).to_have_attribute("data-distance", "0")
+    expect(first.locator(".tile-distance")).to_be_visible()
     expect(page.locator("#search-status")).to_contain_text("candidates")
     expect(page.locator("#search-status")).to_contain_text(" ms")
     distances = [int(d) for d in page.locator("#gallery .tile").evaluate_all(
@@ -471,6 +472,9 @@ def test_a_refused_url_shows_the_error_code(page: Page) -> None:
     expect(err).to_be_visible()
     expect(err).to_contain_text("forbidden_url")
     expect(page.locator("#search-error")).to_have_attribute("role", "alert")
+    # the browser cannot load it either: the URL as caption, no broken-image icon
+    expect(page.locator("#query-caption")).to_contain_text("private.jpg")
+    expect(page.locator("#query-image")).to_be_hidden()
 
 
 def test_duplicates_are_shown_side_by_side_and_deleted_with_the_key(
@@ -595,6 +599,9 @@ def test_the_words_box_finds_images_by_label_and_the_large_view_shows_them(
     expect(viewer).to_have_attribute("data-id", shown[0])
     terms = page.locator("#viewer-meta dt")
     expect(terms.filter(has_text="Labels")).to_have_count(1)
+    # words alone rank by label score: no distance (always 0) on the tiles or in the view
+    expect(page.locator("#gallery .tile-distance").first).to_be_hidden()
+    expect(terms.filter(has_text="Distance")).to_have_count(0)
     shown_labels = page.locator("#viewer-meta dt:text-is('Labels') + dd")
     for lab in _labels(base_url, shown[0]):  # each label with its score in percent
         expect(shown_labels).to_contain_text(re.compile(rf"{re.escape(lab['name'])} \d+%"))

@@ -95,6 +95,11 @@ def _one(cluster: Cluster, faults: Faults, op: str, index_name: str, doc_id: str
         index.check_writable()
         existing = index.docs.get(doc_id)
         if op == "delete":
+            if external is not None and existing is not None and existing.version > external:
+                raise EsError(409, "version_conflict_engine_exception",
+                              f"[{doc_id}]: version conflict, current version "
+                              f"[{existing.version}] is higher than the one provided "
+                              f"[{external}]", index=index.name)
             index.seq_no += 1
             version = existing.version + 1 if existing else 1
             result = {"_index": index.name, "_id": doc_id, "_version": version,

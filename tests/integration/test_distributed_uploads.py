@@ -61,6 +61,15 @@ async def test_uploads_in_distributed_mode(
         doc = await remote.get("same-id")
         assert doc is not None
         assert (doc.source, doc.version, doc.metadata["width"]) == ("newer.jpg", NEW, 96)
+        # An even older upload that fails is no news about the latest upload either.
+        await publish(rabbitmq_url, amqp_prefix, [IngestItem(
+            "same-id", b"\xff\xd8 cut short", "broken.jpg", {}, "image/jpeg", OLD - 1)])
+
+        async def recorded() -> bool:
+            return await indexer.metric("eh_indexer_failures_total") >= 1
+
+        await wait_for(recorded, 120, "the failure handled")
+        assert await remote.get_failure("same-id") is None
 
         async with aiohttp.ClientSession() as http:
             # 2. Through the gateway, which stamps each upload: the second upload wins.
@@ -112,4 +121,5 @@ async def test_uploads_in_distributed_mode(
             assert status["sources"] == ["big.jpg", "copy-of-big.jpg"]
     finally:
         await remote.close()
-    assert await dead_letters(rabbitmq_url, amqp_prefix) == []
+    # Only the broken upload's copy, with its reason, for the operator.
+    assert await dead_letters(rabbitmq_url, amqp_prefix) == [("same-id", "unsupported_format")]

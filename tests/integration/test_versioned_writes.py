@@ -95,6 +95,31 @@ async def test_a_superseded_write_leaves_the_failure_record_of_the_newer_upload(
     assert failure.reason == "corrupt"
 
 
+async def test_a_failure_of_an_older_upload_after_the_newer_was_indexed_is_left_out(
+        index: Index) -> None:
+    await index.upsert([doc(1, NEW)])
+    await index.record_failures([Failure("img", "corrupt", "older upload", "o.jpg", 1e9, OLD)])
+    assert await index.get_failure("img") is None  # the latest upload is the indexed one
+    await index.record_failures([Failure("img", "corrupt", "newer upload", "n.jpg", 1e9,
+                                         NEW + 1)])
+    failure = await index.get_failure("img")
+    assert failure is not None
+    assert (failure.message, failure.version) == ("newer upload", NEW + 1)
+
+
+async def test_the_failure_of_a_newer_upload_outlives_the_write_of_an_older_one(
+        index: Index) -> None:
+    await index.record_failures([Failure("img", "corrupt", "newer upload", "n.jpg", 1e9, NEW)])
+    await index.record_failures([Failure("img", "truncated", "older", "o.jpg", 1e9, OLD)])
+    older = doc(2, OLD)
+    assert not (await index.upsert([older]))[0].superseded  # the best image there is
+    failure = await index.get_failure("img")
+    assert failure is not None
+    assert failure.message == "newer upload"  # still what happened to the latest upload
+    await index.upsert([doc(3, NEW + 1)])  # a newer upload indexed: the failure is history
+    assert await index.get_failure("img") is None
+
+
 async def test_the_newer_of_two_versions_in_one_batch_wins(index: Index) -> None:
     new, old = doc(1, NEW), doc(2, OLD)
     results = await index.upsert([new, old])

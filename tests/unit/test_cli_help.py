@@ -100,3 +100,24 @@ def test_the_model_options_name_every_built_in_model() -> None:
         text = " ".join(_help(*command).split()).replace("- ", "-")  # unwrapped
         for name in BUILTINS:
             assert name in text, (command, name)
+
+
+@pytest.mark.parametrize("command", [("serve",), *((r,) for r in sorted(ROLES))], ids=" ".join)
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_port_out_of_range_is_a_usage_error_not_a_traceback(
+        command: Command, port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--port", port])
+    assert exit_info.value.code == 2
+    assert "a port is a number from 0 to 65535" in capsys.readouterr().err
+
+
+def test_a_port_setting_out_of_range_is_refused_as_a_setting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pydantic
+
+    from gateway.config import GatewaySettings
+
+    monkeypatch.setenv("EH_GATEWAY_PORT", "99999")
+    with pytest.raises(pydantic.ValidationError, match="port"):
+        GatewaySettings()

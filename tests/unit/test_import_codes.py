@@ -104,6 +104,19 @@ def test_elastichash_layout_loads_good_rows_and_reports_bad_ones(
     assert subcodes(doc.short) == [int(v) for v in good[3:7]]  # type: ignore[attr-defined]
 
 
+def test_a_plain_file_read_as_elastichash_layout_reports_each_row_once_and_hints_plain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "codes.csv"
+    write_csv(f, [[f"p{i}", "ab" * 32, f"http://x/{i}.jpg"] for i in range(3)])
+    assert cli(["import-codes", str(f), "--data", str(tmp_path / "idx"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if f"{f}:" in line] == [
+        f"{f}:{n}: expected at least 11 columns (id, url, thumbnail url, f0..f3, r0..r3), got 3"
+        for n in (1, 2, 3)]
+    assert "add --format plain" in err
+
+
 def test_plain_layout_cuts_the_short_code_at_the_given_bits(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     codes = rng.integers(0, 256, (10, 32), dtype=np.uint8)

@@ -175,7 +175,8 @@ async def test_a_store_from_before_the_label_table_gets_it_filled_on_open(tmp_pa
     await idx.close()
     conn = sqlite3.connect(tmp_path / "index" / DB_NAME)  # back to schema 3: no label table
     conn.execute("DROP TABLE labels")
-    conn.execute("ALTER TABLE docs DROP COLUMN version")  # nor the later versions column
+    conn.execute("ALTER TABLE docs DROP COLUMN version")  # nor the later version columns
+    conn.execute("ALTER TABLE failures DROP COLUMN version")
     conn.execute("DELETE FROM schema_migrations WHERE version >= 4")
     conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
     conn.commit()

@@ -226,7 +226,8 @@ class EngineIndex:
             raise Unavailable(f"{_NAMES[self.kind]} wrote none of {len(written)}: {first.error}")
         by_id.update(written)
         cleared = await self.failures.clear(
-            [i for i, r in written.items() if r.ok and not r.superseded])
+            [i for i, r in written.items() if r.ok and not r.superseded],
+            {d.id: d.version for d in latest.values()})
         by_id.update(cleared)
         return in_order((d.id for d in docs), by_id)
 
@@ -389,7 +390,12 @@ class EngineIndex:
     # --- failure records -------------------------------------------------------------------
 
     async def record_failures(self, failures: Sequence[Failure]) -> None:
-        await self.failures.record(failures)
+        """Failure records, leaving out a versioned one older than the indexed document (an
+        older upload failed after a newer one was indexed: not what happened last)."""
+        versioned = list(dict.fromkeys(f.id for f in failures if f.version))
+        docs = await asyncio.gather(*(self.get(i) for i in versioned))
+        held = {d.id: d.version for d in docs if d is not None}
+        await self.failures.record([f for f in failures if f.version >= held.get(f.id, 0)])
 
     async def get_failure(self, doc_id: str) -> Failure | None:
         return await self.failures.get(doc_id)

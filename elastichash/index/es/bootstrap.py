@@ -206,3 +206,9 @@ async def ensure_failures(client: EngineClient, names: Names, layout: Layout) ->
             mappings=FAILURES_MAPPING,
             settings=failures_settings(layout.replicas),
         )
+        return
+    have = (await client.get_mapping(names.failures))[names.failures]["mappings"]
+    missing = {name: spec for name, spec in FAILURES_MAPPING["properties"].items()
+               if name not in (have.get("properties") or {})}
+    if missing:  # fields added since the index was made: adding a field needs no reindex
+        await client.put_mapping(names.failures, {"properties": missing})

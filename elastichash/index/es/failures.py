@@ -8,7 +8,7 @@ from elastichash.errors import Unavailable
 from elastichash.index.base import Failure, WriteResult
 from elastichash.index.es.bulk import Action, BulkPolicy, run_bulk
 from elastichash.index.es.client import EngineApiError, EngineClient, EngineUnreachable
-from elastichash.index.es.mapping import ID_FIELD
+from elastichash.index.es.mapping import ID_FIELD, VERSION_FIELD
 
 
 class FailureStore:
@@ -18,15 +18,21 @@ class FailureStore:
         self._policy = policy
 
     async def record(self, failures: Sequence[Failure]) -> None:
-        latest = {f.id: f for f in failures}
+        latest: dict[str, Failure] = {}
+        for f in failures:  # a repeated id: the last one, unless an earlier one is newer
+            if f.id not in latest or f.version >= latest[f.id].version:
+                latest[f.id] = f
         actions = [
+            # The failed upload's sequence is the record's external version: of two failures
+            # the newer stays, and only a document at least as new deletes it (clear).
             Action("index", self._index, f.id, {
                 ID_FIELD: f.id,
                 "reason": f.reason,
                 "message": f.message,
                 "source": f.source,
                 "at": f.at,
-            })
+                VERSION_FIELD: f.version,
+            }, version=f.version)
             for f in latest.values()
         ]
         if not actions:
@@ -36,13 +42,15 @@ class FailureStore:
         if bad:
             raise Unavailable(f"{len(bad)} failure records not written: {bad[0].error}")
 
-    async def clear(self, ids: Sequence[str]) -> dict[str, WriteResult]:
+    async def clear(self, ids: Sequence[str],
+                    versions: dict[str, int] | None = None) -> dict[str, WriteResult]:
         """Delete the records of ``ids`` (now indexed). A missing record is fine; a record that
         could not be deleted turns the id's result into a transient failure, so the write is
         retried (idempotently) and the stale record does not outlive it."""
         if not ids or not await self._any():
             return {}
-        actions = [Action("delete", self._index, i) for i in ids]
+        actions = [Action("delete", self._index, i, version=(versions or {}).get(i, 0))
+                   for i in ids]
         results = await run_bulk(self._client, actions, self._policy)
         out: dict[str, WriteResult] = {}
         for doc_id, r in results.items():
@@ -88,4 +96,5 @@ def _failure(src: dict[str, object]) -> Failure:
         message=str(src.get("message") or ""),
         source=None if src.get("source") is None else str(src["source"]),
         at=float(at) if isinstance(at, (int, float)) else 0.0,
+        version=int(src.get(VERSION_FIELD) or 0),  # type: ignore[call-overload]
     )

@@ -152,6 +152,8 @@ FAILURES_MAPPING: dict[str, Any] = {
         "message": _STORED_ONLY,
         "source": _STORED_ONLY,
         "at": {"type": "double"},
+        # The failed upload's sequence (also the record's external version).
+        VERSION_FIELD: {"type": "long", "index": False, "doc_values": False},
     },
 }
 

@@ -111,6 +111,8 @@ export class SearchController {
   #accept(data, opts, query) {
     const results = Array.isArray(data.results) ? data.results : [];
     this.last = data;
+    // words alone rank by label score: every distance is 0, which says nothing
+    this.gallery.list.classList.toggle("by-words", data.strategy === "words");
     this.gallery.append(results);
     this.nextOffset = Number.isInteger(data.next_offset) ? data.next_offset : null;
     this.gallery.hasMore = this.nextOffset !== null;
@@ -201,6 +203,10 @@ export class SearchController {
     if (query.kind === "file") src = this.previewUrl = URL.createObjectURL(query.value);
     else if (query.kind === "url") src = query.value;
     figure.hidden = !src;
+    // A URL the browser cannot load, or a file that is not an image: the caption alone,
+    // not a broken-image icon.
+    figure.classList.remove("broken");
+    image.onerror = () => figure.classList.add("broken");
     if (src) image.src = query.kind === "id" ? apiUrl(src) : src;
     caption.textContent = query.label || (query.kind === "file" ? query.value.name || "Pasted image" : labelOf({ id: query.value, source: query.value }));
   }

@@ -74,10 +74,11 @@ export class Viewer {
     this.img.src = apiUrl(`/v1/images/${encodeURIComponent(item.id)}/preview`);
     this.img.alt = `Result ${index + 1}: ${labelOf(item)}`;
     this.title.textContent = `${index + 1}. ${labelOf(item)}`;
-    const rows = [
-      ["Distance", `${item.distance} bits`],
-      ["Id", item.id],
-    ];
+    const rows = [];
+    if (!this.gallery.list.classList.contains("by-words")) {
+      rows.push(["Distance", `${item.distance} bits`]);
+    }
+    rows.push(["Id", item.id]);
     if (item.source) rows.push(["Source", item.source]);
     const labels = (item.metadata && Array.isArray(item.metadata.labels)) ? item.metadata.labels : [];
     if (labels.length) {
