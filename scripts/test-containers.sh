@@ -4,9 +4,9 @@
 #
 # Every step is bounded: the image builds by EH_IMAGES_TIMEOUT_S (1800), the tests by
 # EH_CONTAINER_TESTS_TIMEOUT_S (2400). On any exit (success, failure, timeout, Ctrl-C) the
-# test stacks are removed: the compose project `ehtest` and the kube-play pods. Their host
-# ports (33080, 33092, 33672, 33180) are apart from the suite's RabbitMQ (5672) and engine
-# (9200) and from a user's stack (8080).
+# test stacks are removed: the compose project `ehtest` and the kube-play pods. The tests
+# publish on free host ports they pick below the ephemeral range (or in EH_TEST_PORT_RANGE),
+# apart from the suite's RabbitMQ (5672) and engine (9200) and a user's stack (8080).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"

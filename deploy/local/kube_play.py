@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the rendered cpu overlay with ``podman kube play``, on the local images.
 
-    python deploy/local/kube_play.py up [--port 33180]   # prints the gateway's URL last
+    python deploy/local/kube_play.py up [--port 24180]   # prints the gateway's URL last
     python deploy/local/kube_play.py down
 
 podman runs what Kubernetes itself would run from these manifests: the Deployments (one pod
@@ -268,7 +268,7 @@ def down(port: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["up", "down", "print"])
-    parser.add_argument("--port", type=int, default=33180, help="host port of the gateway")
+    parser.add_argument("--port", type=int, default=24180, help="host port of the gateway")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
     os.environ.setdefault("CONTAINERS_CONF", str(REPO / "deploy/local/containers.conf"))

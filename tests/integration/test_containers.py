@@ -21,6 +21,7 @@ import pytest
 
 from tests.containers import (
     MARKS,
+    host_ports,
     indexed_count,
     searchable_by_upload_and_id,
     searchable_by_words,
@@ -36,13 +37,9 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "scripts/containers.sh")
 N = 200
 PER_REQUEST = 20
-# Host ports of this test's stack, apart from a user's stack (8080) and the suite's services.
-STACK_ENV = {
-    "EH_STACK_PROJECT": "ehtest",
-    "EH_HTTP_PORT": "33080",
-    "OPENSEARCH_PORT": "33092",
-    "RABBITMQ_UI_PORT": "33672",
-}
+# The test's own compose project, on host ports chosen when it starts (host_ports): apart from
+# a user's stack (8080) and the suite's services (5672, 9200).
+PROJECT = "ehtest"
 
 
 @dataclass
@@ -68,7 +65,10 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    env = {**os.environ, **STACK_ENV}
+    gateway, engine_port, rabbit_ui = host_ports(3)
+    stack_env = {"EH_STACK_PROJECT": PROJECT, "EH_HTTP_PORT": str(gateway),
+                 "OPENSEARCH_PORT": str(engine_port), "RABBITMQ_UI_PORT": str(rabbit_ui)}
+    env = {**os.environ, **stack_env}
     if Path(REPO / "deploy/local/containers.conf").exists():
         env.setdefault("CONTAINERS_CONF", str(REPO / "deploy/local/containers.conf"))
     engine = subprocess.run([SCRIPT, "engine"], env=env, check=True, capture_output=True,
@@ -81,9 +81,9 @@ def stack() -> Iterator[Stack]:
         healthy_s = time.monotonic() - started
         assert up.returncode == 0, "the stack did not come up healthy (its logs are above)"
         url = up.stdout.strip().splitlines()[-1]
-        assert url == f"http://127.0.0.1:{STACK_ENV['EH_HTTP_PORT']}", up.stdout
+        assert url == f"http://127.0.0.1:{gateway}", up.stdout
         print(f"\nstack up and healthy in {healthy_s:.0f} s ({engine})")
-        yield Stack(url, engine, STACK_ENV["EH_STACK_PROJECT"], env, healthy_s)
+        yield Stack(url, engine, PROJECT, env, healthy_s)
     finally:
         subprocess.run([SCRIPT, "down"], env=env, timeout=300, check=False)
 

@@ -18,6 +18,7 @@ import pytest
 
 from tests.containers import (
     MARKS,
+    host_ports,
     indexed_count,
     searchable_by_upload_and_id,
     searchable_by_words,
@@ -30,7 +31,6 @@ pytestmark = MARKS
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = [sys.executable, str(REPO / "deploy/local/kube_play.py")]
-PORT = 33180
 N = 200
 
 
@@ -39,7 +39,8 @@ def gateway() -> Iterator[str]:
     subprocess.run([*HARNESS, "down"], timeout=300, check=False)  # an interrupted run's
     try:
         started = time.monotonic()
-        up = subprocess.run([*HARNESS, "up", "--port", str(PORT)], timeout=900,
+        port = host_ports(1)[0]
+        up = subprocess.run([*HARNESS, "up", "--port", str(port)], timeout=900,
                             stdout=subprocess.PIPE, text=True, check=False)
         assert up.returncode == 0, "kube play did not come up (see above)"
         print(f"\nkube play ready in {time.monotonic() - started:.0f} s")
