@@ -140,10 +140,13 @@ class Adapter:
             )
         return int(resp["count"])
 
-    async def get(self, index: str, doc_id: str) -> dict[str, Any] | None:
+    async def get(self, index: str, doc_id: str,
+                  excludes: Sequence[str] = ()) -> dict[str, Any] | None:
         try:
             async with self._call():
-                resp = await self._client.get(index=index, id=doc_id)
+                resp = await self._client.get(
+                    index=index, id=doc_id,
+                    params={"_source_excludes": ",".join(excludes)} if excludes else None)
         except EngineApiError as exc:
             if exc.status == 404:
                 return None
