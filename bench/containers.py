@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import subprocess
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import free_port, load_images, post, wait_http  # noqa: E402
+from bench.report import table, write_result  # noqa: E402
 from elastichash.ids import content_id  # noqa: E402
 
 SCRIPT = str(ROOT / "scripts/containers.sh")
@@ -133,9 +133,9 @@ def main() -> int:
         subprocess.run([SCRIPT, "down"], env=env, check=False)
     ratio = in_containers / bare
     which = subprocess.run([SCRIPT, "engine"], capture_output=True, text=True, check=False)
-    print(f"\n{'':32}{'images/s':>10}")
-    print(f"{'stack in containers':32}{in_containers:>10.1f}")
-    print(f"{'same services as processes':32}{bare:>10.1f}")
+    print()
+    print(table([("", "<32"), ("images/s", ">10.1f")],
+                [("stack in containers", in_containers), ("same services as processes", bare)]))
     print(f"ratio containers/processes: {ratio:.2f}; stack up to healthy: {up_s:.0f} s")
     result: dict[str, Any] = {
         "images": args.images,
@@ -148,8 +148,7 @@ def main() -> int:
         "load_avg_1m": os.getloadavg()[0],
         "machine": platform.machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result("containers", result, path=args.out)
     return 0
 
 

@@ -30,6 +30,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import header, row, write_result  # noqa: E402
+
 MB = 1024 * 1024
 # Pillow keeps these modes at 4 bytes per pixel, "I;16" at 2, "L", "P" and "1" at 1.
 BYTES_PER_PIXEL = {"I;16": 2, "L": 1, "P": 1, "1": 1}
@@ -138,24 +140,24 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child)
         return 0
     rows = []
-    print(f"{'format':<12} {'mode':<5} {'file MB':>8} {'pixels':>10} {'buffer MB':>10} "
-          f"{'peak MB':>8} {'peak/buffer':>11}")
+    columns = [("format", "<12"), ("mode", "<5"), ("file MB", ">8.2f"), ("pixels", ">10d"),
+               ("buffer MB", ">10.1f"), ("peak MB", ">8.1f"), ("peak/buffer", ">11.2f")]
+    print(header(columns))
     for name in args.only.split(","):
         data = FORMATS[name](args.size)
         got = measure(data)
         w, h = got["size"]  # type: ignore[misc]
         buffer = w * h * BYTES_PER_PIXEL.get(str(got["mode"]), 4)
         peak = int(got["peak"])  # type: ignore[call-overload]
-        row = {"format": name, "mode": got["mode"], "file_bytes": len(data), "width": w,
-               "height": h, "buffer_bytes": buffer, "peak_bytes": peak,
-               "peak_over_buffer": round(peak / buffer, 2)}
-        rows.append(row)
-        print(f"{name:<12} {got['mode']!s:<5} {len(data) / MB:8.2f} {w * h:10d} "
-              f"{buffer / MB:10.1f} {peak / MB:8.1f} {peak / buffer:11.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+        rows.append({"format": name, "mode": got["mode"], "file_bytes": len(data), "width": w,
+                     "height": h, "buffer_bytes": buffer, "peak_bytes": peak,
+                     "peak_over_buffer": round(peak / buffer, 2)})
+        # One row at a time: a slow format shows as it is measured.
+        print(row(columns, (name, str(got["mode"]), len(data) / MB, w * h, buffer / MB,
+                            peak / MB, peak / buffer)))
+    write_result("decode_memory", {
         "size": args.size, "python": platform.python_version(),
-        "pillow": Image.__version__, "cpus": os.cpu_count(), "rows": rows}, indent=2) + "\n")
+        "pillow": Image.__version__, "cpus": os.cpu_count(), "rows": rows}, path=args.out)
     return 0
 
 

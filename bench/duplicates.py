@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import json
 import sys
 import threading
 import time
@@ -51,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from search import SHORT_BITS, generate
 
+from bench.report import table, write_result
 from elastichash.codes import radius_masks, select_bits, subcodes_array
 from elastichash.index import duplicates as dup
 from elastichash.index.kernels import popcount_rows
@@ -320,17 +320,14 @@ def main() -> int:
     print(
         f"\nn={n:,}  D={d}  clusters={args.clusters}  flip={args.flip}  planted={out['planted']:,}"
     )
-    print(
-        f"{'method':30s} {'n':>9s} {'seconds':>9s} {'s at n':>9s} {'peak MiB':>9s}"
-        f" {'pairs':>9s} {'recall':>7s}"
-    )
-    for name, r in rows.items():
-        at_n = r.get("seconds_at_n", r.get("seconds", 0.0) + r.get("groups_seconds", 0.0))
-        secs_s = f"{r['seconds']:9.2f}" if "seconds" in r else f"{'-':>9s}"
-        peak = f"{r['peak_bytes'] / 2**20:9.0f}" if "peak_bytes" in r else f"{'-':>9s}"
-        pairs = f"{r['pairs']:9d}" if "pairs" in r else f"{r.get('candidates', 0):9.2g}"
-        rec = f"{r['recall']:7.3f}" if "recall" in r else f"{'':7s}"
-        print(f"{name:30s} {r['n']:9d} {secs_s} {at_n:9.1f} {peak} {pairs} {rec}")
+    print(table(
+        [("method", "<30"), ("n", ">9d"), ("seconds", ">9.2f"), ("s at n", ">9.1f"),
+         ("peak MiB", ">9.0f"), ("pairs", ">9.2g"), ("recall", ">7.3f")],
+        [(name, r["n"], r.get("seconds"),
+          r.get("seconds_at_n", r.get("seconds", 0.0) + r.get("groups_seconds", 0.0)),
+          r["peak_bytes"] / 2**20 if "peak_bytes" in r else None,
+          f"{r['pairs']:d}" if "pairs" in r else r.get("candidates", 0), r.get("recall", ""))
+         for name, r in rows.items()]))
     e = rows["embedded self_join"]
     print(
         f"embedded: {e['candidates']:,} candidate pairs verified, {e['groups']:,} groups"
@@ -342,10 +339,7 @@ def main() -> int:
         f" {rows['mih137 estimate']['candidates']:.2e} pairs"
         f" (~{rows['mih137 estimate']['seconds_at_n']:.0f} s of verification alone)"
     )
-    res_dir = Path(__file__).parent / "results"
-    res_dir.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (res_dir / f"duplicates_{n}_d{d}{suffix}.json").write_text(json.dumps(out, indent=2))
+    write_result(f"duplicates_{n}_d{d}", out, quick=args.quick)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from duplicates import plant
 from search import SHORT_BITS, generate
 
+from bench.report import write_result
 from elastichash.codes import select_bits
 from elastichash.index import duplicates as dup
 from elastichash.index.base import Document
@@ -127,9 +127,7 @@ def main() -> int:
           f" same page as the embedded backend: {out['parity']}")
     print(f"per million documents: scan ~{pm['scan_s']:.0f}s in {pm['scan_requests']} requests,"
           f" join ~{pm['join_s']:.1f}s, listing ~{pm['listing_s']:.0f}s")
-    res = Path(__file__).parent / "results"
-    res.mkdir(exist_ok=True)
-    (res / f"duplicates_engine_{out['n']}.json").write_text(json.dumps(out, indent=2))
+    write_result(f"duplicates_engine_{out['n']}", out)
     return 0
 
 

@@ -14,7 +14,6 @@ harmonic combination; the table prints that bound too.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import table, write_result  # noqa: E402
 from elastichash.model.encoder import Encoder  # noqa: E402
 from elastichash.model.preprocess import load_image  # noqa: E402
 from elastichash.settings import ImageLimits, ModelSettings  # noqa: E402
@@ -117,17 +117,12 @@ def measure(model: str, datas: list[bytes], repeats: int) -> dict[str, object]:
         f"{n} images, model {spec.fingerprint}, {workers} decode workers, "
         f"{os.cpu_count()} CPUs, load average {load0:.1f} -> {result['load_average_end']:.1f}"
     )
-    print(
-        f"{'batch':>5} {'decode/s':>10} {'infer/s':>10} {'e2e/s':>10} {'e2e/min':>8} "
-        f"{'shared-core bound/s':>20} {'CPU ms/img d/i/e2e':>20}"
-    )
-    for r in rows:
-        print(
-            f"{r['batch']:>5} {r['decode_per_s']:>10.1f} {r['inference_per_s']:>10.1f} "
-            f"{r['end_to_end_per_s']:>10.1f} {r['ratio_to_min']:>8.2f} "
-            f"{r['shared_core_bound_per_s']:>20.1f} "
-            f"{'/'.join(f'{v:.2f}' for v in r['cpu_ms_per_image'].values()):>20}"
-        )
+    print(table(
+        [("batch", ">5"), ("decode/s", ">10.1f"), ("infer/s", ">10.1f"), ("e2e/s", ">10.1f"),
+         ("e2e/min", ">8.2f"), ("shared-core bound/s", ">20.1f"), ("CPU ms/img d/i/e2e", ">20")],
+        [(r["batch"], r["decode_per_s"], r["inference_per_s"], r["end_to_end_per_s"],
+          r["ratio_to_min"], r["shared_core_bound_per_s"],
+          "/".join(f"{v:.2f}" for v in r["cpu_ms_per_image"].values())) for r in rows]))
     print(
         f"best batch {best['batch']}: end-to-end = {best['ratio_to_min']:.2f} x min(decode, "
         f"inference) (target 0.80: {'met' if result['target_met'] else 'NOT met'})"
@@ -151,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(best))
     print(f"\nbest end-to-end images/s, relative to {first}: " + ", ".join(
         f"{m} {v:.1f} ({v / best[first]:.2f}x)" for m, v in best.items()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result("encode", results, path=args.out)
     return 0
 
 

@@ -45,6 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import table, write_result  # noqa: E402
 from bench.search import SHORT_BITS, U8, generate, pct  # noqa: E402
 from elastichash.codes import neighbours, select_bits, subcodes  # noqa: E402
 from elastichash.errors import Unavailable  # noqa: E402
@@ -366,15 +367,14 @@ def try_codec(es: Http, index: str, n: int) -> dict[str, Any]:
             "bytes_per_code": st["store_bytes"] / n, **st}
 
 
-def table(out: dict[str, Any]) -> str:
+def summary(out: dict[str, Any]) -> str:
     rows = out["rows"]
     lines = [f"{out['engine']}, n = {out['n']:,}, {out['queries']} queries per k, shards "
              f"{out['shards']}",
-             f"{'method':34s} {'k':>5s} {'p50 ms':>8s} {'p99 ms':>8s} {'took p50':>9s}"]
-    for m, per_k in rows.items():
-        for k, r in per_k.items():
-            lines.append(f"{m:34s} {k:>5s} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
-                         f"{r['took_p50_ms']:9.2f}")
+             table([("method", "<34"), ("k", ">5"), ("p50 ms", ">8.2f"), ("p99 ms", ">8.2f"),
+                    ("took p50", ">9.2f")],
+                   [(m, k, r["p50_ms"], r["p99_ms"], r["took_p50_ms"])
+                    for m, per_k in rows.items() for k, r in per_k.items()])]
     for k, r in out["recall"].items():
         lines.append(f"two_stage vs exact, k={k}: " + ", ".join(f"{a} {b:.4f}"
                                                                  for a, b in r.items()))
@@ -441,11 +441,8 @@ def main() -> int:
             stop_engine(started)
     out["ratios"] = ratios(out)
     out["wall_s"] = time.perf_counter() - t
-    print(table(out))
-    suffix = "_quick" if args.quick else ""
-    path = args.out or ROOT / "bench" / "results" / f"engine_{args.n}{suffix}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(summary(out))
+    path = write_result(f"engine_{args.n}", out, quick=args.quick, path=args.out)
     print(f"wrote {path}")
     return 0
 

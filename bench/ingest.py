@@ -15,6 +15,7 @@
 Target: one encoder in the pipeline reaches >= 80% of the encoder alone.
 
     python bench/ingest.py --flood 3000 [--queries 40] [--repeat 2] [--no-reference]
+                           [--search-gateway]
                            [--out bench/results/ingest_flood.json]
 
 Search under an ingest flood (issue 18.7): one encoder worker; search by upload timed while
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import signal
@@ -54,6 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import table, write_result  # noqa: E402
 from elastichash.ids import content_id  # noqa: E402
 
 
@@ -99,6 +100,7 @@ class Stack:
         encoders: int,
         batch: int,
         encoder_env: dict[str, str] | None = None,
+        gateways: int = 1,
     ) -> None:
         self.encoder_env = encoder_env or {}
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -106,7 +108,9 @@ class Stack:
         self.encoders, self.batch = encoders, batch
         self.procs: list[subprocess.Popen[bytes]] = []
         self.names: list[str] = []
-        self.search_port, self.gateway_port = free_port(), free_port()
+        self.search_port = free_port()
+        self.gateway_ports = [free_port() for _ in range(gateways)]
+        self.gateway_port = self.gateway_ports[0]
 
     def spawn(self, command: str, env: dict[str, str]) -> None:
         full = {k: v for k, v in os.environ.items() if not k.startswith("EH_")}
@@ -161,22 +165,24 @@ class Stack:
                     **self.encoder_env,
                 },
             )
-        self.spawn(
-            "gateway",
-            {
-                **{f"EH_GATEWAY_{k}": v for k, v in amqp.items()},
-                "EH_GATEWAY_HOST": "127.0.0.1",
-                "EH_GATEWAY_PORT": str(self.gateway_port),
-                "EH_GATEWAY_MODEL__PATH": str(self.model),
-                "EH_GATEWAY_INDEX__BACKEND": "remote",
-                "EH_GATEWAY_INDEX__SEARCH_URL": search,
-            },
-        )
+        for gateway_port in self.gateway_ports:
+            self.spawn(
+                "gateway",
+                {
+                    **{f"EH_GATEWAY_{k}": v for k, v in amqp.items()},
+                    "EH_GATEWAY_HOST": "127.0.0.1",
+                    "EH_GATEWAY_PORT": str(gateway_port),
+                    "EH_GATEWAY_MODEL__PATH": str(self.model),
+                    "EH_GATEWAY_INDEX__BACKEND": "remote",
+                    "EH_GATEWAY_INDEX__SEARCH_URL": search,
+                },
+            )
         self.health_ports = health  # indexer first, then the encoders
         try:
             for p in health:
                 await wait_http(f"http://127.0.0.1:{p}/readyz")
-            await wait_http(f"http://127.0.0.1:{self.gateway_port}/readyz")
+            for gateway_port in self.gateway_ports:
+                await wait_http(f"http://127.0.0.1:{gateway_port}/readyz")
         except SystemExit:
             for log in sorted(self.tmp.glob("*.log")):
                 tail = log.read_text(errors="replace").splitlines()[-15:]
@@ -387,9 +393,13 @@ async def run_flood(
     encoder_env: dict[str, str],
 ) -> dict[str, Any]:
     """Search latency idle, then under a flood of ``args.flood`` images, one encoder."""
-    stack = Stack(args.amqp, model, tmp / name, 1, args.batch, encoder_env)
+    stack = Stack(args.amqp, model, tmp / name, 1, args.batch, encoder_env,
+                  gateways=2 if args.search_gateway else 1)
     stack.tmp.mkdir()
-    base = f"http://127.0.0.1:{stack.gateway_port}"
+    # The uploads go to the first gateway; the searches to the last (the same one unless
+    # --search-gateway gives them a gateway process of their own).
+    flood_base = f"http://127.0.0.1:{stack.gateway_ports[0]}"
+    base = f"http://127.0.0.1:{stack.gateway_ports[-1]}"
     from tests.imagegen import make_image
 
     probes = [make_image(100_000 + i, size=(320, 240)) for i in range(args.queries)]
@@ -403,7 +413,7 @@ async def run_flood(
             # The flooding client is a process of its own, as it would be another machine's:
             # building its uploads must not delay this loop, which times the searches.
             sender = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-                [sys.executable, __file__, "--send-to", base, "--flood", str(len(images)),
+                [sys.executable, __file__, "--send-to", flood_base, "--flood", str(len(images)),
                  *(["--dir", str(args.dir)] if args.dir else [])], cwd=ROOT)
             # Searches only while the backlog is real (not before the first posts land).
             while await queued(http, base) < min(200, len(images) // 4):
@@ -518,18 +528,15 @@ def flood_main(args: argparse.Namespace) -> int:
         f"search by upload, {args.queries} queries x {args.repeat} runs, under a flood of"
         f" {len(images)} images into one encoder (batch {args.batch}), {os.cpu_count()} CPUs"
     )
-    print(f"{'setup':<40}{'idle p50':>10}{'p99':>8}{'flood p50':>11}{'p99':>8}"
-          f"{'x p50':>7}{'x p99':>7}")
-    for r in runs:
-        label = r["label"]
-        print(
-            f"{label:<40}{r['idle']['p50_ms']:>8.0f}ms{r['idle']['p99_ms']:>6.0f}ms"
-            f"{r['flood']['p50_ms']:>9.0f}ms{r['flood']['p99_ms']:>6.0f}ms"
-            f"{r['ratio_p50']:>7.2f}{r['ratio_p99']:>7.2f}"
-        )
+    print(table(
+        [("setup", "<40"), ("idle p50 ms", ">11.0f"), ("p99 ms", ">7.0f"),
+         ("flood p50 ms", ">12.0f"), ("p99 ms", ">7.0f"), ("x p50", ">6.2f"), ("x p99", ">6.2f")],
+        [(r["label"], r["idle"]["p50_ms"], r["idle"]["p99_ms"], r["flood"]["p50_ms"],
+          r["flood"]["p99_ms"], r["ratio_p50"], r["ratio_p99"]) for r in runs]))
     out = args.out if args.out != ROOT / "bench/results/ingest.json" else (
         ROOT / "bench/results/ingest_flood.json")
     result = {
+        "search_gateway_of_its_own": args.search_gateway,
         "flood_images": len(images),
         "queries": args.queries,
         "repeat": args.repeat,
@@ -539,8 +546,7 @@ def flood_main(args: argparse.Namespace) -> int:
         "target_ratio": 2.0,
         "default_meets_target": runs[-1]["ratio_p50"] <= 2.0 and runs[-1]["ratio_p99"] <= 2.0,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_result("ingest_flood", result, path=out)
     print(f"wrote {out}")
     return 0
 
@@ -560,6 +566,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--encoder-env", action="append", default=[], metavar="K=V",
                         help="throughput: a setting for the encoder workers (repeatable)")
+    parser.add_argument("--search-gateway", action="store_true",
+                        help="flood: searches go to a gateway process of their own")
     parser.add_argument("--no-reference", action="store_true",
                         help="flood: run the default settings only, not the reference")
     parser.add_argument("--send-to", help=argparse.SUPPRESS)  # the flood sender's process
@@ -582,14 +590,14 @@ def main() -> int:
         f"{len(images)} images, batch {args.batch}, {os.cpu_count()} CPUs"
         f" ({platform.processor() or platform.machine()})"
     )
-    print(f"{'setup':<28}{'images/s':>10}{'vs alone':>10}{'202->searchable p50':>22}{'p99':>10}")
-    print(f"{'encoder alone (in-process)':<28}{alone:>10.1f}{1.0:>10.2f}{'-':>22}{'-':>10}")
     for r in runs:
         r["ratio_vs_alone"] = r["images_per_s"] / alone
-        print(
-            f"{'pipeline, ' + str(r['encoders']) + ' encoder(s)':<28}{r['images_per_s']:>10.1f}"
-            f"{r['ratio_vs_alone']:>10.2f}{r['p50_s'] * 1000:>20.0f}ms{r['p99_s'] * 1000:>8.0f}ms"
-        )
+    print(table(
+        [("setup", "<28"), ("images/s", ">9.1f"), ("vs alone", ">9.2f"),
+         ("202->searchable p50 ms", ">22.0f"), ("p99 ms", ">7.0f")],
+        [("encoder alone (in-process)", alone, 1.0, None, None),
+         *((f"pipeline, {r['encoders']} encoder(s)", r["images_per_s"], r["ratio_vs_alone"],
+            r["p50_s"] * 1000, r["p99_s"] * 1000) for r in runs)]))
     result = {
         "encoder_env": args.encoder_env,
         "images": len(images),
@@ -600,8 +608,7 @@ def main() -> int:
         "target_ratio": 0.8,
         "one_encoder_meets_target": runs[0]["ratio_vs_alone"] >= 0.8,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result("ingest", result, path=args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ from PIL import Image, ImageEnhance
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import table, write_result  # noqa: E402
 from elastichash.model.encoder import Encoded, Encoder  # noqa: E402
 from elastichash.settings import ImageLimits, ModelSettings  # noqa: E402
 
@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     cols = ["mAP@10", "mAP@100", *transforms, "mean"]
     print(f"{len(paths)} images, {results['labels']} labels")
-    print(f"{'model':<20}{'method':<10}" + "".join(f"{c:>14}" for c in cols))
+    columns = [("model", "<20"), ("method", "<10"), *((c, ">14.3f") for c in cols)]
+    lines = []
     shown_hashes = False
     for mname, res in results["models"].items():
         for name, m in res["methods"].items():
@@ -285,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             vals = [m["mAP@10"], m["mAP@100"],
                     *[m["near_dup_recall@10"][t] for t in [*transforms, "mean"]]]
             who = "-" if name in hashes else mname
-            print(f"{who:<20}{name:<10}" + "".join(f"{v:>14.3f}" for v in vals))
+            lines.append((who, name, *vals))
         shown_hashes = True
+    print(table(columns, lines))
     ref = results["models"][next(iter(results["models"]))]["methods"]["phash"]["mAP@10"]
     for mname, res in results["models"].items():
         m = res["methods"]
@@ -305,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  top ImageNet class: " + "; ".join(
                 f"{r['label']}/{r['file']}: {r['top'][0][0]} {r['top'][0][1]:.2f}"
                 for r in res["top_class"] if r["top"]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_result("quality", results, path=args.out)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import table, write_result
 from elastichash.codes import hamming_many, select_bits
 from elastichash.index import filters
 from elastichash.index.base import Document, SearchQuery
@@ -203,8 +203,8 @@ def main() -> int:
         print(out["store"], flush=True)
 
     t = time.perf_counter()
-    table = CodeTable(np.arange(n, dtype=np.int64), codes, shorts)
-    snap = table.snapshot
+    code_table = CodeTable(np.arange(n, dtype=np.int64), codes, shorts)
+    snap = code_table.snapshot
     out["build_s"] = time.perf_counter() - t
     out["bytes_per_code"] = snap.nbytes / n
     del shorts
@@ -317,15 +317,11 @@ def main() -> int:
     out["elastichash_published_mean_ms_7m"] = 36.0
 
     print(f"\nn={n:,}  queries={nq}  clusters={args.clusters}  flip={args.flip}")
-    print(
-        f"{'method':44s} {'p50 ms':>8s} {'p99 ms':>8s} {'R@10':>6s} {'R@100':>6s} {'cand/q':>10s}"
-    )
-    for name, r in rows.items():
-        r100 = "" if r["recall@100"] is None else f"{r['recall@100']:6.3f}"
-        print(
-            f"{name:44s} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['recall@10']:6.3f} "
-            f"{r100:>6s} {r['candidates']:10.0f}"
-        )
+    print(table(
+        [("method", "<44"), ("p50 ms", ">8.2f"), ("p99 ms", ">8.2f"), ("R@10", ">6.3f"),
+         ("R@100", ">6.3f"), ("cand/q", ">10.0f")],
+        [(name, r["p50_ms"], r["p99_ms"], r["recall@10"], r["recall@100"], r["candidates"])
+         for name, r in rows.items()]))
     out["two_stage_vs_exact_p50_k10"] = (
         rows["embedded two_stage k=10"]["p50_ms"] / rows["embedded exact k=10"]["p50_ms"]
     )
@@ -347,16 +343,13 @@ def main() -> int:
     if "filtered" in out:
         print(f"\nfiltered (p50 ms, {out['filtered']['queries']} queries; mask included;"
               f" columns built in {out['filtered']['columns_build_s']:.1f}s)")
-        print(f"{'filter':8s} {'share':>6s} {'mask':>7s} {'exact':>7s} {'2-stage':>8s}"
-              f" {'unfilt.':>8s} {'R@100':>6s}")
-        for label, r in out["filtered"]["rows"].items():
-            print(f"{label:8s} {r['share']:6.3f} {r['mask']['p50_ms']:7.2f}"
-                  f" {r['exact']['p50_ms']:7.2f} {r['two_stage']['p50_ms']:8.2f}"
-                  f" {r['unfiltered']['p50_ms']:8.2f} {r['recall_at_100_exact']:6.3f}")
-    res = Path(__file__).parent / "results"
-    res.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (res / f"search_{n}{suffix}.json").write_text(json.dumps(out, indent=2))
+        print(table(
+            [("filter", "<8"), ("share", ">6.3f"), ("mask", ">7.2f"), ("exact", ">7.2f"),
+             ("2-stage", ">8.2f"), ("unfilt.", ">8.2f"), ("R@100", ">6.3f")],
+            [(label, r["share"], r["mask"]["p50_ms"], r["exact"]["p50_ms"],
+              r["two_stage"]["p50_ms"], r["unfiltered"]["p50_ms"], r["recall_at_100_exact"])
+             for label, r in out["filtered"]["rows"].items()]))
+    write_result(f"search_{n}", out, quick=args.quick)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import platform
 import random
@@ -27,6 +26,10 @@ from typing import Any
 import aiohttp
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import table, write_result
 
 
 def gen_image(seed: int) -> bytes:
@@ -166,15 +169,14 @@ def main() -> None:
     ref = {r["concurrency"]: r for r in result["rows"] if r["kind"] == "healthz"}
     print(f"{result['images']} images indexed through HTTP in {result['ingest_s']:.1f} s "
           f"({result['images'] / result['ingest_s']:.0f} images/s)")
-    print(f"{'kind':<10} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'errors':>6} {'vs healthz':>10}")
     for r in result["rows"]:
-        ratio = r["rps"] / ref[r["concurrency"]]["rps"]
-        r["rps_vs_healthz"] = ratio
-        print(f"{r['kind']:<10} {r['concurrency']:>7} {r['rps']:>9.1f} {r['p50_ms']:>8.2f} "
-              f"{r['p99_ms']:>8.2f} {r['errors']:>6} {ratio:>10.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+        r["rps_vs_healthz"] = r["rps"] / ref[r["concurrency"]]["rps"]
+    print(table(
+        [("kind", "<10"), ("clients", ">7"), ("req/s", ">9.1f"), ("p50 ms", ">8.2f"),
+         ("p99 ms", ">8.2f"), ("errors", ">6"), ("vs healthz", ">10.2f")],
+        [(r["kind"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], r["errors"],
+          r["rps_vs_healthz"]) for r in result["rows"]]))
+    write_result("serve", result, path=args.out)
     print(f"wrote {args.out}")
 
 

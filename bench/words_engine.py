@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import encode_full, load_dataset  # noqa: E402
 
+from bench.report import table, write_result  # noqa: E402
 from elastichash.index.base import Document, SearchQuery  # noqa: E402
 from elastichash.index.embedded import EmbeddedIndex  # noqa: E402
 from elastichash.index.es import EngineIndex  # noqa: E402
@@ -153,22 +153,18 @@ def main(argv: list[str] | None = None) -> int:
                              args.repeats))
     server = f"{kind} at {url}"
     print(f"{len(docs)} images ({args.model}, encoded in {encode_s:.0f} s); engine: {server}")
-    print(f"{'label':<12} {'word':<10} {'P@20 emb':>8} {'P@20 eng':>8} {'found':>5} "
-          f"{'same':>5} {'same+img':>8}")
-    for row in result["rows"]:
-        if row["word"] is None:
-            print(f"{row['label']:<12} {'-':<10} (no ImageNet word)")
-            continue
-        print(f"{row['label']:<12} {row['word']:<10} {row['p20_embedded']:>8.2f} "
-              f"{row['p20_engine']:>8.2f} {row['found']:>5} {row['same_ranking']!s:>5} "
-              f"{row['same_ranking_with_image']!s:>8}")
+    print(table(
+        [("label", "<12"), ("word", "<10"), ("P@20 emb", ">8.2f"), ("P@20 eng", ">8.2f"),
+         ("found", ">5"), ("same", ">5"), ("same+img", ">8")],
+        [(r["label"], "- (no ImageNet word)", None, None, None, None, None)
+         if r["word"] is None else
+         (r["label"], r["word"], r["p20_embedded"], r["p20_engine"], r["found"],
+          str(r["same_ranking"]), str(r["same_ranking_with_image"])) for r in result["rows"]]))
     med = result["median_ms"]
     print(f"median search by words: embedded {med['embedded']:.1f} ms, engine "
           f"{med['engine']:.1f} ms (ratio {result['ratio_engine_to_embedded']:.1f})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"dataset": str(args.dir.name), "images": len(docs),
-                                    "model": args.model, "engine": kind, **result},
-                                   indent=2) + "\n")
+    write_result("words_engine", {"dataset": str(args.dir.name), "images": len(docs),
+                                  "model": args.model, "engine": kind, **result}, path=args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -28,6 +28,7 @@ from elastichash.errors import InvalidInput
 from elastichash.ids import check_id
 from elastichash.index.base import Document, Failure
 from elastichash.index.schema import (
+    FIELDS,
     HEX16,
     HEX64,
     MAX_METADATA_BYTES,
@@ -199,6 +200,7 @@ class IndexFailure(_Frozen):
 
 IndexMessage = Annotated[IndexDoc | IndexFailure, Field(discriminator="kind")]
 _INDEX_ADAPTER: TypeAdapter[IndexDoc | IndexFailure] = TypeAdapter(IndexMessage)
+BINARY_FIELDS = tuple(spec for spec in FIELDS if spec.kind == "binary")
 
 
 def decode_index(body: bytes) -> IndexDoc | IndexFailure:
@@ -215,21 +217,23 @@ def decode_index(body: bytes) -> IndexDoc | IndexFailure:
     version = raw.get("v") if isinstance(raw, dict) else None
     if isinstance(raw, dict) and "v" in raw and (type(version) is not int or version != 1):
         raise BadMessage("unsupported_version", f"index schema version {version!r} unknown")
-    for name, cap in (("thumbnail", MAX_THUMBNAIL_BYTES), ("preview", MAX_PREVIEW_BYTES)):
-        value = raw.get(name) if isinstance(raw, dict) else None
+    for spec in BINARY_FIELDS:
+        value = raw.get(spec.name) if isinstance(raw, dict) else None
+        cap = spec.max_bytes
         if isinstance(value, str) and len(value) > cap * 4 // 3 + 4:  # a whole image in its place
-            raise BadMessage("too_large", f"{name} of about {len(value) * 3 // 4} bytes over "
-                                          f"the {cap} cap")
+            raise BadMessage("too_large", f"{spec.name} of about {len(value) * 3 // 4} bytes "
+                                          f"over the {cap} cap")
     try:
         parsed = _INDEX_ADAPTER.validate_python(raw, strict=True)
     except ValidationError as exc:
         raise BadMessage("bad_message", f"invalid index message: {exc}") from exc
     if isinstance(parsed, IndexDoc):
-        for name, value, cap in (("thumbnail", parsed.thumbnail, MAX_THUMBNAIL_BYTES),
-                                 ("preview", parsed.preview, MAX_PREVIEW_BYTES)):
+        for spec in BINARY_FIELDS:
+            value = getattr(parsed, spec.name)
             size = len(base64.b64decode(value)) if value is not None else 0
-            if size > cap:
-                raise BadMessage("too_large", f"{name} of {size} bytes over the {cap} cap")
+            if size > spec.max_bytes:
+                raise BadMessage("too_large",
+                                 f"{spec.name} of {size} bytes over the {spec.max_bytes} cap")
     return parsed
 
 

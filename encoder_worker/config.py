@@ -35,8 +35,9 @@ class EncoderWorkerSettings(WorkerSettings):
     # While a query is being encoded no new ingest batch starts, for at most this long
     # (so that a steady stream of queries cannot starve ingest).
     rpc_priority_s: float = Field(default=1.0, ge=0.0)
-    # Nice value of the ingest threads (decode, inference), Linux: on cores shared with other
-    # work they yield to query encodings and to the other services. 0: normal priority.
+    # Nice steps the ingest threads (decode, inference) run below the worker's own priority,
+    # Linux: on cores shared with other work they yield to query encodings and to the other
+    # services. 0: the worker's priority.
     ingest_nice: int = Field(default=10, ge=0, le=19)
     # CPU threads the ingest path keeps busy: the ingest session's onnxruntime intra-op
     # threads, its decode workers and the batches encoded at once (each where

@@ -246,13 +246,16 @@ class EncoderWorker:
 
 def lower_priority(nice: int) -> None:
     """Run the calling thread, and the threads it starts from now on, ``nice`` steps below
-    normal priority. Linux only: there the nice value is per thread (``setpriority`` on a
-    thread id) and a new thread inherits its creator's; elsewhere it would apply to the whole
-    process, queries included, so it is left alone."""
+    the priority it has (a worker started niced keeps its queries above its ingest). Linux
+    only: there the nice value is per thread (``setpriority`` on a thread id) and a new thread
+    inherits its creator's; elsewhere it would apply to the whole process, queries included,
+    so it is left alone."""
     if nice <= 0 or sys.platform != "linux":
         return
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        os.setpriority(os.PRIO_PROCESS, tid,
+                       min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
     except OSError as exc:
         log.warning("cannot lower the ingest threads' priority: %s", exc)
 

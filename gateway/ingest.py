@@ -23,6 +23,7 @@ from elastichash.errors import (
 from elastichash.ids import check_id, content_id
 from elastichash.index.filters import INGEST_FIELDS, ingest_metadata
 from elastichash.index.incoming import skipped_duplicate_of
+from elastichash.index.schema import hit_values
 from elastichash.pipeline import IngestItem
 from elastichash.serving.body import Body
 from elastichash.validate import inspect_image
@@ -330,24 +331,25 @@ async def get_image(request: web.Request) -> web.Response:
         submitted = pending.submitted_at(image_id)
         queued = (doc is None and submitted is not None
                   and (failure is None or failure.at < submitted))
+    # The document's fields (the field table's in_hits ones) pass as a mapping, as generated.
     if queued:
-        return json_model(ImageStatus(id=image_id, status="queued",
-                                      source=pending.source(image_id)))
+        queued_fields = {"source": pending.source(image_id)}
+        return json_model(ImageStatus(id=image_id, status="queued", **queued_fields))
     pending.discard(image_id)
     if failure is not None:
         kept = " (the image indexed earlier under this id is kept)" if doc is not None else ""
         of = skipped_duplicate_of(failure)
+        thumb = thumbnail_url(image_id, doc.thumbnail_url) if doc else None
+        failed_fields = {"source": failure.source, "thumbnail_url": thumb}
         return json_model(ImageStatus(
             id=image_id, status="failed" if of is None else "skipped", reason=failure.reason,
-            message=failure.message + kept, source=failure.source, duplicate_of=of,
-            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url) if doc else None))
+            message=failure.message + kept, duplicate_of=of, **failed_fields))
     if doc is not None:
         of = doc.metadata.get("duplicate_of")
+        fields = {**hit_values(doc), "thumbnail_url": thumbnail_url(image_id, doc.thumbnail_url)}
         return json_model(ImageStatus(
-            id=image_id, status="indexed", source=doc.source,
-            sources=list(doc.sources) or ([doc.source] if doc.source else []),
-            thumbnail_url=thumbnail_url(image_id, doc.thumbnail_url), metadata=doc.metadata,
-            duplicate_of=of if isinstance(of, str) else None))
+            id=image_id, status="indexed", duplicate_of=of if isinstance(of, str) else None,
+            sources=list(doc.sources) or ([doc.source] if doc.source else []), **fields))
     raise NotFound(f"no image with id {image_id}")
 
 

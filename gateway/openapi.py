@@ -81,6 +81,15 @@ def build_openapi() -> dict[str, Any]:
                                       "type": "string", "format": "binary"}}}},
                           "302": {"description": "external thumbnail"},
                           **_errors(400, 404)}}},
+        "/v1/images/{id}/preview": {"get": {
+            "summary": "Preview for a large view (JPEG, 1280 px on the long side where stored)",
+            "operationId": "getPreview",
+            "parameters": [ID_PARAM],
+            "responses": {"200": {"description": "JPEG",
+                                  "content": {"image/jpeg": {"schema": {
+                                      "type": "string", "format": "binary"}}}},
+                          "302": {"description": "no preview stored: the thumbnail"},
+                          **_errors(400, 404)}}},
         "/v1/failures": {"get": {
             "summary": "Recent ingest failures, newest first", "operationId": "getFailures",
             "parameters": [{"name": "limit", "in": "query", "required": False,

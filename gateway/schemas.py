@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
@@ -13,6 +13,7 @@ from elastichash.index.duplicates import (
     MAX_LIMIT,
 )
 from elastichash.index.query import K, QueryParams
+from elastichash.index.schema import HIT_SPECS, with_fields
 
 
 class Strict(BaseModel):
@@ -83,17 +84,14 @@ class IngestResponse(Strict):
     errors: list[ItemError]
 
 
-class ImageStatus(Strict):
+class ImageStatusBase(Strict):
     id: str
     status: Literal["queued", "indexed", "failed", "skipped"]
     reason: str | None = None
     message: str | None = None
-    source: str | None = None
     sources: list[str] = Field(
         default_factory=list,
         description="every source the same bytes were uploaded under, first first (indexed)")
-    thumbnail_url: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
     duplicate_of: str | None = Field(
         default=None, description="the indexed image this one nearly duplicates (ingest option)")
 
@@ -134,12 +132,19 @@ class SearchRequest(SearchParams):
         return self
 
 
-class ResultItem(Strict):
+class ResultItemBase(Strict):
     id: str
     distance: int
-    source: str | None = None
-    thumbnail_url: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+# An image's status and a search result carry the document fields returned with hits, generated
+# from the field table (elastichash/index/schema.py).
+if TYPE_CHECKING:
+    ImageStatus = ImageStatusBase
+    ResultItem = ResultItemBase
+else:
+    ImageStatus = with_fields("ImageStatus", ImageStatusBase, HIT_SPECS, None, checked=False)
+    ResultItem = with_fields("ResultItem", ResultItemBase, HIT_SPECS, None, checked=False)
 
 
 class QueryInfo(Strict):

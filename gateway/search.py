@@ -16,6 +16,7 @@ from elastichash.errors import InvalidInput, NotFound, PayloadTooLarge
 from elastichash.ids import check_id
 from elastichash.index.base import Hit
 from elastichash.index.query import MAX_WINDOW, SearchQuery
+from elastichash.index.schema import hit_values
 from elastichash.pipeline import QueryCode
 from elastichash.serving.body import Body
 from elastichash.validate import check_image_bytes
@@ -151,9 +152,9 @@ async def post_search(request: web.Request) -> web.Response:
 
 
 def _item(h: Hit) -> ResultItem:
-    return ResultItem(id=h.id, distance=h.distance, source=h.source,
-                      thumbnail_url=h.thumbnail_url or f"/v1/images/{h.id}/thumbnail",
-                      metadata=h.metadata)
+    fields = hit_values(h)  # the field table's in_hits fields; thumbnails served by us
+    fields["thumbnail_url"] = h.thumbnail_url or f"/v1/images/{h.id}/thumbnail"
+    return ResultItem(id=h.id, distance=h.distance, **fields)
 
 
 async def get_duplicates(request: web.Request) -> web.Response:

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient
 
 from elastichash.index.es import EngineIndex
 from tests.engines import Engine, configured, drop, make_index, missing_engine, warm
 from tests.esserver.server import EsTestServer
+from tests.standalone import gateway_client, standalone_settings
 
 TESTS = Path(__file__).resolve().parent
 FOLDERS = ("unit", "integration", "browser")
@@ -38,6 +40,14 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from elastichash.model.default import ensure_default_model
 
     return ensure_default_model(tmp_path_factory.mktemp("model") / "default.onnx")
+
+
+@pytest.fixture
+async def client(tmp_path: Path, model_path: Path) -> AsyncIterator[TestClient]:
+    """The standalone gateway in-process: real model, embedded index and spool under
+    ``tmp_path``. A module that needs other settings defines its own ``client``."""
+    async with gateway_client(standalone_settings(tmp_path, model_path), tmp_path) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,7 @@ def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
     p.add_argument("folder", type=Path,
                    help="indexed recursively; files already indexed are skipped, and each "
                         "image that cannot be indexed is named with the reason")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_index)
 
     p = sub.add_parser("search", help="search the local index with an image and/or words "
@@ -85,8 +86,25 @@ def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
 
 def data_dir(args: argparse.Namespace) -> Path:
     path: Path = args.data or default_data_dir()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, no permission: one line, not a traceback
+        why = "not a directory" if path.exists() and not path.is_dir() else exc.strerror or exc
+        print(f"error: cannot use {path} as the data directory: {why}", file=sys.stderr)
+        raise SystemExit(2) from None
     return path
+
+
+def has_index(args: argparse.Namespace) -> bool:
+    """Whether the data directory holds an index; else say so. Commands that only read
+    (search, duplicates) must not create a data directory on a mistyped --data."""
+    path: Path = args.data or default_data_dir()
+    if (path / "index").is_dir():
+        return True
+    print(f"error: no index in {path}: nothing was indexed there yet (`elastichash index "
+          "FOLDER`, or `elastichash serve` and add images); --data names another",
+          file=sys.stderr)
+    return False
 
 
 def model_settings(args: argparse.Namespace, base: ModelSettings | None = None) -> ModelSettings:
@@ -169,7 +187,7 @@ def run_index(args: argparse.Namespace) -> int:
         async with open_local(model_settings(args), ImageLimits(), index_settings(args),
                               data_dir(args) / "spool") as local:
             report = await ingest_folder(local.pipeline, local.index, args.folder,
-                                         limits=ImageLimits())
+                                         limits=ImageLimits(), progress=not args.no_progress)
             for line in report.failure_lines():
                 print(line, file=sys.stderr)
             print(report.summary())
@@ -194,6 +212,8 @@ def run_search(args: argparse.Namespace) -> int:
 
     if args.image is None and not args.text:
         print("error: give an image, --text WORDS, or both", file=sys.stderr)
+        return 2
+    if not has_index(args):
         return 2
     data = None
     if args.image is not None:
@@ -260,6 +280,9 @@ def run_duplicates(args: argparse.Namespace) -> int:
     from elastichash.errors import InvalidInput
     from elastichash.index import service_json
     from elastichash.index.factory import make_index
+
+    if not has_index(args):
+        return 2
 
     async def go() -> int:
         cfg = IndexSettings(backend="embedded", data_dir=data_dir(args) / "index")

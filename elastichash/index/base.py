@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from elastichash.index.query import MAX_K, STRATEGIES, Capabilities, SearchQuery, Strategy
+from elastichash.index.schema import FIELDS, HIT_SPECS, hit_values, record_class
 
 __all__ = [
     "AUTO_EXACT_MAX", "MAX_K", "SCAN_BATCH", "STRATEGIES", "Capabilities", "CodeRecord",
     "Document", "Failure", "Hit", "Index", "SearchQuery", "SearchResult", "Strategy",
-    "WriteResult", "resolve_auto",
+    "WriteResult", "hit_of", "resolve_auto",
 ]
 
 SCAN_BATCH = 1000
@@ -31,24 +32,50 @@ def resolve_auto(strategy: str, count: int) -> str:
     return "exact" if count <= AUTO_EXACT_MAX else "two_stage"
 
 
-@dataclass(frozen=True)
-class Document:
-    id: str
-    code: bytes  # 32 bytes, long code
-    short: bytes  # 8 bytes, short code
-    source: str | None = None  # where the image came from: URL, path or upload name
-    thumbnail_url: str | None = None  # for documents imported with an external thumbnail
-    metadata: dict[str, Any] = field(default_factory=dict)
-    thumbnail: bytes | None = None  # small JPEG kept by backends that store one
-    # A JPEG for the large view, written with the document; ``get`` may leave it out (it is
-    # large), ``get_preview`` reads it.
-    preview: bytes | None = None
-    # Every source the same image was uploaded under, first first (``source`` is the first).
-    sources: tuple[str, ...] = ()
-    # The upload's sequence (the gateway's nanosecond stamp): a write with a lower version
-    # than the stored one is dropped, so the latest upload of an id wins however the
-    # encoders order their work. 0: unversioned (imports, tools), always written.
-    version: int = 0
+if TYPE_CHECKING:
+    # What typed code sees. At run time both records are generated from the field table
+    # (index/schema.py): a new row works everywhere without a line here; a field that code
+    # reads by name needs its line here too (tests/unit/test_field_table.py names it).
+    @dataclass(frozen=True)
+    class Document:
+        id: str
+        code: bytes  # 32 bytes, long code
+        short: bytes  # 8 bytes, short code
+        source: str | None = None  # where the image came from: URL, path or upload name
+        # Every source the same image was uploaded under, first first (``source`` is the first).
+        sources: tuple[str, ...] = ()
+        thumbnail_url: str | None = None  # for documents imported with an external thumbnail
+        metadata: dict[str, Any] = field(default_factory=dict)
+        thumbnail: bytes | None = None  # small JPEG kept by backends that store one
+        # A JPEG for the large view, written with the document; ``get`` may leave it out (it
+        # is large), ``get_preview`` reads it.
+        preview: bytes | None = None
+        # Not a document field: the upload's sequence (the gateway's nanosecond stamp). A
+        # write with a lower version than the stored one is dropped, so the latest upload of
+        # an id wins however the encoders order their work. 0: unversioned (imports, tools).
+        version: int = 0
+
+    @dataclass(frozen=True)
+    class Hit:
+        id: str
+        distance: int
+        source: str | None = None
+        thumbnail_url: str | None = None
+        metadata: dict[str, Any] = field(default_factory=dict)
+else:
+    Document = record_class(
+        "Document", [("id", str), ("code", bytes), ("short", bytes)], FIELDS,
+        "A document: its id, its codes (32-byte long, 8-byte short), one attribute per row"
+        " of the field table, and the upload's version.",
+        trailing=[("version", int, field(default=0))])
+    Hit = record_class(
+        "Hit", [("id", str), ("distance", int)], HIT_SPECS,
+        "A search hit: id, distance, and the fields of the table returned with hits.")
+
+
+def hit_of(doc: Document, distance: int) -> Hit:
+    """The hit for ``doc`` at ``distance``."""
+    return Hit(doc.id, distance, **hit_values(doc))
 
 
 class CodeRecord(NamedTuple):
@@ -57,15 +84,6 @@ class CodeRecord(NamedTuple):
     id: str
     code: bytes
     short: bytes
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    distance: int
-    source: str | None = None
-    thumbnail_url: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from elastichash.codes import LONG_BITS, LONG_BYTES, NUM_WORDS
 from elastichash.errors import InvalidInput
-from elastichash.index.base import DuplicateGroup, DuplicatesResult, Hit, Index
+from elastichash.index.base import DuplicateGroup, DuplicatesResult, Hit, Index, hit_of
 from elastichash.index.kernels import popcount_rows
 
 I32 = npt.NDArray[np.int32]
@@ -398,7 +398,7 @@ async def groups_from_scan(
         members = [by_id[i] for i in g if i in by_id]  # deleted since the scan: left out
         if len(members) < 2:
             continue
-        hits = [Hit(d.id, 0, d.source, d.thumbnail_url, d.metadata) for d in members]
+        hits = [hit_of(d, 0) for d in members]
         member_codes = np.frombuffer(b"".join(d.code for d in members), np.uint8)
         out.append(make_group(hits, member_codes.reshape(-1, LONG_BYTES)))
     return DuplicatesResult(

@@ -1,11 +1,14 @@
-"""One document schema: the table of document fields, and the one pydantic document body.
+"""One document schema: the table of document fields, and what is generated from it.
 
-:data:`FIELDS` lists every field a document carries besides its id and codes. The
-Elasticsearch mapping (``index/es/mapping.py``), the SQLite columns (``index/store.py``), the
-engine ``_source`` and the fields returned with hits are generated from it. Adding a field is
-one row here plus the typed attribute on :class:`~elastichash.index.base.Document` (and on
-``Hit`` when ``in_hits``) and on :class:`DocumentBody`; a test keeps them in step. A backend
-needs its own translator only for a kind it stores specially (``binary``: the thumbnail).
+:data:`FIELDS` lists every field a document carries besides its id and codes. Generated from
+it: the records :class:`~elastichash.index.base.Document` and ``Hit`` (``in_hits`` fields), the
+pydantic :class:`DocumentBody`, the gateway's ``ResultItem`` and ``ImageStatus`` (``in_hits``
+fields), the Elasticsearch mapping and ``_source`` (``index/es/``), the SQLite columns
+(``index/store.py``) and the search service's JSON (``index/service_json.py``). Adding a field
+is one row here; a backend needs its own translator only for a kind it stores specially
+(``binary``: the thumbnail). Typed code sees the records through the declarations under
+``TYPE_CHECKING`` in ``index/base.py``: a field that code reads by name needs its line there
+too, and ``tests/unit/test_field_table.py`` names any that is missing.
 
 :class:`DocumentBody` is how a document looks in JSON wherever it travels: the search
 service's bulk and get bodies and the AMQP index messages (``messages.IndexDoc`` extends it).
@@ -15,18 +18,30 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from elastichash.codes import LONG_BITS, SHORT_BITS, CodeError, from_hex, from_subcodes, from_words
 from elastichash.errors import InvalidInput
 from elastichash.ids import check_id
-from elastichash.index.base import Document
 
+if TYPE_CHECKING:
+    from elastichash.index.base import Document
+
+M = TypeVar("M", bound=BaseModel)
 FieldKind = Literal["keyword", "keywords", "number", "date", "text", "json", "binary"]
 
 
@@ -40,19 +55,8 @@ class FieldSpec:
     kind: FieldKind
     filterable: bool = False  # indexed, so a SearchQuery filter may name it
     in_hits: bool = False  # returned with every search hit (keep hits small)
+    max_bytes: int = 0  # binary: the cap on its decoded size, the same wherever it travels
 
-
-FIELDS: tuple[FieldSpec, ...] = (
-    FieldSpec("source", "keyword", in_hits=True),  # URL, path or upload name
-    FieldSpec("sources", "keywords"),  # every source of the same bytes, first first
-    FieldSpec("thumbnail_url", "keyword", in_hits=True),  # an imported external thumbnail
-    FieldSpec("metadata", "json", in_hits=True),  # client metadata, width/height, filename
-    FieldSpec("thumbnail", "binary"),  # small JPEG made at encode time
-    FieldSpec("preview", "binary"),  # large-view JPEG (1280 px), made at encode time
-)
-FIELD_NAMES = tuple(f.name for f in FIELDS)
-HIT_FIELDS = tuple(f.name for f in FIELDS if f.in_hits)
-FILTERABLE = tuple(f.name for f in FIELDS if f.filterable)
 
 # The same limits wherever a document travels (AMQP messages, the search service's JSON): a
 # document from something other than our gateway or encoder gets no more trust.
@@ -74,6 +78,22 @@ MAX_THUMBNAIL_BYTES = 512 * 1024
 MAX_PREVIEW_BYTES = 2 * 1024 * 1024
 HEX64 = r"^[0-9a-f]{64}$"
 HEX16 = r"^[0-9a-f]{16}$"
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("source", "keyword", in_hits=True),  # URL, path or upload name
+    FieldSpec("sources", "keywords"),  # every source of the same bytes, first first
+    FieldSpec("thumbnail_url", "keyword", in_hits=True),  # an imported external thumbnail
+    FieldSpec("metadata", "json", in_hits=True),  # client metadata, width/height, filename
+    # small JPEG made at encode time
+    FieldSpec("thumbnail", "binary", max_bytes=MAX_THUMBNAIL_BYTES),
+    # large-view JPEG (1280 px), made at encode time
+    FieldSpec("preview", "binary", max_bytes=MAX_PREVIEW_BYTES),
+)
+FIELD_NAMES = tuple(f.name for f in FIELDS)
+HIT_SPECS = tuple(f for f in FIELDS if f.in_hits)
+HIT_FIELDS = tuple(f.name for f in HIT_SPECS)
+FILTERABLE = tuple(f.name for f in FIELDS if f.filterable)
+
 
 
 def depth(value: Any, limit: int = 64) -> int:
@@ -170,23 +190,15 @@ def _ints(value: Any, name: str) -> list[int]:
     return value
 
 
-class DocumentBody(BaseModel):
+class DocumentCodes(BaseModel):
     """A document in JSON: codes as hex (or ``words``/``subcodes`` integers on input), the
-    binary fields as base64."""
+    binary fields as base64. The fields of the table are added by :data:`DocumentBody`."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str
     code: str = Field(pattern=HEX64, description="256-bit long code, 64 hex digits")
     short: str = Field(pattern=HEX16, description="64-bit short code, 16 hex digits")
-    source: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
-    sources: list[Annotated[str, Field(max_length=MAX_SOURCE_CHARS)]] = Field(
-        default_factory=list, max_length=MAX_SOURCES)
-    thumbnail_url: str | None = Field(default=None, max_length=MAX_SOURCE_CHARS)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-    # base64 JPEG; a consumer checks the decoded size against MAX_THUMBNAIL_BYTES
-    thumbnail: str | None = Field(default=None, max_length=MAX_THUMBNAIL_BYTES * 4 // 3 + 4)
-    preview: str | None = Field(default=None, max_length=MAX_PREVIEW_BYTES * 4 // 3 + 4)
     # The upload's sequence (see Document.version); 0: unversioned.
     version: int = Field(default=0, ge=0, le=MAX_VERSION)
 
@@ -211,23 +223,8 @@ class DocumentBody(BaseModel):
         data.pop("subcodes", None)
         return data
 
-    @field_validator("metadata")
     @classmethod
-    def _metadata(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return check_metadata(v)
-
-    @field_validator("thumbnail", "preview")
-    @classmethod
-    def _base64(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                base64.b64decode(v, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise ValueError(f"not base64: {exc}") from None
-        return v
-
-    @classmethod
-    def of(cls, doc: Document, *, binary: bool = True) -> DocumentBody:
+    def of(cls, doc: Document, *, binary: bool = True) -> Self:
         """The body of ``doc``; ``binary=False`` leaves the binary fields (thumbnail,
         preview) out."""
         fields: dict[str, Any] = {}
@@ -242,6 +239,8 @@ class DocumentBody(BaseModel):
                    **fields)
 
     def document(self) -> Document:
+        from elastichash.index.base import Document
+
         fields: dict[str, Any] = {}
         for spec in FIELDS:
             value = getattr(self, spec.name)
@@ -254,3 +253,92 @@ class DocumentBody(BaseModel):
             fields[spec.name] = value
         return Document(id=self.id, code=bytes.fromhex(self.code),
                         short=bytes.fromhex(self.short), version=self.version, **fields)
+
+
+# --- what the table generates ----------------------------------------------------------------
+
+# The Python type of each kind in the records (Document, Hit); None when unset, {} for json.
+_RECORD_TYPE: dict[str, Any] = {
+    "keyword": str | None, "keywords": tuple[str, ...], "text": str | None,
+    "number": float | None, "date": float | None, "json": dict[str, Any], "binary": bytes | None,
+}
+_RECORD_DEFAULT: dict[str, Any] = {"json": dict, "keywords": tuple}  # factories; else None
+
+
+def record_fields(specs: Iterable[FieldSpec]) -> list[tuple[str, Any, Any]]:
+    """``dataclasses.make_dataclass`` fields for ``specs``: each optional, unset by default."""
+    out: list[tuple[str, Any, Any]] = []
+    for spec in specs:
+        factory = _RECORD_DEFAULT.get(spec.kind)
+        default: Any = (dataclasses.field(default_factory=factory) if factory
+                        else dataclasses.field(default=None))
+        out.append((spec.name, _RECORD_TYPE[spec.kind], default))
+    return out
+
+
+def record_class(name: str, leading: Sequence[tuple[str, type]], specs: Iterable[FieldSpec],
+                 doc: str, trailing: Sequence[tuple[str, type, Any]] = ()) -> Any:
+    """A frozen dataclass: the ``leading`` fields (required), one per field row, then the
+    ``trailing`` ones (name, type, default) that are not document fields."""
+    cls = dataclasses.make_dataclass(
+        name, [*leading, *record_fields(specs), *trailing], frozen=True)
+    cls.__module__ = "elastichash.index.base"  # where it is defined, for pickle and repr
+    cls.__doc__ = doc
+    return cls
+
+
+def _base64(name: str) -> Callable[[str | None], str | None]:
+    def check(value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError(f"{name} is not base64: {exc}") from None
+        return value
+
+    return check
+
+
+def json_field(spec: FieldSpec, *, checked: bool = True) -> tuple[Any, Any]:
+    """A pydantic field (type, default) for ``spec`` as it travels in JSON. ``checked``: with
+    the same limits wherever a document comes in: keywords and text at most MAX_SOURCE_CHARS
+    (at most MAX_SOURCES in a list), json objects checked by :func:`check_metadata`, binary as
+    base64 (a consumer checks the decoded size against the row's ``max_bytes``). Unchecked
+    for what we answer with."""
+    if spec.kind == "json":
+        if not checked:
+            return dict[str, Any], Field(default_factory=dict)
+        return Annotated[dict[str, Any], AfterValidator(check_metadata)], Field(
+            default_factory=dict)
+    if spec.kind in ("number", "date"):
+        return float | None, None
+    if spec.kind == "keywords":
+        if not checked:
+            return list[str], Field(default_factory=list)
+        return list[Annotated[str, Field(max_length=MAX_SOURCE_CHARS)]], Field(
+            default_factory=list, max_length=MAX_SOURCES)
+    if not checked:
+        return str | None, None
+    if spec.kind in ("keyword", "text"):
+        return str | None, Field(default=None, max_length=MAX_SOURCE_CHARS)
+    return Annotated[str | None, AfterValidator(_base64(spec.name))], Field(
+        default=None, max_length=spec.max_bytes * 4 // 3 + 4)
+
+
+def with_fields(name: str, base: type[M], specs: Iterable[FieldSpec], doc: str | None, *,
+                checked: bool = True) -> type[M]:
+    """The pydantic model ``base`` plus one field per row of ``specs`` (see :func:`json_field`
+    for ``checked``)."""
+    fields: dict[str, Any] = {spec.name: json_field(spec, checked=checked) for spec in specs}
+    return create_model(name, __base__=base, __module__=base.__module__, __doc__=doc, **fields)
+
+
+def hit_values(record: Any) -> dict[str, Any]:
+    """The ``in_hits`` fields of a Document or Hit, by name."""
+    return {name: getattr(record, name) for name in HIT_FIELDS}
+
+
+if TYPE_CHECKING:
+    DocumentBody = DocumentCodes
+else:
+    DocumentBody = with_fields("DocumentBody", DocumentCodes, FIELDS, DocumentCodes.__doc__)

@@ -93,7 +93,9 @@ def decoder_message(exc: BaseException) -> str:
 def _failure(exc: Exception) -> ImageError:
     text = decoder_message(exc)
     if "truncat" in text.lower() or isinstance(exc, EOFError):
-        return ImageError("truncated", f"image data is truncated: {text}")
+        # Pillow's own words add only "(0 bytes not processed)" and the like
+        return ImageError("truncated", "image data is truncated: the file ends before the "
+                          "image does (an interrupted copy or download?)")
     return ImageError("corrupt", f"image cannot be decoded: {text}")
 
 

@@ -472,6 +472,9 @@ def test_a_refused_url_shows_the_error_code(page: Page) -> None:
     expect(err).to_be_visible()
     expect(err).to_contain_text("forbidden_url")
     expect(page.locator("#search-error")).to_have_attribute("role", "alert")
+    # the browser cannot load it either: the URL as caption, no broken-image icon
+    expect(page.locator("#query-caption")).to_contain_text("private.jpg")
+    expect(page.locator("#query-image")).to_be_hidden()
 
 
 def test_duplicates_are_shown_side_by_side_and_deleted_with_the_key(

@@ -256,14 +256,14 @@ async def test_a_search_service_whose_port_is_taken_says_so_and_exits_2(tmp_path
 
 
 def test_an_indexer_whose_index_and_broker_both_refuse_exits_2_every_time(
-    model_file: object,
+    model_path: object,
 ) -> None:
     # Both refuse within the same moment at start; the index probe used to miss its cancel
     # about one start in four and the process never exited (CI hung twice on this).
     closed = _closed_port()
     env = _role_env(
         "indexer-worker", "nobroker", f"amqp://guest:guest@127.0.0.1:{closed}/",
-        str(model_file), INDEX__SEARCH_URL=f"http://localhost:{_closed_port()}",
+        str(model_path), INDEX__SEARCH_URL=f"http://localhost:{_closed_port()}",
     )
     for attempt in range(10):
         try:

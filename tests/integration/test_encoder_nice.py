@@ -53,10 +53,13 @@ async def test_a_worker_started_with_ingest_nice_encodes_its_backlog_at_that_nic
     await wait_for(lambda: encoded(200), 120, "200 images encoded")
     after = _task_stats(pid)
 
-    assert after[pid][0] == 0, "the main thread (the event loop, queries) keeps its priority"
-    assert {nice for nice, _ in after.values()} <= {0, 7}
-    used = {nice: 0 for nice in (0, 7)}
+    base = after[pid][0]  # the main thread (the event loop, queries) keeps the worker's own
+    lowered = min(19, base + 7)
+    if lowered == base:
+        pytest.skip(f"the worker already runs at nice {base}: nothing lower to go to")
+    assert {nice for nice, _ in after.values()} <= {base, lowered}
+    used = {base: 0, lowered: 0}
     for tid, (nice, ticks) in after.items():
         used[nice] += ticks - before.get(tid, (nice, 0))[1]
     # Decoding and inference (all but the broker I/O) ran on the lowered threads.
-    assert used[7] > 2 * used[0], used
+    assert used[lowered] > 2 * used[base], used

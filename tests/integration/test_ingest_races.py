@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +30,6 @@ from tests.standalone import (
 )
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-async def client(tmp_path: Path, model_path: Path) -> AsyncIterator[TestClient]:
-    async with gateway_client(standalone_settings(tmp_path, model_path), tmp_path) as c:
-        yield c
 
 
 async def test_concurrent_uploads_of_one_image_are_all_accepted_and_leave_no_spool_file(

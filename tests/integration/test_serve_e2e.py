@@ -97,11 +97,14 @@ def test_serve_folder_indexing_skips_non_images_and_what_is_indexed(
     exe = Path(sys.executable).with_name("elastichash")
     args = [str(exe), "index", str(tmp_path / "photos"), "--data", str(tmp_path / "d"),
             "--model", str(model)]
-    first = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
+    first = subprocess.run([*args, "--no-progress"], capture_output=True, text=True,
+                           timeout=120, check=True)
     assert "8 indexed" in first.stdout, first.stdout
     assert "1 not images" in first.stdout, first.stdout
+    assert "indexing" not in first.stderr, first.stderr  # no progress bar
     second = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
     assert "0 indexed" in second.stdout
+    assert "indexing" in second.stderr, second.stderr  # the progress bar, by default
     assert "8 already indexed" in second.stdout
     out = subprocess.run([str(exe), "search", str(folder / "p3.jpg"), "--data",
                           str(tmp_path / "d"), "--model", str(model), "--json", "-k", "3"],

@@ -30,13 +30,6 @@ from tests.standalone import (
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-async def client(tmp_path: Path, model_path: Path) -> AsyncIterator[TestClient]:
-    settings = standalone_settings(tmp_path, model_path)
-    async with gateway_client(settings, tmp_path) as c:
-        yield c
-
-
 async def upload(client: TestClient, files: list[tuple[str, bytes, str]],
                  **fields: str) -> tuple[int, dict[str, Any]]:
     resp = await client.post("/v1/images", data=form_with_files(files, **fields))
@@ -248,6 +241,12 @@ async def test_operational_endpoints(client: TestClient) -> None:
     spec = await (await client.get("/v1/openapi.json")).json()
     assert spec["openapi"].startswith("3.")
     assert {"/v1/images", "/v1/search", "/v1/stats"} <= set(spec["paths"])
+    # every /v1 route the app serves is described, with its methods
+    served = {(r.resource.canonical, r.method.lower()) for r in client.app.router.routes()
+              if r.resource is not None and r.resource.canonical.startswith("/v1/")
+              and r.method != "HEAD"}
+    described = {(p, m) for p, ops in spec["paths"].items() for m in ops}
+    assert served - {("/v1/openapi.json", "get")} <= described, served - described
     stats = await (await client.get("/v1/stats")).json()
     assert stats["backend"] == "embedded"
     assert stats["mode"] == "standalone"

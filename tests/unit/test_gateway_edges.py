@@ -40,12 +40,6 @@ from tests.standalone import (
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-async def client(tmp_path: Path, model_path: Path) -> AsyncIterator[TestClient]:
-    async with gateway_client(standalone_settings(tmp_path, model_path), tmp_path) as c:
-        yield c
-
-
 def jpeg(seed: int) -> tuple[str, bytes, str]:
     return (f"img{seed}.jpg", make_image(seed), "image/jpeg")
 

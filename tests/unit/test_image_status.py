@@ -18,19 +18,12 @@ from gateway.state import Components
 from tests.imagegen import make_image
 from tests.standalone import (
     form_with_files,
-    gateway_client,
     standalone_settings,
     wait_for,
     wait_indexed,
 )
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def client(tmp_path: Path, model_path: Path) -> AsyncIterator[TestClient]:
-    async with gateway_client(standalone_settings(tmp_path, model_path), tmp_path) as c:
-        yield c
 
 
 async def test_a_failed_reupload_under_an_indexed_id_reads_failed_and_keeps_the_old_image(

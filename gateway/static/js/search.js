@@ -203,6 +203,10 @@ export class SearchController {
     if (query.kind === "file") src = this.previewUrl = URL.createObjectURL(query.value);
     else if (query.kind === "url") src = query.value;
     figure.hidden = !src;
+    // A URL the browser cannot load, or a file that is not an image: the caption alone,
+    // not a broken-image icon.
+    figure.classList.remove("broken");
+    image.onerror = () => figure.classList.add("broken");
     if (src) image.src = query.kind === "id" ? apiUrl(src) : src;
     caption.textContent = query.label || (query.kind === "file" ? query.value.name || "Pasted image" : labelOf({ id: query.value, source: query.value }));
   }

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from elastic_transport import TransportError
 from elasticsearch import ApiError, AsyncElasticsearch, UnsupportedProductError
 
+from elastichash.index.es.adapters.common import AdapterBase
 from elastichash.index.es.client import EngineApiError, EngineUnreachable, WrongEngine
 
 
@@ -21,8 +21,9 @@ def api_error(exc: ApiError) -> EngineApiError:
     return EngineApiError(exc.status_code, str(err or exc.message), str(exc))
 
 
-class Adapter:
+class Adapter(AdapterBase):
     kind = "elasticsearch"
+    _client: AsyncElasticsearch
 
     def __init__(self, url: str, *, request_timeout_s: float = 30.0) -> None:
         self.url = url
@@ -30,139 +31,62 @@ class Adapter:
             url, request_timeout=request_timeout_s, max_retries=2, retry_on_timeout=True
         )
 
-    @asynccontextmanager
-    async def _call(self) -> AsyncIterator[None]:
-        try:
-            yield
-        except UnsupportedProductError as exc:
+    def source_excludes(self, fields: Sequence[str]) -> dict[str, Any]:
+        return {"source_excludes": list(fields)}
+
+    def translate(self, exc: Exception) -> Exception | None:
+        if isinstance(exc, UnsupportedProductError):
             version = (exc.body.get("version") or {}) if isinstance(exc.body, dict) else {}
             found = str(version.get("distribution") or "a server that is not Elasticsearch")
-            raise WrongEngine(self.url, found, str(version.get("number", "")),
-                              "Elasticsearch") from exc
-        except ApiError as exc:
-            raise api_error(exc) from exc
-        except TransportError as exc:
-            raise EngineUnreachable(f"Elasticsearch at {self.url}: {exc}") from exc
+            return WrongEngine(self.url, found, str(version.get("number", "")), "Elasticsearch")
+        if isinstance(exc, ApiError):
+            return api_error(exc)
+        if isinstance(exc, TransportError):
+            return EngineUnreachable(f"Elasticsearch at {self.url}: {exc}")
+        return None
 
     async def info(self) -> dict[str, Any]:
-        async with self._call():
-            return dict(await self._client.info())
-
-    async def get_script(self, script_id: str) -> str | None:
-        try:
-            async with self._call():
-                resp = await self._client.get_script(id=script_id)
-        except EngineApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return (resp.get("script") or {}).get("source")
+        return dict(await self._run(self._client.info()))
 
     async def put_script(self, script_id: str, source: str) -> None:
-        async with self._call():
-            await self._client.put_script(
-                id=script_id, script={"lang": "painless", "source": source}
-            )
-
-    async def exists(self, index: str) -> bool:
-        async with self._call():
-            return bool(await self._client.indices.exists(index=index))
-
-    async def alias_targets(self, alias: str) -> list[str]:
-        async with self._call():
-            if not await self._client.indices.exists_alias(name=alias):
-                return []
-            return list((await self._client.indices.get_alias(name=alias)).keys())
+        await self._run(self._client.put_script(
+            id=script_id, script={"lang": "painless", "source": source}))
 
     async def create_index(self, index: str, body: dict[str, Any]) -> bool:
-        try:
-            async with self._call():
-                await self._client.indices.create(index=index, **body)
-        except EngineApiError as exc:
-            if exc.error_type == "resource_already_exists_exception":
-                return False
-            raise
-        return True
+        return await self._created(self._client.indices.create(index=index, **body))
 
     async def delete_index(self, index: str) -> None:
-        async with self._call():
-            await self._client.indices.delete(index=index, ignore_unavailable=True)
-
-    async def get_mapping(self, index: str) -> dict[str, Any]:
-        async with self._call():
-            return dict(await self._client.indices.get_mapping(index=index))
-
-    async def put_mapping(self, index: str, body: dict[str, Any]) -> None:
-        async with self._call():
-            await self._client.indices.put_mapping(index=index, body=body)
-
-    async def get_settings(self, index: str) -> dict[str, Any]:
-        async with self._call():
-            return dict(await self._client.indices.get_settings(index=index))
+        await self._run(self._client.indices.delete(index=index, ignore_unavailable=True))
 
     async def put_settings(self, index: str, settings: dict[str, Any]) -> None:
-        async with self._call():
-            await self._client.indices.put_settings(index=index, settings=settings)
+        await self._run(self._client.indices.put_settings(index=index, settings=settings))
 
     async def update_aliases(self, actions: list[dict[str, Any]]) -> None:
-        async with self._call():
-            await self._client.indices.update_aliases(actions=actions)
+        await self._run(self._client.indices.update_aliases(actions=actions))
 
     async def reindex(self, source: str, dest: str) -> dict[str, Any]:
-        async with self._call():
-            return dict(await self._client.reindex(
-                source={"index": source}, dest={"index": dest},
-                wait_for_completion=True, refresh=True,
-            ))
+        return dict(await self._run(self._client.reindex(
+            source={"index": source}, dest={"index": dest},
+            wait_for_completion=True, refresh=True,
+        )))
 
     async def bulk(self, ndjson: str) -> dict[str, Any]:
         # No transport retries: a timed-out bulk may have been applied, and a delete sent again
         # would come back not_found. The caller retries per item.
-        async with self._call():
-            # The NDJSON serializer sends a str body as it is (typed as a list of dicts only).
-            return dict(await self._client.options(max_retries=0, retry_on_timeout=False).bulk(
-                operations=ndjson  # type: ignore[arg-type]
-            ))
-
-    async def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with self._call():
-            return dict(await self._client.search(index=index, body=body))
+        # The NDJSON serializer sends a str body as it is (typed as a list of dicts only).
+        once = self._client.options(max_retries=0, retry_on_timeout=False)
+        return dict(await self._run(once.bulk(operations=ndjson)))  # type: ignore[arg-type]
 
     async def count(self, index: str, query: dict[str, Any] | None = None) -> int:
-        async with self._call():
-            resp = await self._client.count(index=index, query=query)
+        resp = await self._run(self._client.count(index=index, query=query))
         return int(resp["count"])
 
-    async def get(self, index: str, doc_id: str,
-                  excludes: Sequence[str] = ()) -> dict[str, Any] | None:
-        try:
-            async with self._call():
-                resp = await self._client.get(index=index, id=doc_id,
-                                              source_excludes=list(excludes) or None)
-        except EngineApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return dict(resp["_source"])
-
     async def refresh(self, indices: Sequence[str]) -> None:
-        async with self._call():
-            await self._client.indices.refresh(index=list(indices))
+        await self._run(self._client.indices.refresh(index=list(indices)))
 
     async def health(self, timeout_s: float) -> str | None:
-        try:
-            async with self._call():
-                resp = await self._client.options(
-                    request_timeout=timeout_s, max_retries=0
-                ).cluster.health()
-        except (EngineApiError, EngineUnreachable):
-            return None
-        return str(resp.get("status"))
-
-    async def index_stats(self, index: str) -> dict[str, Any]:
-        async with self._call():
-            resp = await self._client.indices.stats(index=index, metric="docs,store")
-        return dict(resp["_all"]["primaries"])
+        return await self._status(self._client.options(
+            request_timeout=timeout_s, max_retries=0).cluster.health())
 
     async def close(self) -> None:
         await self._client.close()
