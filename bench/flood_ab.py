@@ -5,9 +5,9 @@
 
 Each run is ``bench/ingest.py --flood N --no-reference`` (default settings only), alternately
 in an export of ``--before`` and in this checkout, both with this checkout's
-``bench/ingest.py`` so the two differ in the code under test only. On a shared machine the
-load changes from one minute to the next: alternating puts both under the same conditions,
-and medians over the runs are quoted beside each run's figures and load average.
+``bench/ingest.py`` and ``bench/report.py``, so the two differ in the code under test only. On
+a shared machine the load changes from one minute to the next: alternating puts both under the
+same conditions, and medians over the runs are quoted beside each run's figures and load.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.report import table, write_result  # noqa: E402
+
+BENCH_FILES = ("bench/ingest.py", "bench/report.py")  # what the runs use, from this checkout
 
 
 def export(rev: str, dest: Path) -> str:
@@ -38,7 +43,8 @@ def export(rev: str, dest: Path) -> str:
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
     archive.unlink()
-    shutil.copy(ROOT / "bench/ingest.py", dest / "bench/ingest.py")
+    for name in BENCH_FILES:
+        shutil.copy(ROOT / name, dest / name)
     return commit
 
 
@@ -93,21 +99,20 @@ def main() -> int:
                for name, runs in results.items()}
     print(f"search by upload under a flood of {args.flood} images, {args.queries} queries per "
           f"run, {args.runs} runs each, alternated, {os.cpu_count()} CPUs; medians over runs")
-    print(f"{'code':<34}{'idle p50':>10}{'flood p50':>11}{'x p50':>7}{'flood p99':>11}"
-          f"{'x p99':>7}{'indexed/s':>11}{'load':>6}")
-    for name, label in (("before", f"before ({before[:10]})"),
-                        ("after", f"after ({head[:10]}{'+' if dirty else ''})")):
-        m = medians[name]
-        print(f"{label:<34}{m['idle_p50_ms']:>8.0f}ms{m['flood_p50_ms']:>9.0f}ms"
-              f"{m['ratio_p50']:>7.2f}{m['flood_p99_ms']:>9.0f}ms{m['ratio_p99']:>7.2f}"
-              f"{m['indexed_per_s']:>11.0f}{m['load_1min']:>6.1f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    labels = {"before": f"before ({before[:10]})",
+              "after": f"after ({head[:10]}{'+' if dirty else ''})"}
+    print(table(
+        [("code", "<34"), ("idle p50 ms", ">11.0f"), ("flood p50 ms", ">12.0f"),
+         ("x p50", ">6.2f"), ("flood p99 ms", ">12.0f"), ("x p99", ">6.2f"),
+         ("indexed/s", ">9.0f"), ("load", ">5.1f")],
+        [(labels[n], m["idle_p50_ms"], m["flood_p50_ms"], m["ratio_p50"], m["flood_p99_ms"],
+          m["ratio_p99"], m["indexed_per_s"], m["load_1min"]) for n, m in medians.items()]))
+    write_result("ingest_flood_ab", {
         "before": before, "after": head, "after_uncommitted_changes": dirty,
         "flood_images": args.flood, "queries": args.queries, "runs": args.runs,
         "cpus": os.cpu_count(), "target_ratio": 2.0,
         "medians": medians, "per_run": results,
-    }, indent=2))
+    }, path=args.out)
     print(f"wrote {args.out}")
     return 0
 

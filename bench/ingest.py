@@ -15,6 +15,7 @@
 Target: one encoder in the pipeline reaches >= 80% of the encoder alone.
 
     python bench/ingest.py --flood 3000 [--queries 40] [--repeat 2] [--no-reference]
+                           [--search-gateway]
                            [--out bench/results/ingest_flood.json]
 
 Search under an ingest flood (issue 18.7): one encoder worker; search by upload timed while
@@ -99,6 +100,7 @@ class Stack:
         encoders: int,
         batch: int,
         encoder_env: dict[str, str] | None = None,
+        gateways: int = 1,
     ) -> None:
         self.encoder_env = encoder_env or {}
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
@@ -106,7 +108,9 @@ class Stack:
         self.encoders, self.batch = encoders, batch
         self.procs: list[subprocess.Popen[bytes]] = []
         self.names: list[str] = []
-        self.search_port, self.gateway_port = free_port(), free_port()
+        self.search_port = free_port()
+        self.gateway_ports = [free_port() for _ in range(gateways)]
+        self.gateway_port = self.gateway_ports[0]
 
     def spawn(self, command: str, env: dict[str, str]) -> None:
         full = {k: v for k, v in os.environ.items() if not k.startswith("EH_")}
@@ -161,22 +165,24 @@ class Stack:
                     **self.encoder_env,
                 },
             )
-        self.spawn(
-            "gateway",
-            {
-                **{f"EH_GATEWAY_{k}": v for k, v in amqp.items()},
-                "EH_GATEWAY_HOST": "127.0.0.1",
-                "EH_GATEWAY_PORT": str(self.gateway_port),
-                "EH_GATEWAY_MODEL__PATH": str(self.model),
-                "EH_GATEWAY_INDEX__BACKEND": "remote",
-                "EH_GATEWAY_INDEX__SEARCH_URL": search,
-            },
-        )
+        for gateway_port in self.gateway_ports:
+            self.spawn(
+                "gateway",
+                {
+                    **{f"EH_GATEWAY_{k}": v for k, v in amqp.items()},
+                    "EH_GATEWAY_HOST": "127.0.0.1",
+                    "EH_GATEWAY_PORT": str(gateway_port),
+                    "EH_GATEWAY_MODEL__PATH": str(self.model),
+                    "EH_GATEWAY_INDEX__BACKEND": "remote",
+                    "EH_GATEWAY_INDEX__SEARCH_URL": search,
+                },
+            )
         self.health_ports = health  # indexer first, then the encoders
         try:
             for p in health:
                 await wait_http(f"http://127.0.0.1:{p}/readyz")
-            await wait_http(f"http://127.0.0.1:{self.gateway_port}/readyz")
+            for gateway_port in self.gateway_ports:
+                await wait_http(f"http://127.0.0.1:{gateway_port}/readyz")
         except SystemExit:
             for log in sorted(self.tmp.glob("*.log")):
                 tail = log.read_text(errors="replace").splitlines()[-15:]
@@ -387,9 +393,13 @@ async def run_flood(
     encoder_env: dict[str, str],
 ) -> dict[str, Any]:
     """Search latency idle, then under a flood of ``args.flood`` images, one encoder."""
-    stack = Stack(args.amqp, model, tmp / name, 1, args.batch, encoder_env)
+    stack = Stack(args.amqp, model, tmp / name, 1, args.batch, encoder_env,
+                  gateways=2 if args.search_gateway else 1)
     stack.tmp.mkdir()
-    base = f"http://127.0.0.1:{stack.gateway_port}"
+    # The uploads go to the first gateway; the searches to the last (the same one unless
+    # --search-gateway gives them a gateway process of their own).
+    flood_base = f"http://127.0.0.1:{stack.gateway_ports[0]}"
+    base = f"http://127.0.0.1:{stack.gateway_ports[-1]}"
     from tests.imagegen import make_image
 
     probes = [make_image(100_000 + i, size=(320, 240)) for i in range(args.queries)]
@@ -403,7 +413,7 @@ async def run_flood(
             # The flooding client is a process of its own, as it would be another machine's:
             # building its uploads must not delay this loop, which times the searches.
             sender = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-                [sys.executable, __file__, "--send-to", base, "--flood", str(len(images)),
+                [sys.executable, __file__, "--send-to", flood_base, "--flood", str(len(images)),
                  *(["--dir", str(args.dir)] if args.dir else [])], cwd=ROOT)
             # Searches only while the backlog is real (not before the first posts land).
             while await queued(http, base) < min(200, len(images) // 4):
@@ -526,6 +536,7 @@ def flood_main(args: argparse.Namespace) -> int:
     out = args.out if args.out != ROOT / "bench/results/ingest.json" else (
         ROOT / "bench/results/ingest_flood.json")
     result = {
+        "search_gateway_of_its_own": args.search_gateway,
         "flood_images": len(images),
         "queries": args.queries,
         "repeat": args.repeat,
@@ -555,6 +566,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--encoder-env", action="append", default=[], metavar="K=V",
                         help="throughput: a setting for the encoder workers (repeatable)")
+    parser.add_argument("--search-gateway", action="store_true",
+                        help="flood: searches go to a gateway process of their own")
     parser.add_argument("--no-reference", action="store_true",
                         help="flood: run the default settings only, not the reference")
     parser.add_argument("--send-to", help=argparse.SUPPRESS)  # the flood sender's process

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make test-containers: build the images, run the container tests, and always take down what
-# they started, from nothing (installs podman, runc and debootstrap from Debian when missing).
+# they started, from nothing (installs podman, runc and mmdebstrap from Debian when missing).
 #
 # Every step is bounded: the image builds by EH_IMAGES_TIMEOUT_S (1800), the tests by
 # EH_CONTAINER_TESTS_TIMEOUT_S (2400). On any exit (success, failure, timeout, Ctrl-C) the
