@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import inspect
 import logging
 import sys
 import textwrap
@@ -141,9 +140,8 @@ def run_role(
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
     try:
-        result = start(settings)
-        if inspect.iscoroutine(result):
-            result = asyncio.run(result)
+        started = start(settings)
+        result = started if started is None or isinstance(started, int) else asyncio.run(started)
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:

@@ -27,7 +27,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -195,7 +195,7 @@ class Runtime:
     async def settle_after(
         self,
         message: Msg,
-        steps: Iterable[asyncio.Future[object]],
+        steps: Iterable[asyncio.Future[Any]],
         queue: str,
         success: Outcome = ACK,
     ) -> None:

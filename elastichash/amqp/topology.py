@@ -132,7 +132,9 @@ async def message_count(channel: AbstractChannel, queue: str) -> int:
     Not ``channel.declare_queue(name, passive=True)``: on a robust channel that returns the
     queue object cached when it was first declared, with the count of that moment (aio-pika
     10.2.1), so the backlog read 0 while the broker held thousands."""
-    ok = await channel.channel.queue_declare(queue, passive=True)
+    # The underlying aiormq channel: the abstract type does not name it.
+    raw: Any = getattr(channel, "channel")  # noqa: B009
+    ok = await raw.queue_declare(queue, passive=True)
     return int(ok.message_count or 0)
 
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -43,13 +44,25 @@ MAX_K = 1000
 MAX_WINDOW = 10_000
 DEFAULT_K = 10
 
-K = Annotated[int, Field(ge=1, le=MAX_K, description=f"results per page, 1..{MAX_K}")]
+
+
+def _not_a_bool(value: Any) -> Any:
+    # pydantic takes JSON true as the integer 1: {"k": true} would ask for one result
+    if isinstance(value, bool):
+        raise ValueError("should be an integer, not true or false")
+    return value
+
+
+NotBool = BeforeValidator(_not_a_bool)
+K = Annotated[int, Field(ge=1, le=MAX_K, description=f"results per page, 1..{MAX_K}"), NotBool]
 Offset = Annotated[
-    int, Field(ge=0, le=MAX_WINDOW - 1, description=f"results to skip; offset + k <= {MAX_WINDOW}")
+    int, Field(ge=0, le=MAX_WINDOW - 1, description=f"results to skip; offset + k <= {MAX_WINDOW}"),
+    NotBool,
 ]
 MaxDistance = Annotated[
     int | None,
     Field(default=None, ge=0, le=LONG_BITS, description="keep hits within this Hamming distance"),
+    NotBool,
 ]
 
 

@@ -31,7 +31,7 @@ def hashing_model(backbone: Any, feature_dim: int, code_bits: int = codes.LONG_B
     """``backbone`` (N, 3, S, S) -> (N, feature_dim) followed by a linear hashing head."""
     import torch
 
-    class HashingNet(torch.nn.Module):
+    class HashingNet(torch.nn.Module):  # type: ignore[misc, unused-ignore]  # torch untyped when absent
         def __init__(self) -> None:
             super().__init__()
             self.backbone = backbone
@@ -72,7 +72,7 @@ def export_torch(
         torch.onnx.export(
             model,
             (dummy,),
-            buf,  # type: ignore[arg-type]  # file-like objects are accepted
+            buf,  # type: ignore[arg-type, unused-ignore]  # file-like objects are accepted
             input_names=["image"],
             output_names=["code"],
             dynamic_axes={"image": {0: "N"}, "code": {0: "N"}},

@@ -185,3 +185,14 @@ async def test_the_preview_is_stored_with_its_upload_and_replaced_with_it(index:
     await index.upsert([doc(3, NEW + 1)])  # a newer upload without one (a small image)
     assert await index.get_preview("img") is None
     assert await index.get_preview("missing") is None
+
+
+async def test_a_read_leaves_the_preview_out_and_appending_a_source_keeps_it(
+        index: Index) -> None:
+    await index.upsert([doc(1, NEW, preview=b"\xff\xd8preview")])
+    got = await index.get("img")
+    assert got is not None
+    assert got.preview is None  # large: read on its own
+    assert got.thumbnail is not None
+    assert await index.add_source("img", "again.jpg")
+    assert await index.get_preview("img") == b"\xff\xd8preview"

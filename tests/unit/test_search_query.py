@@ -265,6 +265,9 @@ def test_a_query_is_checked_once_with_common_limits_and_named_fields() -> None:
         ({"k": 10, "offset": MAX_WINDOW - 9}, "offset"),
         ({"max_distance": 257}, "max_distance"),
         ({"offset": -1}, "offset"),
+        ({"k": True}, "k"),  # JSON true is not the integer 1
+        ({"offset": False}, "offset"),
+        ({"max_distance": True}, "max_distance"),
         ({"strategy": "x"}, "strategy"),
         ({"code": bytes(31)}, "code"),
         ({"short": "123"}, "short"),

@@ -51,6 +51,8 @@ from elastichash.settings import IndexSettings
 log = logging.getLogger(__name__)
 
 _NAMES = {"elasticsearch": "Elasticsearch", "opensearch": "OpenSearch"}
+# Fields a read leaves out unless it needs them: the preview is a few hundred KB.
+_LARGE = ("preview",)
 
 
 @contextlib.contextmanager
@@ -236,7 +238,7 @@ class EngineIndex:
         lands in between wins (the write is refused as superseded) and the append is tried
         again on it."""
         for _ in range(3):
-            doc = await self.get(doc_id)
+            doc = await self._get(doc_id)  # the whole document: it is written back whole
             if doc is None:
                 return False
             sources = with_source(doc.sources, doc.source, source)
@@ -261,18 +263,22 @@ class EngineIndex:
     # --- reads -----------------------------------------------------------------------------
 
     async def get(self, doc_id: str) -> Document | None:
-        src = await self.client.get(self.names.alias, doc_id)
+        return await self._get(doc_id, _LARGE)
+
+    async def _get(self, doc_id: str, excludes: Sequence[str] = ()) -> Document | None:
+        src = await self.client.get(self.names.alias, doc_id, excludes)
         return None if src is None else q.document_from_source(doc_id, src)
 
     async def get_preview(self, doc_id: str) -> bytes | None:
-        doc = await self.get(doc_id)
+        doc = await self._get(doc_id)
         return None if doc is None else doc.preview
 
     async def existing(self, ids: Sequence[str]) -> set[str]:
         # A get each (real time, as ``get``): an ids query would miss what the last refresh
         # interval wrote.
         unique = list(dict.fromkeys(ids))
-        found = await asyncio.gather(*(self.client.get(self.names.alias, i) for i in unique))
+        found = await asyncio.gather(
+            *(self.client.get(self.names.alias, i, _LARGE) for i in unique))
         return {i for i, src in zip(unique, found, strict=True) if src is not None}
 
     async def capabilities(self) -> Capabilities:

@@ -113,8 +113,10 @@ class EngineClient(Protocol):
 
     async def count(self, index: str, query: dict[str, Any] | None = None) -> int: ...
 
-    async def get(self, index: str, doc_id: str) -> dict[str, Any] | None:
-        """The document's ``_source``, or None when it does not exist."""
+    async def get(self, index: str, doc_id: str,
+                  excludes: Sequence[str] = ()) -> dict[str, Any] | None:
+        """The document's ``_source`` (less the ``excludes`` fields), or None when it does
+        not exist."""
         ...
 
     async def refresh(self, indices: Sequence[str]) -> None: ...

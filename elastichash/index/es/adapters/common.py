@@ -5,7 +5,7 @@ form is the same in both clients."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -91,9 +91,15 @@ class AdapterBase:
     async def search(self, index: str, body: dict[str, Any]) -> dict[str, Any]:
         return dict(await self._run(self._client.search(index=index, body=body)))
 
-    async def get(self, index: str, doc_id: str) -> dict[str, Any] | None:
-        resp = await self._missing_is_none(self._client.get(index=index, id=doc_id))
+    async def get(self, index: str, doc_id: str,
+                  excludes: Sequence[str] = ()) -> dict[str, Any] | None:
+        resp = await self._missing_is_none(self._client.get(
+            index=index, id=doc_id, **(self.source_excludes(excludes) if excludes else {})))
         return None if resp is None else dict(resp["_source"])
+
+    def source_excludes(self, fields: Sequence[str]) -> dict[str, Any]:
+        """The keyword arguments that leave ``fields`` out of a returned ``_source``."""
+        raise NotImplementedError
 
     async def index_stats(self, index: str) -> dict[str, Any]:
         resp = await self._run(self._client.indices.stats(index=index, metric="docs,store"))

@@ -31,6 +31,9 @@ class Adapter(AdapterBase):
             url, request_timeout=request_timeout_s, max_retries=2, retry_on_timeout=True
         )
 
+    def source_excludes(self, fields: Sequence[str]) -> dict[str, Any]:
+        return {"source_excludes": list(fields)}
+
     def translate(self, exc: Exception) -> Exception | None:
         if isinstance(exc, UnsupportedProductError):
             version = (exc.body.get("version") or {}) if isinstance(exc.body, dict) else {}

@@ -35,6 +35,9 @@ class Adapter(AdapterBase):
         # For bulk and health: no transport retries (see ``bulk``), short health checks.
         self._once = AsyncOpenSearch(url, timeout=request_timeout_s, max_retries=0)
 
+    def source_excludes(self, fields: Sequence[str]) -> dict[str, Any]:
+        return {"params": {"_source_excludes": ",".join(fields)}}
+
     def translate(self, exc: Exception) -> Exception | None:
         if isinstance(exc, OsConnectionError):  # includes timeouts
             return EngineUnreachable(f"OpenSearch at {self.url}: {exc}")
