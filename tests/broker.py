@@ -33,19 +33,26 @@ def broker_port() -> int:
     """A free port for a private broker: from ``EH_TEST_PORT_RANGE`` (``21000-21999``) when
     set, so that brokers a test starts stay inside a range agreed on a shared machine."""
     span = os.environ.get("EH_TEST_PORT_RANGE")
-    if not span:
-        return free_port()
-    low, high = (int(p) for p in span.split("-", 1))
+    return free_ports_in(span, 1)[0] if span else free_port()
+
+
+def free_ports_in(span: str, n: int) -> list[int]:
+    """``n`` distinct ports of ``span`` (``LOW-HIGH``) that bind now, picked at random. The
+    bind is without SO_REUSEADDR, so a port still in TIME-WAIT is passed over."""
     import random
 
-    for port in random.sample(range(low, high + 1), min(200, high - low + 1)):
+    low, high = (int(p) for p in span.split("-", 1))
+    ports: list[int] = []
+    for port in random.sample(range(low, high + 1), min(400, high - low + 1)):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise RuntimeError(f"no free port in EH_TEST_PORT_RANGE={span}")
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"fewer than {n} free ports in {span}")
 
 
 def rabbitmq_installed() -> bool:

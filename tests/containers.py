@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
-import socket
 import time
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 
 from elastichash.model.labels import vocabulary
 from elastichash.pipeline import IngestItem
+from tests.broker import free_ports_in
 
 # Both container test modules: opt-in (they build images and start containers), long.
 MARKS = [
@@ -27,24 +26,11 @@ MARKS = [
 
 
 def host_ports(n: int) -> list[int]:
-    """``n`` distinct host ports for a test stack, free now (bound and released here without
-    SO_REUSEADDR, so a port in TIME-WAIT is passed over): from ``EH_TEST_PORT_RANGE`` when
-    set, else from 20000-32767, below the kernel's ephemeral range. A fixed port there can
-    be taken at any moment as the local end of someone's connection (podman then cannot
-    publish it: seen here)."""
-    span = os.environ.get("EH_TEST_PORT_RANGE", "20000-32767")
-    low, high = (int(p) for p in span.split("-", 1))
-    ports: list[int] = []
-    for port in random.sample(range(low, high + 1), min(400, high - low + 1)):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError(f"fewer than {n} free ports in {span}")
+    """``n`` free host ports for a test stack: from ``EH_TEST_PORT_RANGE`` when set, else
+    from 20000-32767, below the kernel's ephemeral range. A fixed port there can be taken at
+    any moment as the local end of someone's connection (podman then cannot publish it:
+    seen here with a port in TIME-WAIT)."""
+    return free_ports_in(os.environ.get("EH_TEST_PORT_RANGE", "20000-32767"), n)
 
 
 async def upload(http: aiohttp.ClientSession, url: str, batch: list[IngestItem]) -> list[str]:
