@@ -44,7 +44,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_select_bits)
 
     p = sub.add_parser("inspect", help="print the model's contract fields as JSON")
-    p.add_argument("model", type=Path, help="ONNX model file")
+    p.add_argument("model", help="a built-in model's name (built first when absent) or an "
+                   "ONNX model file")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("export-torch", help="export a PyTorch hashing model to the contract")
@@ -136,9 +137,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
     from elastichash.errors import ModelContractError
     from elastichash.model.contract import load_spec
+    from elastichash.model.registry import models_dir, resolve
+    from elastichash.settings import ModelSettings
 
     try:
-        spec = load_spec(args.model)
+        spec = load_spec(resolve(args.model, models_dir(ModelSettings())))
     except ModelContractError as exc:
         print(f"{args.model}: {exc.message}", file=sys.stderr)
         return 1

@@ -27,13 +27,15 @@ from elastichash.settings import (
 )
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser, *, strategy: bool = True) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="data directory (index, spool, default model); "
                         "default $ELASTICHASH_DATA or ~/.local/share/elastichash")
     p.add_argument("--model", default=None,
                    help=f"a built-in model ({', '.join(BUILTINS)}) or an ONNX file meeting "
                         f"the contract; default: the index's model, else {DEFAULT}")
+    if not strategy:  # a command that never searches has no strategy to choose
+        return
     p.add_argument("--strategy", choices=PORTABLE_STRATEGIES, default=None,
                    help="search strategy (default auto: exact up to 100,000 images, "
                         "two_stage above)")
@@ -52,7 +54,7 @@ def register(sub: Any, serve: Callable[[argparse.Namespace], int]) -> None:
     p.set_defaults(func=serve)
 
     p = sub.add_parser("index", help="index a folder of images (one shot, no server)")
-    add_common(p)
+    add_common(p, strategy=False)
     p.add_argument("folder", type=Path,
                    help="indexed recursively; files already indexed are skipped, and each "
                         "image that cannot be indexed is named with the reason")
@@ -124,7 +126,7 @@ def index_settings(args: argparse.Namespace, base: IndexSettings | None = None) 
     settings = (base or IndexSettings()).model_copy()
     settings.backend = "embedded"
     settings.data_dir = settings.data_dir or data_dir(args) / "index"
-    if args.strategy:
+    if getattr(args, "strategy", None):  # index has none
         settings.strategy = args.strategy
     if getattr(args, "mark_duplicates", None) is not None:
         settings.duplicate_distance = args.mark_duplicates

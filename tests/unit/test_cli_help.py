@@ -121,3 +121,10 @@ def test_a_port_setting_out_of_range_is_refused_as_a_setting(
     monkeypatch.setenv("EH_GATEWAY_PORT", "99999")
     with pytest.raises(pydantic.ValidationError, match="port"):
         GatewaySettings()
+
+
+def test_only_commands_that_search_offer_a_strategy() -> None:
+    # `index --strategy` was accepted and did nothing.
+    assert "--strategy" not in _help("index")
+    for command in ("search", "serve"):
+        assert "--strategy" in _help(command)

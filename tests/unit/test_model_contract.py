@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -181,3 +182,21 @@ def test_inspect_prints_the_contract_fields(default_model: Path) -> None:
     assert fields["code_bits"] == 256
     assert len(fields["short_bits"]) == 64
     assert fields["fingerprint"].startswith("elastichash-default")
+
+
+def test_inspect_takes_a_built_in_models_name_and_refuses_an_unknown_one(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "ELASTICHASH_DATA": str(tmp_path)}
+    cmd = [sys.executable, "-m", "elastichash.cli", "model", "inspect"]
+    out = subprocess.run([*cmd, "visual"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    fields = json.loads(out.stdout)
+    assert fields["code_bits"] == 256
+    assert (tmp_path / "models").is_dir()  # built where the other commands build it
+    bad = subprocess.run([*cmd, "no-such-model"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert bad.returncode == 1
+    assert "neither a built-in model" in bad.stderr
+    assert "Traceback" not in bad.stderr
