@@ -35,6 +35,7 @@ def add_common(p: argparse.ArgumentParser, *, strategy: bool = True) -> None:
                    help=f"a built-in model ({', '.join(BUILTINS)}) or an ONNX file meeting "
                         f"the contract; default: the index's model, else {DEFAULT}")
     if not strategy:  # a command that never searches has no strategy to choose
+        p.set_defaults(strategy=None)
         return
     p.add_argument("--strategy", choices=PORTABLE_STRATEGIES, default=None,
                    help="search strategy (default auto: exact up to 100,000 images, "
@@ -126,7 +127,7 @@ def index_settings(args: argparse.Namespace, base: IndexSettings | None = None) 
     settings = (base or IndexSettings()).model_copy()
     settings.backend = "embedded"
     settings.data_dir = settings.data_dir or data_dir(args) / "index"
-    if getattr(args, "strategy", None):  # index has none
+    if args.strategy:
         settings.strategy = args.strategy
     if getattr(args, "mark_duplicates", None) is not None:
         settings.duplicate_distance = args.mark_duplicates
