@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from elastichash.errors import ModelMismatch
+from elastichash.model.registry import META_MODEL_NAME as META_MODEL_NAME  # one key, re-exported
 
 # the descriptor model's contract name (registry name "visual"), which made older indexes
 LEGACY_SPEC_NAME = "elastichash-default"
-META_MODEL_NAME = "model_name"
 META_MODEL_FINGERPRINT = "model_fingerprint"
 
 

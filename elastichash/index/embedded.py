@@ -98,9 +98,6 @@ class _Groups:
     pairs: int
 
 
-META_MODEL_FINGERPRINT = binding.META_MODEL_FINGERPRINT
-
-
 class EmbeddedIndex:
     def __init__(self, path: Path, *, strategy: str = "two_stage", read_threads: int = 4) -> None:
         if strategy not in EMBEDDED_STRATEGIES:
@@ -351,26 +348,24 @@ class EmbeddedIndex:
     async def bind_model(self, name: str, spec: binding.ModelIdentity) -> None:
         """Record the model whose codes this index holds, or refuse another one
         (``ModelMismatch``; see :mod:`elastichash.index.binding`)."""
-        from elastichash.model import registry
 
         def run() -> None:
             record = binding.bind(
-                self._store.get_meta(registry.META_MODEL_NAME),
-                self._store.get_meta(META_MODEL_FINGERPRINT),
+                self._store.get_meta(binding.META_MODEL_NAME),
+                self._store.get_meta(binding.META_MODEL_FINGERPRINT),
                 self.table.snapshot.n_alive > 0, name, spec, f"the index at {self.path}")
             if record is not None:
-                self._store.set_meta(registry.META_MODEL_NAME, record.name)
-                self._store.set_meta(META_MODEL_FINGERPRINT, record.fingerprint)
+                self._store.set_meta(binding.META_MODEL_NAME, record.name)
+                self._store.set_meta(binding.META_MODEL_FINGERPRINT, record.fingerprint)
 
         await self._run(self._writer, run)
 
     async def model(self) -> tuple[str | None, str | None]:
         """(name, fingerprint) of the model this index is bound to, if any."""
-        from elastichash.model import registry
 
         def run() -> tuple[str | None, str | None]:
-            return (self._store.get_meta(registry.META_MODEL_NAME),
-                    self._store.get_meta(META_MODEL_FINGERPRINT))
+            return (self._store.get_meta(binding.META_MODEL_NAME),
+                    self._store.get_meta(binding.META_MODEL_FINGERPRINT))
 
         return await self._run(self._readers, run)
 
