@@ -7,9 +7,9 @@ bit selection); the index never guesses it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from elastichash.index.query import MAX_K, STRATEGIES, Capabilities, SearchQuery, Strategy
 from elastichash.index.schema import FIELDS, HIT_SPECS, hit_values, record_class
@@ -140,6 +140,26 @@ class Failure:
     # The failed upload's sequence (Document.version): a failure older than the indexed
     # document is not recorded, and a document older than the failure does not clear it.
     version: int = 0
+
+
+class _Versioned(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+
+
+V = TypeVar("V", bound=_Versioned)
+
+
+def latest_by_id(items: Iterable[V]) -> dict[str, V]:
+    """One item per id from a batch: the last occurrence wins, unless an earlier one is
+    newer (a higher ``version``). Insertion order follows each id's first occurrence."""
+    latest: dict[str, V] = {}
+    for item in items:
+        if item.id not in latest or item.version >= latest[item.id].version:
+            latest[item.id] = item
+    return latest
 
 
 @runtime_checkable

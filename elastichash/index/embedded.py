@@ -41,6 +41,7 @@ from elastichash.index.base import (
     SearchQuery,
     SearchResult,
     WriteResult,
+    latest_by_id,
     resolve_auto,
 )
 from elastichash.index.code_table import Candidates, CodeTable, Snapshot
@@ -212,11 +213,7 @@ class EmbeddedIndex:
 
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
         errors = [_check_doc(d) for d in docs]
-        latest: dict[str, Document] = {}
-        for d, err in zip(docs, errors, strict=True):
-            # The last occurrence of an id in a batch wins, unless an earlier one is newer.
-            if err is None and (d.id not in latest or d.version >= latest[d.id].version):
-                latest[d.id] = d
+        latest = latest_by_id(d for d, err in zip(docs, errors, strict=True) if err is None)
         batch = list(latest.values())
         table = self.table
         failure: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from elastichash.errors import Unavailable
-from elastichash.index.base import Failure, WriteResult
+from elastichash.index.base import Failure, WriteResult, latest_by_id
 from elastichash.index.es.bulk import Action, BulkPolicy, run_bulk
 from elastichash.index.es.client import EngineApiError, EngineClient, EngineUnreachable
 from elastichash.index.es.mapping import ID_FIELD, VERSION_FIELD
@@ -18,10 +18,7 @@ class FailureStore:
         self._policy = policy
 
     async def record(self, failures: Sequence[Failure]) -> None:
-        latest: dict[str, Failure] = {}
-        for f in failures:  # a repeated id: the last one, unless an earlier one is newer
-            if f.id not in latest or f.version >= latest[f.id].version:
-                latest[f.id] = f
+        latest = latest_by_id(failures)
         actions = [
             # The failed upload's sequence is the record's external version: of two failures
             # the newer stays, and only a document at least as new deletes it (clear).
