@@ -113,20 +113,22 @@ async def bulk(request: web.Request) -> web.Response:
     return web.json_response({"items": results, "errors": ok != len(results)})
 
 
-async def bulk_delete(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    ids = body.get("ids")
+async def _ids(request: web.Request) -> list[str]:
+    """The body's ``ids``: a list of strings, else 400."""
+    ids = (await _json_body(request)).get("ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise InvalidInput("ids must be a list of strings", field="ids")
+    return ids
+
+
+async def bulk_delete(request: web.Request) -> web.Response:
+    ids = await _ids(request)
     results = await request.app[INDEX_KEY].delete(ids)
     return web.json_response({"items": [service_json.write_result_to_json(r) for r in results]})
 
 
 async def existing(request: web.Request) -> web.Response:
-    body = await _json_body(request)
-    ids = body.get("ids")
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise InvalidInput("ids must be a list of strings", field="ids")
+    ids = await _ids(request)
     limit = request.app[SETTINGS_KEY].max_bulk_documents
     if len(ids) > limit:
         raise InvalidInput(f"at most {limit} ids per request", field="ids")
