@@ -117,6 +117,7 @@ if {f.name for f in FIELDS if f.kind == "binary"} != _BINARY:
     raise RuntimeError("store.py keeps binary document fields in tables of their own: add one")
 COLUMNS = tuple(f for f in FIELDS if f.kind != "binary")
 _COLUMN_LIST = ", ".join(f.name for f in COLUMNS)
+_SOURCES = next(f for f in COLUMNS if f.name == "sources")
 
 
 def _to_column(spec: FieldSpec, value: Any) -> Any:
@@ -314,7 +315,6 @@ class Store:
             have = {i: v for _, i, v in stored}
             stale = {d.id for d in docs if d.version and have.get(d.id, 0) > d.version}
             docs = [d for d in docs if d.id not in stale]
-            ids = [d.id for d in docs]
             old = [(r, i) for r, i, _ in stored if i not in stale]
             new_rows: list[int] = []
             cur = conn.cursor()
@@ -348,7 +348,7 @@ class Store:
             if no_thumb:
                 conn.execute(f"DELETE FROM thumbs WHERE id IN {_IN_JSON}",
                              (json.dumps(no_thumb),))
-            if ids and conn.execute("SELECT EXISTS(SELECT 1 FROM failures)").fetchone()[0]:
+            if docs and conn.execute("SELECT EXISTS(SELECT 1 FROM failures)").fetchone()[0]:
                 # The failure of a newer upload stays (the latest upload failed).
                 conn.executemany("DELETE FROM failures WHERE id = ? AND (? = 0 OR version <= ?)",
                                  [(d.id, d.version, d.version) for d in docs])
@@ -372,10 +372,9 @@ class Store:
             r = conn.execute("SELECT source, sources FROM docs WHERE id = ?",
                              (doc_id,)).fetchone()
             if r is not None:
-                spec = next(f for f in COLUMNS if f.name == "sources")
-                merged = with_source(_from_column(spec, r[1]), r[0], source)
+                merged = with_source(_from_column(_SOURCES, r[1]), r[0], source)
                 conn.execute("UPDATE docs SET sources = ? WHERE id = ?",
-                             (_to_column(spec, merged), doc_id))
+                             (_to_column(_SOURCES, merged), doc_id))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
