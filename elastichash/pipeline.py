@@ -45,6 +45,11 @@ class UploadClock:
             self.last = max(time.time_ns(), self.last + 1)
             return self.last
 
+    def observe(self, seq: int) -> None:
+        """A sequence handed out earlier (found in the spool at start): later ones exceed it."""
+        with self._lock:
+            self.last = max(self.last, seq)
+
 
 @dataclass(frozen=True)
 class QueryCode:

@@ -132,7 +132,7 @@ class LocalPipeline:
             paths = await asyncio.to_thread(self._list_spool)
         for seq, image_id, path in paths:
             self._accept(image_id, seq)
-            self._clock.last = max(self._clock.last, seq)
+            self._clock.observe(seq)
             with contextlib.suppress(OSError):
                 self.spool_bytes += path.stat().st_size
         self._tasks.append(asyncio.create_task(self._run(), name="standalone-indexer"))
