@@ -23,7 +23,7 @@ from elastichash.errors import (
 from elastichash.ids import check_id, content_id
 from elastichash.index.filters import INGEST_FIELDS, ingest_metadata
 from elastichash.index.incoming import skipped_duplicate_of
-from elastichash.index.schema import hit_values
+from elastichash.index.schema import all_sources, hit_values
 from elastichash.pipeline import IngestItem
 from elastichash.serving.body import Body
 from elastichash.validate import inspect_image
@@ -349,7 +349,7 @@ async def get_image(request: web.Request) -> web.Response:
         fields = {**hit_values(doc), "thumbnail_url": thumbnail_url(image_id, doc.thumbnail_url)}
         return json_model(ImageStatus(
             id=image_id, status="indexed", duplicate_of=of if isinstance(of, str) else None,
-            sources=list(doc.sources) or ([doc.source] if doc.source else []), **fields))
+            sources=all_sources(doc.sources, doc.source), **fields))
     raise NotFound(f"no image with id {image_id}")
 
 

@@ -130,11 +130,16 @@ def empty(spec: FieldSpec) -> Any:
     return {} if spec.kind == "json" else () if spec.kind == "keywords" else None
 
 
+def all_sources(sources: tuple[str, ...] | list[str], first: str | None) -> list[str]:
+    """A document's sources; for one written before the field, its one ``source``."""
+    return list(sources) or ([first] if first else [])
+
+
 def with_source(sources: tuple[str, ...] | list[str], first: str | None,
                 added: str) -> tuple[str, ...]:
     """``sources`` (or, for documents written before the field, ``first``) with ``added``
     appended unless present; past MAX_SOURCES the oldest after the first make room."""
-    out = list(sources) or ([first] if first else [])
+    out = all_sources(sources, first)
     if added in out:
         return tuple(out)
     out.append(added)
