@@ -37,6 +37,7 @@ from elastichash.errors import Unavailable
 from elastichash.health import total
 from elastichash.messages import BadMessage, IndexDoc, IndexFailure, decode_ingest
 from elastichash.pipeline import IngestItem
+from elastichash.priority import QueryFirst
 from elastichash.roles import Role, run_role
 from elastichash.settings import ModelSettings
 from encoder_worker import encode
@@ -46,34 +47,6 @@ from encoder_worker.metrics import Metrics
 log = logging.getLogger(__name__)
 Msg = AbstractIncomingMessage
 T = TypeVar("T")
-
-
-class _QueryFirst:
-    """Counts query encodings in flight; ingest batches wait for none, within a bound."""
-
-    def __init__(self, patience_s: float) -> None:
-        self._patience_s = patience_s
-        self._waiting = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def __enter__(self) -> None:
-        self._waiting += 1
-        self._idle.clear()
-
-    def __exit__(self, *_: object) -> None:
-        self._waiting -= 1
-        if not self._waiting:
-            self._idle.set()
-
-    async def wait_turn(self) -> None:
-        if not self._idle.is_set():
-            # Bounded: a steady stream of queries must not starve ingest.
-            try:
-                async with asyncio.timeout(self._patience_s):
-                    await self._idle.wait()
-            except TimeoutError:
-                pass
 
 
 class EncoderWorker:
@@ -104,7 +77,7 @@ class EncoderWorker:
         self._rpc_executor = concurrent.futures.ThreadPoolExecutor(
             max(1, settings.rpc_threads), "eh-encode-rpc"
         )
-        self._queries = _QueryFirst(settings.rpc_priority_s)
+        self._queries = QueryFirst(settings.rpc_priority_s)
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings

@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from elastichash.priority import QueryFirst
 from elastichash.roles import Role, run_role
 from gateway import ingest, search
 from gateway.backpressure import BacklogGate
@@ -32,6 +33,7 @@ from gateway.state import (
     METRICS,
     PENDING,
     QUERY_POOL,
+    SEARCHES,
     SETTINGS,
     Components,
     ComponentsFactory,
@@ -122,6 +124,7 @@ def create_app(
     app[METRICS] = metrics
     app[PENDING] = PendingSet(settings.pending_capacity)
     app[BACKLOG] = BacklogGate(settings.max_queued, settings.retry_after_s)
+    app[SEARCHES] = QueryFirst(settings.search_priority_s)
     factory = components or distributed_components
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:

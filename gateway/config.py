@@ -58,6 +58,11 @@ class GatewaySettings(BaseSettings):
     # memory and disk alarms are then the only bound).
     max_queued: int = Field(default=0, ge=0)
     retry_after_s: float = Field(default=5.0, gt=0)
+    # Searches first: while a search is being answered, uploads pause between images (reading
+    # the next file, publishing the next group) until no search is in flight, for at most this
+    # long each time, so that a steady stream of searches slows ingest without starving it.
+    # 0: uploads never wait for searches.
+    search_priority_s: float = Field(default=1.0, ge=0)
     # Ids the gateway remembers as queued until indexed or failed (bounded memory).
     pending_capacity: int = 200_000
     shutdown_timeout_s: float = 30.0

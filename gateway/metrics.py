@@ -21,6 +21,11 @@ class Metrics:
             "eh_gateway_images_accepted_total", "images accepted for indexing",
             registry=self.registry,
         )
+        self.search_wait = Counter(
+            "eh_gateway_upload_search_wait_seconds",
+            "seconds uploads waited for searches in flight (EH_GATEWAY_SEARCH_PRIORITY_S)",
+            registry=self.registry,
+        )
         self.rejected = Counter(
             "eh_gateway_images_rejected_total", "images refused at the gateway", ["code"],
             registry=self.registry,

@@ -32,7 +32,7 @@ from gateway.schemas import (
     SearchResponse,
     StatsResponse,
 )
-from gateway.state import COMPONENTS, FETCHER, QUERY_POOL, SETTINGS
+from gateway.state import COMPONENTS, FETCHER, QUERY_POOL, SEARCHES, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,13 @@ async def _multipart_query(request: web.Request) -> tuple[bytes, SearchParams]:
 
 
 async def _encode(request: web.Request, data: bytes) -> QueryCode:
-    await asyncio.get_running_loop().run_in_executor(
-        request.app[QUERY_POOL], check_image_bytes, data, request.app[SETTINGS].limits.max_pixels
-    )
-    return await request.app[COMPONENTS].pipeline.encode_query(data)
+    # Uploads in this process give way while a query is encoded and searched (searches
+    # first, within a bound); not while its body or URL arrives, which a client paces.
+    with request.app[SEARCHES]:
+        await asyncio.get_running_loop().run_in_executor(
+            request.app[QUERY_POOL], check_image_bytes, data,
+            request.app[SETTINGS].limits.max_pixels)
+        return await request.app[COMPONENTS].pipeline.encode_query(data)
 
 
 async def post_search(request: web.Request) -> web.Response:
@@ -137,7 +140,8 @@ async def post_search(request: web.Request) -> web.Response:
                 k=params.k, offset=params.offset, next_offset=None, hint=hint,
                 query=QueryInfo(id=query_id, code=codes.to_hex(query.code) if query else None,
                                 short=codes.to_hex(query.short) if query else None)))
-    result = await comp.index.search(search_query)
+    with request.app[SEARCHES]:
+        result = await comp.index.search(search_query)
     end = params.offset + len(result.hits)
     return json_model(SearchResponse(
         results=[_item(h) for h in result.hits],

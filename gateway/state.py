@@ -11,6 +11,7 @@ from aiohttp import web
 
 from elastichash.index.base import Index
 from elastichash.pipeline import Pipeline
+from elastichash.priority import QueryFirst
 from gateway.backpressure import BacklogGate
 from gateway.config import GatewaySettings
 from gateway.fetch import Fetcher
@@ -34,3 +35,4 @@ METRICS = web.AppKey("metrics", Metrics)
 PENDING = web.AppKey("pending", PendingSet)
 BACKLOG = web.AppKey("backlog", BacklogGate)
 QUERY_POOL = web.AppKey("query_pool", ThreadPoolExecutor)
+SEARCHES = web.AppKey("searches", QueryFirst)  # searches in flight; uploads give way

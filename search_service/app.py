@@ -12,11 +12,12 @@ from aiohttp import web
 
 from elastichash.index.base import Index
 from elastichash.index.factory import make_index
+from elastichash.priority import QueryFirst
 from elastichash.roles import Role, run_role
 from elastichash.web_errors import error_middleware
 from search_service import routes
 from search_service.config import SearchServiceSettings
-from search_service.keys import INDEX_KEY, METRICS_KEY, SETTINGS_KEY
+from search_service.keys import INDEX_KEY, METRICS_KEY, SEARCHES_KEY, SETTINGS_KEY
 from search_service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def create_app(settings: SearchServiceSettings, *, index: Index | None = None) -
                           middlewares=[error_middleware(metrics.observe)])
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics
+    app[SEARCHES_KEY] = QueryFirst(settings.search_priority_s)
     idx = index if index is not None else make_index(settings.index)
     app[INDEX_KEY] = idx
 

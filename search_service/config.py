@@ -23,6 +23,10 @@ class SearchServiceSettings(BaseSettings):
     # Largest bulk batch accepted in one request; writers chunk above it.
     max_bulk_documents: int = 10_000
     shutdown_timeout_s: float = 10.0
+    # Searches first: a write (a bulk of documents, failure records) waits until no search is
+    # in flight, for at most this long, so that a steady stream of searches slows indexing
+    # without starving it. 0: writes never wait for searches.
+    search_priority_s: float = Field(default=1.0, ge=0)
     # The same connection and body limits as the gateway (elastichash.serving): slow bodies
     # get a 408, idle keep-alive connections close, each client address has a connection cap.
     body: BodySettings = Field(default_factory=BodySettings)

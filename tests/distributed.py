@@ -129,7 +129,7 @@ class Cluster:
             f"{prefix}AMQP__PUBLISH_TIMEOUT_S": "60",
         }
 
-    def search_service(self, index_env: dict[str, str] | None = None) -> Service:
+    def search_service(self, index_env: dict[str, str] | None = None, **extra: str) -> Service:
         """The search service over the embedded index, or over what ``index_env`` names
         (``EH_SEARCH_INDEX__*``: the real engine in the end-to-end test)."""
         return self._spawn(
@@ -143,6 +143,7 @@ class Cluster:
                     "EH_SEARCH_INDEX__BACKEND": "embedded",
                     "EH_SEARCH_INDEX__DATA_DIR": str(self.tmp / "index"),
                 }),
+                **extra,
             },
         )
 
