@@ -1,8 +1,12 @@
-"""HTTP plumbing of the gateway: the shared error middleware, API keys, JSON responses."""
+"""HTTP plumbing of the gateway: the shared error middleware, API keys, JSON responses, image
+checks off the event loop."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -10,6 +14,22 @@ from pydantic import BaseModel
 from elastichash.errors import Unauthorized
 from elastichash.web_errors import Handler, error_middleware
 from gateway.metrics import Metrics
+
+T = TypeVar("T")
+
+# An image's header check and content hash, up to this size, run on the event loop: about
+# 0.05 ms for a 7 kB JPEG, 0.3 ms for 170 kB, less than handing them to a thread costs, and a
+# busy machine's thread wake-up added milliseconds to each search (larger ones: a thread).
+INLINE_CHECK_BYTES = 256 * 1024
+
+
+async def check_off_loop(fn: Callable[[bytes, int], T], data: bytes, max_pixels: int,
+                         executor: Executor | None = None) -> T:
+    """``fn(data, max_pixels)``: inline for a small image, else in ``executor`` (default: the
+    loop's)."""
+    if len(data) <= INLINE_CHECK_BYTES:
+        return fn(data, max_pixels)
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, data, max_pixels)
 
 
 def json_model(model: BaseModel, status: int = 200) -> web.Response:

@@ -28,7 +28,7 @@ from elastichash.pipeline import IngestItem
 from elastichash.serving.body import Body
 from elastichash.validate import inspect_image
 from elastichash.web_errors import close_after, error_response
-from gateway.http import client_key, json_model
+from gateway.http import check_off_loop, client_key, json_model
 from gateway.schemas import (
     AcceptedImage,
     FailureOut,
@@ -87,8 +87,8 @@ class _Batch:
                   fields: dict[str, Any] | None = None) -> None:
         settings = self.app[SETTINGS]
         try:
-            # Header parse and hashing of up to max_bytes: off the event loop.
-            info = await asyncio.to_thread(inspect_image, data, settings.limits.max_pixels)
+            # Header parse and hashing of up to max_bytes: off the event loop when large.
+            info = await check_off_loop(inspect_image, data, settings.limits.max_pixels)
             image_id = check_id(given_id) if given_id else info.content_id
         except ElasticHashError as exc:
             self.error(exc, filename=filename, url=url)

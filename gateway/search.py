@@ -20,7 +20,7 @@ from elastichash.index.schema import hit_values
 from elastichash.pipeline import QueryCode
 from elastichash.serving.body import Body
 from elastichash.validate import check_image_bytes
-from gateway.http import client_key, json_model
+from gateway.http import check_off_loop, client_key, json_model
 from gateway.schemas import (
     DuplicateGroupOut,
     DuplicatesParams,
@@ -75,9 +75,8 @@ async def _encode(request: web.Request, data: bytes) -> QueryCode:
     # Uploads in this process give way while a query is encoded and searched (searches
     # first, within a bound); not while its body or URL arrives, which a client paces.
     with request.app[SEARCHES]:
-        await asyncio.get_running_loop().run_in_executor(
-            request.app[QUERY_POOL], check_image_bytes, data,
-            request.app[SETTINGS].limits.max_pixels)
+        await check_off_loop(check_image_bytes, data, request.app[SETTINGS].limits.max_pixels,
+                             request.app[QUERY_POOL])
         return await request.app[COMPONENTS].pipeline.encode_query(data)
 
 
