@@ -429,9 +429,20 @@ async def run_flood(
             search0 = await mean_of(http, srch, "eh_search_seconds")
             cpu0, broker0, wall0 = stack.cpu_seconds(), broker_cpu_seconds(), time.perf_counter()
             count0 = await count(http, srch.removesuffix("/metrics"))
-            for data in probes:
-                flood.append(await search_once(http, base, data))
+            # Searches while the flood is still being uploaded (the gateway receiving and
+            # publishing it), then while only its backlog is encoded, until ``queries`` of the
+            # latter (or the backlog is gone); each sample is labelled by its phase.
+            uploading: list[float] = []
+            backlog: list[float] = []
+            deadline = time.perf_counter() + 600
+            while len(backlog) < args.queries and time.perf_counter() < deadline:
+                during_upload = sender.poll() is None
+                took = await search_once(http, base, probes[len(flood) % len(probes)])
+                flood.append(took)
+                (uploading if during_upload else backlog).append(took)
                 depths.append(await queued(http, base))
+                if not during_upload and depths[-1] == 0:
+                    break
             wall = time.perf_counter() - wall0
             indexed_per_s = (await count(http, srch.removesuffix("/metrics")) - count0) / wall
             cpu = {k: round((v - cpu0.get(k, 0.0)) / wall, 2)
@@ -457,9 +468,12 @@ async def run_flood(
 
         await delete_topology(args.amqp, stack.prefix)
     print(f"  {name}: idle {percentiles(idle)} flood {percentiles(flood)}"
+          f" (uploading {percentiles(uploading) if uploading else None},"
+          f" backlog {percentiles(backlog) if backlog else None})"
           f" (gateway took {percentiles(TOOK)}; {parts}; cores busy per process {cpu};"
           f" indexed {indexed_per_s:.0f}/s; load {os.getloadavg()[0]:.1f})", file=sys.stderr)
-    return {"idle_s": idle, "flood_s": flood, "queued": depths, "flood_took_s": list(TOOK),
+    return {"idle_s": idle, "flood_s": flood, "flood_uploading_s": uploading,
+            "flood_backlog_s": backlog, "queued": depths, "flood_took_s": list(TOOK),
             "indexed_per_s": [indexed_per_s], "cores_busy": [cpu],
             "load_1min": [os.getloadavg()[0]]}
 
@@ -493,7 +507,8 @@ def flood_main(args: argparse.Namespace) -> int:
     if args.no_reference:
         setups = {k: v for k, v in setups.items() if not v}
     samples: dict[str, dict[str, list[float]]] = {
-        label: {"idle_s": [], "flood_s": [], "queued": [], "flood_took_s": [],
+        label: {"idle_s": [], "flood_s": [], "flood_uploading_s": [], "flood_backlog_s": [],
+                "queued": [], "flood_took_s": [],
                 "indexed_per_s": [], "cores_busy": [], "load_1min": []} for label in setups
     }
     with tempfile.TemporaryDirectory(prefix="eh-bench-") as t:
@@ -512,6 +527,10 @@ def flood_main(args: argparse.Namespace) -> int:
             "encoder_env": env,
             "idle": percentiles(got["idle_s"]),
             "flood": percentiles(got["flood_s"]),
+            # the same searches split by phase: while the flood was still being uploaded to
+            # this gateway, and after, while only its backlog was being encoded
+            "flood_uploading": percentiles(got["flood_uploading_s"] or [float("nan")]),
+            "flood_backlog": percentiles(got["flood_backlog_s"] or [float("nan")]),
             # inside the gateway's handler: query encoding (RPC) + index search
             "flood_gateway_took": percentiles(got["flood_took_s"]),
             "queued_during_searches": {"min": min(got["queued"]), "max": max(got["queued"])},
@@ -523,16 +542,28 @@ def flood_main(args: argparse.Namespace) -> int:
         }
         run["ratio_p50"] = run["flood"]["p50_ms"] / run["idle"]["p50_ms"]
         run["ratio_p99"] = run["flood"]["p99_ms"] / run["idle"]["p99_ms"]
+        for phase in ("uploading", "backlog"):
+            for q in ("p50", "p99"):
+                run[f"ratio_{phase}_{q}"] = (run[f"flood_{phase}"][f"{q}_ms"]
+                                             / run["idle"][f"{q}_ms"])
         runs.append(run)
     print(
         f"search by upload, {args.queries} queries x {args.repeat} runs, under a flood of"
         f" {len(images)} images into one encoder (batch {args.batch}), {os.cpu_count()} CPUs"
     )
     print(table(
-        [("setup", "<40"), ("idle p50 ms", ">11.0f"), ("p99 ms", ">7.0f"),
-         ("flood p50 ms", ">12.0f"), ("p99 ms", ">7.0f"), ("x p50", ">6.2f"), ("x p99", ">6.2f")],
-        [(r["label"], r["idle"]["p50_ms"], r["idle"]["p99_ms"], r["flood"]["p50_ms"],
-          r["flood"]["p99_ms"], r["ratio_p50"], r["ratio_p99"]) for r in runs]))
+        [("setup", "<40"), ("phase", "<10"), ("n", ">4"), ("p50 ms", ">7.0f"),
+         ("p99 ms", ">7.0f"), ("x p50", ">6.2f"), ("x p99", ">6.2f")],
+        [row for r in runs for row in (
+            (r["label"], "idle", r["idle"]["n"], r["idle"]["p50_ms"], r["idle"]["p99_ms"],
+             None, None),
+            ("", "uploading", r["flood_uploading"]["n"], r["flood_uploading"]["p50_ms"],
+             r["flood_uploading"]["p99_ms"], r["ratio_uploading_p50"],
+             r["ratio_uploading_p99"]),
+            ("", "backlog", r["flood_backlog"]["n"], r["flood_backlog"]["p50_ms"],
+             r["flood_backlog"]["p99_ms"], r["ratio_backlog_p50"], r["ratio_backlog_p99"]),
+            ("", "flood, all", r["flood"]["n"], r["flood"]["p50_ms"], r["flood"]["p99_ms"],
+             r["ratio_p50"], r["ratio_p99"]))]))
     out = args.out if args.out != ROOT / "bench/results/ingest.json" else (
         ROOT / "bench/results/ingest_flood.json")
     result = {
@@ -544,7 +575,9 @@ def flood_main(args: argparse.Namespace) -> int:
         "cpus": os.cpu_count(),
         "runs": runs,
         "target_ratio": 2.0,
-        "default_meets_target": runs[-1]["ratio_p50"] <= 2.0 and runs[-1]["ratio_p99"] <= 2.0,
+        # Issue 18.7: a backlog slows search by at most 2x (p50; p99 recorded beside it).
+        "default_meets_target_p50": runs[-1]["ratio_backlog_p50"] <= 2.0,
+        "default_meets_target_p99": runs[-1]["ratio_backlog_p99"] <= 2.0,
     }
     write_result("ingest_flood", result, path=out)
     print(f"wrote {out}")
