@@ -58,9 +58,8 @@ SPOOL_SUFFIX = ".img"
 
 @dataclass
 class _Spooled:
-    item: IngestItem
+    item: IngestItem  # stamped with its seq (the upload's version) when spooled
     path: Path | None
-    seq: int
     attempts: int = 0
     size: int = 0
 
@@ -180,7 +179,7 @@ class LocalPipeline:
             raise Unavailable("shutting down; not accepting new images")
         spooled = await asyncio.to_thread(self._write_spool, list(items))
         for sp in spooled:
-            self._accept(sp.item.id, sp.seq)
+            self._accept(sp.item.id, sp.item.seq)
             self.spool_bytes += sp.size
         for sp in spooled:
             await self._queue.put(sp)
@@ -225,7 +224,7 @@ class LocalPipeline:
 
     def _write_spool(self, items: list[IngestItem]) -> list[_Spooled]:
         if self._spool is None:
-            return [_Spooled(replace(it, seq=(seq := self._next_seq())), None, seq)
+            return [_Spooled(replace(it, seq=self._next_seq()), None)
                     for it in items]
         self._spool.mkdir(parents=True, exist_ok=True)
         out: list[_Spooled] = []
@@ -246,7 +245,7 @@ class LocalPipeline:
                     os.fsync(fh.fileno())
                 os.replace(tmp, final)
                 tmp = None
-                out.append(_Spooled(it, final, seq, size=final.stat().st_size))
+                out.append(_Spooled(it, final, size=final.stat().st_size))
             if out:
                 dfd = os.open(self._spool, os.O_RDONLY)
                 try:
@@ -292,7 +291,7 @@ class LocalPipeline:
             log.warning("dropping unreadable spool file %s: %s", path, exc)
             path.unlink(missing_ok=True)
             return None
-        return _Spooled(item, path, seq, size=len(raw))
+        return _Spooled(item, path, size=len(raw))
 
     async def _replay(self, paths: list[tuple[int, str, Path]]) -> None:
         """Feed spooled images to the worker one file at a time, behind the server start."""
@@ -361,7 +360,7 @@ class LocalPipeline:
         if give_up:
             now = time.time()
             failures = [Failure(sp.item.id, "index_error", f"gave up after {MAX_ATTEMPTS} "
-                                f"attempts: {why}", sp.item.source, now, sp.seq)
+                                f"attempts: {why}", sp.item.source, now, sp.item.seq)
                         for sp in give_up]
             try:
                 await self._index.record_failures(failures)
@@ -374,7 +373,7 @@ class LocalPipeline:
         await asyncio.sleep(min(0.2 * 2 ** attempts, 10.0))
 
     def _superseded(self, sp: _Spooled) -> bool:
-        return sp.seq < self._latest.get(sp.item.id, sp.seq)
+        return sp.item.seq < self._latest.get(sp.item.id, sp.item.seq)
 
     async def _process(self, batch: list[_Spooled]) -> None:
         # A newer upload of the same id is waiting (or in this batch): this one is dropped,
@@ -418,7 +417,7 @@ class LocalPipeline:
                     retry.append(sp)
                 else:
                     failures.append(Failure(wr.id, "index_error", wr.error or "write failed",
-                                            sp.item.source, now, sp.seq))
+                                            sp.item.source, now, sp.item.seq))
                     done.append(sp)
         if failures or skipped:
             await self._index.record_failures(failures + skipped)
