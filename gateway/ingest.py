@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -59,6 +60,17 @@ def thumbnail_url(image_id: str, external: str | None) -> str:
     return external or f"/v1/images/{image_id}/thumbnail"
 
 
+@dataclass
+class _Group:
+    """Images not yet handed to the pipeline, and which of their ids are content ids: one
+    object, so that the two are always taken (and started afresh) together."""
+
+    # None in place of the item: already indexed, answered but not queued.
+    items: list[tuple[IngestItem | None, AcceptedImage]] = field(default_factory=list)
+    by_content: set[str] = field(default_factory=set)
+    nbytes: int = 0
+
+
 class _Batch:
     """Collects accepted items and errors; flushes to the pipeline in bounded groups.
 
@@ -68,10 +80,7 @@ class _Batch:
 
     def __init__(self, request: web.Request) -> None:
         self.app = request.app
-        # None in place of the item: already indexed, answered but not queued.
-        self.items: list[tuple[IngestItem | None, AcceptedImage]] = []
-        self.by_content: set[str] = set()  # ids of self.items that are content ids
-        self.nbytes = 0
+        self.group = _Group()  # not yet handed to the pipeline
         self.accepted: list[AcceptedImage] = []
         self.errors: list[ItemError] = []
         self.failure: ElasticHashError | None = None
@@ -95,25 +104,26 @@ class _Batch:
             return
         accepted = AcceptedImage(id=image_id, filename=filename, url=url,
                                  status_url=f"/v1/images/{image_id}")
+        group = self.group
         if given_id is None:
-            self.by_content.add(image_id)
+            group.by_content.add(image_id)
         # Derived fields next to the client's collection fields: all filterable.
         metadata: dict[str, Any] = {
             **(fields or {}), "width": info.width, "height": info.height,
             "format": info.content_type.removeprefix("image/"), "ingested_at": time.time()}
         if filename:
             metadata["filename"] = filename
-        self.items.append((IngestItem(image_id, data, source, metadata, info.content_type),
-                           accepted))
-        self.nbytes += len(data)
-        if len(self.items) >= SUBMIT_GROUP_FILES or self.nbytes >= SUBMIT_GROUP_BYTES:
+        group.items.append((IngestItem(image_id, data, source, metadata, info.content_type),
+                            accepted))
+        group.nbytes += len(data)
+        if len(group.items) >= SUBMIT_GROUP_FILES or group.nbytes >= SUBMIT_GROUP_BYTES:
             await self.flush()
 
     async def flush(self) -> None:
-        if not self.items:
+        if not self.group.items:
             return
-        group, self.items, self.nbytes = self.items, [], 0
-        group = await self._skip_indexed(group)
+        taken, self.group = self.group, _Group()
+        group = await self._skip_indexed(taken)
         to_queue = [it for it, _ in group if it is not None]
         if self.failure is None and to_queue:
             await searches_first(self.app)  # a search in flight goes first
@@ -142,15 +152,13 @@ class _Batch:
             pending.add(it.id, it.source)
         self.app[METRICS].ingested.inc(len(queued))
 
-    async def _skip_indexed(
-        self, group: list[tuple[IngestItem | None, AcceptedImage]]
-    ) -> list[tuple[IngestItem | None, AcceptedImage]]:
+    async def _skip_indexed(self, taken: _Group) -> list[tuple[IngestItem | None, AcceptedImage]]:
         """Images whose bytes are indexed already (a content id) are answered so, and their
         source is appended to the document's sources instead of queueing a copy that replaces
         it. One lookup for the group: a lookup per image would cost the index a request each."""
         comp = self.app[COMPONENTS]
-        check, self.by_content = self.by_content, set()
-        ids = [it.id for it, _ in group if it is not None and it.id in check
+        group = taken.items
+        ids = [it.id for it, _ in group if it is not None and it.id in taken.by_content
                and not comp.pipeline.is_queued(it.id)]
         found = await comp.index.existing(ids) & set(ids) if ids else set()
         if not found:
