@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import HttpUrl, TypeAdapter, ValidationError
 
+from elastichash.aio import gather_bounded
 from elastichash.errors import (
     Conflict,
     ElasticHashError,
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 SUBMIT_GROUP_FILES = 32
 SUBMIT_GROUP_BYTES = 64 * 1024 * 1024
 FETCH_CONCURRENCY = 8
+# Sources appended at once for re-uploaded images (a request each to a remote index).
+ADD_SOURCE_CONCURRENCY = 8
 MAX_FIELD_PARTS = 16  # album, taken_at and tags fields in one upload request
 
 
@@ -155,7 +158,12 @@ class _Batch:
     async def _skip_indexed(self, taken: _Group) -> list[tuple[IngestItem | None, AcceptedImage]]:
         """Images whose bytes are indexed already (a content id) are answered so, and their
         source is appended to the document's sources instead of queueing a copy that replaces
-        it. One lookup for the group: a lookup per image would cost the index a request each."""
+        it. One lookup for the group: a lookup per image would cost the index a request each.
+
+        The sources are added concurrently (ADD_SOURCE_CONCURRENCY at a time), one call per
+        image as before, each image's error in the answer; the sources of one id are added in
+        upload order, one after the other, as the engine's append is a versioned read-modify-
+        write that two at once would make retry."""
         comp = self.app[COMPONENTS]
         group = taken.items
         ids = [it.id for it, _ in group if it is not None and it.id in taken.by_content
@@ -163,18 +171,32 @@ class _Batch:
         found = await comp.index.existing(ids) & set(ids) if ids else set()
         if not found:
             return group
+        by_id: dict[str, list[tuple[int, str]]] = {}  # id -> (place in group, source)
+        for n, (it, _) in enumerate(group):
+            if it is not None and it.id in found and it.source:
+                by_id.setdefault(it.id, []).append((n, it.source))
+
+        async def add_sources(
+                item: tuple[str, list[tuple[int, str]]]) -> list[tuple[int, ElasticHashError]]:
+            doc_id, sources = item
+            failed = []
+            for n, source in sources:
+                try:
+                    await comp.index.add_source(doc_id, source)
+                except ElasticHashError as exc:
+                    failed.append((n, exc))
+            return failed
+
+        failed = dict(f for fs in await gather_bounded(add_sources, list(by_id.items()),
+                                                       ADD_SOURCE_CONCURRENCY) for f in fs)
         out: list[tuple[IngestItem | None, AcceptedImage]] = []
-        for it, acc in group:
+        for n, (it, acc) in enumerate(group):
             if it is None or it.id not in found:
                 out.append((it, acc))
-                continue
-            if it.source:
-                try:
-                    await comp.index.add_source(it.id, it.source)
-                except ElasticHashError as exc:
-                    self.error(exc, filename=acc.filename, url=acc.url)
-                    continue
-            out.append((None, acc.model_copy(update={"status": "indexed"})))
+            elif n in failed:
+                self.error(failed[n], filename=acc.filename, url=acc.url)
+            else:
+                out.append((None, acc.model_copy(update={"status": "indexed"})))
         return out
 
     @property

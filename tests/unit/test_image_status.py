@@ -3,21 +3,31 @@ says they are indexed and leaves the stored document as it was."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.typedefs import Handler
 
 from elastichash.cli.standalone import open_local
+from elastichash.index.schema import MAX_SOURCE_CHARS
+from elastichash.settings import IndexSettings, ModelSettings, RemoteIndexSettings
 from gateway.app import create_app
 from gateway.config import GatewaySettings
+from gateway.ingest import ADD_SOURCE_CONCURRENCY
 from gateway.state import Components
+from search_service.app import create_app as create_search_app
+from search_service.config import SearchServiceSettings
 from tests.imagegen import make_image
 from tests.standalone import (
     form_with_files,
+    gateway_client,
     standalone_settings,
     wait_for,
     wait_indexed,
@@ -209,3 +219,64 @@ async def test_a_preview_sized_for_the_large_view_is_stored_and_served(
     await wait_for(replaced, 60, "the stale preview to go")
     assert (await client.delete("/v1/images/big")).status == 204
     assert (await client.get("/v1/images/big/preview")).status == 404
+
+
+async def test_reuploads_add_their_sources_to_a_slow_search_service_concurrently_each_error_its_own(
+        tmp_path: Path, model_path: Path) -> None:
+    """The gateway over the search service (real, in-process) whose source appends each take
+    DELAY: 14 appends take about two delays, not fourteen; a source the service refuses is
+    that image's error alone; the sources of one image keep the upload's order."""
+    delay, in_flight, peak = 0.5, [0], [0]
+
+    @web.middleware
+    async def slow_sources(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.endswith("/_sources"):
+            return await handler(request)
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        try:
+            await asyncio.sleep(delay)  # a slow service, as seen from the gateway
+            return await handler(request)
+        finally:
+            in_flight[0] -= 1
+
+    search = create_search_app(SearchServiceSettings(index=IndexSettings(
+        backend="embedded", data_dir=tmp_path / "search-index")))
+    search.middlewares.append(slow_sources)
+    server = TestServer(search)
+    await server.start_server()
+    settings = GatewaySettings(
+        mode="standalone", model=ModelSettings(path=model_path, batch_size=16),
+        index=RemoteIndexSettings(backend="remote", search_url=str(server.make_url(""))))
+    try:
+        async with gateway_client(settings, tmp_path) as client:
+            images = [make_image(900 + i, size=(64, 48)) for i in range(12)]
+            resp = await client.post("/v1/images", data=form_with_files(
+                [(f"first-{i}.jpg", d, "image/jpeg") for i, d in enumerate(images)]))
+            assert resp.status == 202, await resp.text()
+            ids = [i["id"] for i in (await resp.json())["images"]]
+            statuses = await wait_indexed(client, ids)
+            assert {s["status"] for s in statuses.values()} == {"indexed"}, statuses
+            long_name = "x" * MAX_SOURCE_CHARS + ".jpg"  # the service refuses this source
+            again = [(f"again-{i}.jpg", d, "image/jpeg") for i, d in enumerate(images)]
+            again += [("again-0-second.jpg", images[0], "image/jpeg"),
+                      (long_name, images[1], "image/jpeg")]
+            started = time.monotonic()
+            resp = await client.post("/v1/images", data=form_with_files(again))
+            took = time.monotonic() - started
+            body = await resp.json()
+            assert resp.status == 200, body  # nothing queued: every image is indexed
+            assert [(i["filename"], i["status"]) for i in body["images"]] == [
+                (name, "indexed") for name, _, _ in again[:-1]]
+            assert [(e["filename"], e["code"]) for e in body["errors"]] == [
+                (long_name, "invalid_input")]
+            assert f"1 to {MAX_SOURCE_CHARS} characters" in body["errors"][0]["message"]
+            assert 2 <= peak[0] <= ADD_SOURCE_CONCURRENCY
+            # One after another, the 14 appends would take 7 s; at 8 at a time, about 1 s.
+            assert took < len(again) * delay / 2, took
+            status = await (await client.get(f"/v1/images/{ids[0]}")).json()
+            assert status["sources"] == ["first-0.jpg", "again-0.jpg", "again-0-second.jpg"]
+            status = await (await client.get(f"/v1/images/{ids[1]}")).json()
+            assert status["sources"] == ["first-1.jpg", "again-1.jpg"]
+    finally:
+        await server.close()
