@@ -17,10 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elastichash.aio import gather_bounded
 from elastichash.index.base import Document
 from elastichash.settings import ImageLimits, ModelSettings
 
 BATCH = 64
+PREVIEW_READS = 8  # previews read at once (from the index's reader threads)
 THUMBNAIL_SIZE = 256
 
 
@@ -85,6 +87,12 @@ async def reindex(root: Path, model: str, progress: bool = True) -> ReindexRepor
                 kinds.append(kind)
                 keep_thumbs.append(d.thumbnail)
             results = await encoder.aencode(datas, thumbnails=THUMBNAIL_SIZE)
+            # The previews of the batch's re-encoded images, read PREVIEW_READS at a time: at
+            # most a batch's previews in memory, as before, but not one read after another.
+            encoded = [it.id for it, res in zip(items, results, strict=True)
+                       if isinstance(res, Encoded)]
+            previews = dict(zip(encoded, await gather_bounded(old.get_preview, encoded,
+                                                              PREVIEW_READS), strict=True))
             out = []
             for item, res, kind, thumb in zip(items, results, kinds, keep_thumbs, strict=True):
                 if not isinstance(res, Encoded):
@@ -100,7 +108,7 @@ async def reindex(root: Path, model: str, progress: bool = True) -> ReindexRepor
                 assert isinstance(record, Document)  # an Encoded result makes a document
                 out.append(dataclasses.replace(
                     record, version=was.version, sources=was.sources,
-                    preview=await old.get_preview(item.id)))
+                    preview=previews[item.id]))
             written = await new.upsert(out)
             for wr in written:
                 if not wr.ok:

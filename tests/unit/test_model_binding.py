@@ -13,7 +13,7 @@ from elastichash.errors import ModelMismatch
 from elastichash.index.base import Document
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.query import SearchQuery
-from elastichash.index.reindex import reindex
+from elastichash.index.reindex import PREVIEW_READS, reindex
 from elastichash.model.contract import load_spec
 from elastichash.model.registry import ensure_builtin
 from tests.imagegen import make_image
@@ -106,6 +106,58 @@ def test_reindex_reencodes_from_files_and_thumbnails_and_reports_the_rest(
         assert doc.metadata.get("labels")  # the new model's labels came with it
         hits = (await index.search(SearchQuery(code=doc.code, short=doc.short, k=1))).hits
         assert hits[0].id == "file"
+
+    _run(_with_index(root / "index", after))
+
+
+def test_reindex_reads_a_batchs_previews_concurrently_and_still_reports_each_failure(
+    tmp_path: Path, semantic_model: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real index's preview reads, each made slow: a batch's reads overlap (at most
+    PREVIEW_READS at once), every preview reaches the new index, and the images that cannot be
+    re-encoded are each reported, in order, with their reason."""
+    root = tmp_path / "data"
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "efficientnet-lite0.onnx").write_bytes(semantic_model.read_bytes())
+    good = [Document(f"img{i:02d}", bytes(32), bytes(8), source=f"gone/{i}.jpg",
+                     thumbnail=make_image(20 + i, (256, 192)),
+                     preview=make_image(20 + i, (640, 480))) for i in range(12)]
+    bad = [Document("broken", bytes(32), bytes(8), source="gone/b.jpg",
+                    thumbnail=b"not a jpeg", preview=make_image(50, (640, 480))),
+           Document("lost", bytes(32), bytes(8), source="https://example.org/x.jpg")]
+
+    async def fill(index: EmbeddedIndex) -> None:
+        await index.bind_model("visual", load_spec(ensure_builtin("visual", root / "models")))
+        await index.upsert([*good[:6], *bad, *good[6:]])
+
+    _run(_with_index(root / "index", fill))
+    delay, in_flight, peak, read = 0.2, [0], [0], []
+    real_read = EmbeddedIndex.get_preview
+
+    async def slow_read(self: EmbeddedIndex, doc_id: str) -> bytes | None:
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        try:
+            await asyncio.sleep(delay)
+            return await real_read(self, doc_id)
+        finally:
+            in_flight[0] -= 1
+            read.append(doc_id)
+
+    monkeypatch.setattr(EmbeddedIndex, "get_preview", slow_read)
+    report = _run(reindex(root, "efficientnet-lite0", progress=False))
+    monkeypatch.undo()
+    assert (report.from_file, report.from_thumbnail) == (0, 12)
+    assert [i for i, _ in report.failed] == ["lost", "broken"]
+    assert report.failed[0][1] == "no source file and no stored thumbnail"
+    assert report.failed[1][1].startswith("cannot encode its thumbnail: ")
+    assert sorted(read) == [d.id for d in good]  # only the re-encoded images' previews
+    assert 2 <= peak[0] <= PREVIEW_READS
+
+    async def after(index: EmbeddedIndex) -> None:
+        assert await index.count() == 12
+        for d in good:
+            assert await index.get_preview(d.id) == d.preview
 
     _run(_with_index(root / "index", after))
 
