@@ -416,32 +416,28 @@ class EmbeddedIndex:
         clauses = filters.parse(query.filter) if query.filter is not None else None
 
         def run() -> SearchResult:
-            matched = self._store.rows_with_labels(sorted(classes)) if classes else []
-            if clauses is not None and matched:
-
-                def passing_rows(snap: Snapshot, _last: bool) -> set[int]:
-                    mask = self._filter_mask(snap, clauses) & snap.alive[: snap.n]
-                    return set(snap.rows[: snap.n][mask].tolist())
-
-                passing = self._in_view(passing_rows)
-                matched = [m for m in matched if m[0] in passing]
+            rows = (self._store.rows_with_labels(sorted(classes)) if classes
+                    else np.zeros(0, np.int64))
             if code is None:
-                page = matched[query.offset : query.offset + query.k]
-                fields = self._store.fields_for([r for r, _ in page])
+                if clauses is not None and rows.size:
+                    rows = rows[self._in_view(
+                        lambda snap, _last: self._live_passing(snap, rows, clauses)[1])]
+                page = rows[query.offset : query.offset + query.k].tolist()
+                fields = self._store.fields_for(page)
                 hits = [Hit(f.id, 0, **f.fields)
-                        for r, _ in page if (f := fields.get(r)) is not None]
-                return SearchResult(hits, len(matched), len(matched),
+                        for r in page if (f := fields.get(r)) is not None]
+                return SearchResult(hits, int(rows.size), int(rows.size),
                                     (time.perf_counter() - t0) * 1000.0, "words")
 
             def ranked(snap: Snapshot, last: bool) -> SearchResult:
-                rows = np.array([r for r, _ in matched], np.int64)
-                pos = np.flatnonzero(np.isin(snap.rows[: snap.n], rows) & snap.alive[: snap.n])
+                pos, keep = self._live_passing(snap, rows, clauses)
+                pos = pos[keep]
                 q = np.frombuffer(code, np.uint8)
                 dists = np.unpackbits(snap.codes[pos] ^ q, axis=1).sum(axis=1).astype(np.int32)
                 if query.max_distance is not None:
-                    keep = dists <= query.max_distance
-                    pos, dists = pos[keep], dists[keep]
-                cands = Candidates(pos.astype(np.int64), dists, int(pos.size), int(pos.size))
+                    within = dists <= query.max_distance
+                    pos, dists = pos[within], dists[within]
+                cands = Candidates(pos, dists, int(pos.size), int(pos.size))
                 hits = self._page(snap, cands, query.offset, query.k, last)
                 return SearchResult(hits, cands.scanned, cands.total,
                                     (time.perf_counter() - t0) * 1000.0, "words+exact")
@@ -449,6 +445,17 @@ class EmbeddedIndex:
             return self._in_view(ranked)
 
         return await self._run(self._readers, run)
+
+    def _live_passing(
+        self, snap: Snapshot, rows: npt.NDArray[np.int64], clauses: list[filters.Clause] | None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Positions of ``rows`` in ``snap`` and, per row, whether it is there, alive and
+        passes the filter: one mask lookup per row, nothing per passing row of the whole
+        collection. Call inside a view."""
+        pos, keep = snap.locate(rows)
+        if clauses is not None and keep.any():
+            keep[keep] = self._filter_mask(snap, clauses)[pos[keep]]
+        return pos, keep
 
     def _filter_mask(self, snap: Snapshot, clauses: list[filters.Clause]) -> npt.NDArray[np.bool_]:
         """Per position of ``snap``: does the document pass the filter? Call inside a view."""
