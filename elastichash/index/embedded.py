@@ -10,7 +10,6 @@ against the snapshot current when they start, and never wait for a commit's fsyn
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import threading
@@ -27,7 +26,6 @@ import numpy.typing as npt
 
 from elastichash.codes import LONG_BYTES, SHORT_BYTES
 from elastichash.errors import InvalidInput, Unavailable
-from elastichash.ids import check_id
 from elastichash.index import binding, filters, kernels
 from elastichash.index import duplicates as dup
 from elastichash.index.base import (
@@ -40,8 +38,8 @@ from elastichash.index.base import (
     Hit,
     SearchQuery,
     SearchResult,
+    UpsertPlan,
     WriteResult,
-    latest_by_id,
     resolve_auto,
 )
 from elastichash.index.code_table import Candidates, CodeTable, Snapshot
@@ -61,22 +59,6 @@ VIEW_WAIT_S = 1.0
 # Per image in memory: the 32-byte code, its 8-byte SQLite rowid, an alive flag and one 4-byte
 # position in each of the 4 MIH tables.
 BYTES_PER_IMAGE = LONG_BYTES + 8 + 1 + 4 * 4
-
-
-def _check_doc(d: Document) -> str | None:
-    try:
-        check_id(d.id)
-    except InvalidInput as exc:
-        return exc.message
-    if len(d.code) != LONG_BYTES:
-        return f"code must be {LONG_BYTES} bytes"
-    if len(d.short) != SHORT_BYTES:
-        return f"short must be {SHORT_BYTES} bytes"
-    try:
-        json.dumps(d.metadata)
-    except (TypeError, ValueError) as exc:
-        return f"metadata is not JSON: {exc}"
-    return None
 
 
 class _Behind(Exception):
@@ -212,9 +194,8 @@ class EmbeddedIndex:
     # --- writes --------------------------------------------------------------------------
 
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
-        errors = [_check_doc(d) for d in docs]
-        latest = latest_by_id(d for d, err in zip(docs, errors, strict=True) if err is None)
-        batch = list(latest.values())
+        plan = UpsertPlan.of(docs)
+        batch = plan.writes
         table = self.table
         failure: str | None = None
         stale: set[str] = set()
@@ -245,14 +226,11 @@ class EmbeddedIndex:
             except sqlite3.Error as exc:
                 log.warning("index write of %d documents failed: %s", len(batch), exc)
                 failure = f"store error: {exc}"
-        return [
-            WriteResult(d.id, False, err)
-            if err is not None
-            else WriteResult(d.id, False, failure, transient=True)
-            if failure is not None
-            else WriteResult(d.id, True, superseded=d.id in stale or latest[d.id] is not d)
-            for d, err in zip(docs, errors, strict=True)
-        ]
+        return plan.results({
+            d.id: WriteResult(d.id, False, failure, transient=True) if failure is not None
+            else WriteResult(d.id, True, superseded=d.id in stale)
+            for d in batch
+        })
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         table = self.table
