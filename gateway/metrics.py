@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -24,6 +24,11 @@ class Metrics:
         self.search_wait = Counter(
             "eh_gateway_upload_search_wait_seconds",
             "seconds uploads waited for searches in flight (EH_GATEWAY_SEARCH_PRIORITY_S)",
+            registry=self.registry,
+        )
+        self.searches_in_flight = Gauge(
+            "eh_gateway_searches_in_flight",
+            "searches being encoded or searched now (uploads give way to them)",
             registry=self.registry,
         )
         self.rejected = Counter(

@@ -16,7 +16,9 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+# -qq: errors only. With -q, setuptools' editable build prints a 10-line "Editable
+# installation" warning on every fresh set-up (about flat layouts; ours is one on purpose).
+"$VENV/bin/python" -m pip install -qq -e ".[$EXTRAS]"
 if [[ ",$EXTRAS," == *",dev,"* ]]; then
   # The torch export test needs torch 2.13.0 CPU. Take it only from a local wheel: the
   # registry's default build drags in gigabytes of CUDA packages.

@@ -32,6 +32,11 @@ class Metrics:
             registry=self.registry,
             buckets=(10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000),
         )
+        self.searches_in_flight = Gauge(
+            "eh_search_searches_in_flight",
+            "Searches being answered now (writes give way to them)",
+            registry=self.registry,
+        )
         self.search_wait = Counter(
             "eh_search_write_search_wait_seconds",
             "Seconds writes waited for searches in flight (EH_SEARCH_SEARCH_PRIORITY_S)",

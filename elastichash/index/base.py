@@ -7,17 +7,21 @@ bit selection); the index never guesses it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable, Sequence
+import json
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
+from elastichash.codes import LONG_BYTES, SHORT_BYTES
+from elastichash.errors import InvalidInput
+from elastichash.ids import check_id
 from elastichash.index.query import MAX_K, STRATEGIES, Capabilities, SearchQuery, Strategy
 from elastichash.index.schema import FIELDS, HIT_SPECS, hit_values, record_class
 
 __all__ = [
     "AUTO_EXACT_MAX", "MAX_K", "SCAN_BATCH", "STRATEGIES", "Capabilities", "CodeRecord",
     "Document", "Failure", "Hit", "Index", "SearchQuery", "SearchResult", "Strategy",
-    "WriteResult", "hit_of", "resolve_auto",
+    "UpsertPlan", "WriteResult", "check_document", "hit_of", "latest_by_id", "resolve_auto",
 ]
 
 SCAN_BATCH = 1000
@@ -153,13 +157,69 @@ V = TypeVar("V", bound=_Versioned)
 
 
 def latest_by_id(items: Iterable[V]) -> dict[str, V]:
-    """One item per id from a batch: the last occurrence wins, unless an earlier one is
-    newer (a higher ``version``). Insertion order follows each id's first occurrence."""
+    """One item per id from a batch: the one that writing the batch in order leaves. A later
+    occurrence replaces an earlier one unless the earlier is newer (a higher ``version``); an
+    unversioned one (0) replaces whatever came before, as it replaces whatever is stored.
+    Insertion order follows each id's first occurrence."""
     latest: dict[str, V] = {}
     for item in items:
-        if item.id not in latest or item.version >= latest[item.id].version:
+        if item.id not in latest or not item.version or item.version >= latest[item.id].version:
             latest[item.id] = item
     return latest
+
+
+def check_document(doc: Document) -> str | None:
+    """Why ``doc`` cannot be written (any backend), or None."""
+    try:
+        check_id(doc.id)
+    except InvalidInput as exc:
+        return exc.message
+    if len(doc.code) != LONG_BYTES:
+        return f"code must be {LONG_BYTES} bytes, got {len(doc.code)}"
+    if len(doc.short) != SHORT_BYTES:
+        return f"short must be {SHORT_BYTES} bytes, got {len(doc.short)}"
+    try:
+        json.dumps(doc.metadata)
+    except (TypeError, ValueError) as exc:
+        return f"metadata is not JSON: {exc}"
+    return None
+
+
+@dataclass(frozen=True)
+class UpsertPlan:
+    """A batch to upsert, split as every backend splits it, so that a batch gives the results
+    and leaves the index that its documents written one by one would: an invalid copy fails
+    alone (it never hides a valid copy of its id), and of the valid copies of an id one is
+    written (:func:`latest_by_id`), the others standing aside as superseded by it."""
+
+    docs: Sequence[Document]
+    errors: list[str | None]  # per position: why that copy is not written
+    latest: dict[str, Document]  # the copy of each id to write
+
+    @classmethod
+    def of(cls, docs: Sequence[Document]) -> UpsertPlan:
+        errors = [check_document(d) for d in docs]
+        return cls(docs, errors,
+                   latest_by_id(d for d, err in zip(docs, errors, strict=True) if err is None))
+
+    @property
+    def writes(self) -> list[Document]:
+        return list(self.latest.values())
+
+    def results(self, written: Mapping[str, WriteResult]) -> list[WriteResult]:
+        """One result per input position from the results of :attr:`writes` by id. A copy
+        that stood aside is ``superseded`` only when its id's written copy succeeded (ok
+        means the index holds this upload or a newer one); otherwise it shares that failure,
+        to be retried with it."""
+        out = []
+        for doc, err in zip(self.docs, self.errors, strict=True):
+            if err is not None:
+                out.append(WriteResult(doc.id, False, err))
+                continue
+            result = written[doc.id]
+            stood_aside = self.latest[doc.id] is not doc and result.ok
+            out.append(WriteResult(doc.id, True, superseded=True) if stood_aside else result)
+        return out
 
 
 @runtime_checkable
@@ -174,7 +234,8 @@ class Index(Protocol):
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
         """Insert or replace by id. One result per input, in order. A replaced id's old
         code is no longer found. A document whose ``version`` is below the stored one's is
-        not written (``superseded``): the newer upload stays."""
+        not written (``superseded``): the newer upload stays. Invalid and repeated ids are
+        split by :class:`UpsertPlan`, the same on every backend."""
         ...
 
     async def add_source(self, doc_id: str, source: str) -> bool:

@@ -57,6 +57,14 @@ class Snapshot:
             + self.delta_subs.nbytes
         )
 
+    def locate(self, rows: I64) -> tuple[I64, npt.NDArray[np.bool_]]:
+        """Where each of ``rows`` (SQLite rowids, any order) sits in this snapshot, and
+        whether it is there and alive; the position of a row that is not is meaningless."""
+        if not self.n:
+            return np.zeros(rows.size, np.int64), np.zeros(rows.size, bool)
+        pos = np.minimum(np.searchsorted(self.rows[: self.n], rows), self.n - 1)
+        return pos, (self.rows[pos] == rows) & self.alive[pos]
+
 
 @dataclass(frozen=True)
 class Candidates:
@@ -119,9 +127,8 @@ class CodeTable:
             s = self.snapshot
             alive, dead, n_alive = s.alive, s.dead, s.n_alive
             if removed_rows.size and s.n:
-                pos = np.minimum(np.searchsorted(s.rows[: s.n], removed_rows), s.n - 1)
-                pos = pos[s.rows[pos] == removed_rows]
-                pos = pos[s.alive[pos]]
+                pos, live = s.locate(removed_rows)
+                pos = pos[live]
                 if pos.size:
                     alive = s.alive.copy()
                     alive[pos] = False

@@ -10,7 +10,6 @@ against the snapshot current when they start, and never wait for a commit's fsyn
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import threading
@@ -27,7 +26,6 @@ import numpy.typing as npt
 
 from elastichash.codes import LONG_BYTES, SHORT_BYTES
 from elastichash.errors import InvalidInput, Unavailable
-from elastichash.ids import check_id
 from elastichash.index import binding, filters, kernels
 from elastichash.index import duplicates as dup
 from elastichash.index.base import (
@@ -40,8 +38,8 @@ from elastichash.index.base import (
     Hit,
     SearchQuery,
     SearchResult,
+    UpsertPlan,
     WriteResult,
-    latest_by_id,
     resolve_auto,
 )
 from elastichash.index.code_table import Candidates, CodeTable, Snapshot
@@ -61,22 +59,6 @@ VIEW_WAIT_S = 1.0
 # Per image in memory: the 32-byte code, its 8-byte SQLite rowid, an alive flag and one 4-byte
 # position in each of the 4 MIH tables.
 BYTES_PER_IMAGE = LONG_BYTES + 8 + 1 + 4 * 4
-
-
-def _check_doc(d: Document) -> str | None:
-    try:
-        check_id(d.id)
-    except InvalidInput as exc:
-        return exc.message
-    if len(d.code) != LONG_BYTES:
-        return f"code must be {LONG_BYTES} bytes"
-    if len(d.short) != SHORT_BYTES:
-        return f"short must be {SHORT_BYTES} bytes"
-    try:
-        json.dumps(d.metadata)
-    except (TypeError, ValueError) as exc:
-        return f"metadata is not JSON: {exc}"
-    return None
 
 
 class _Behind(Exception):
@@ -212,9 +194,8 @@ class EmbeddedIndex:
     # --- writes --------------------------------------------------------------------------
 
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
-        errors = [_check_doc(d) for d in docs]
-        latest = latest_by_id(d for d, err in zip(docs, errors, strict=True) if err is None)
-        batch = list(latest.values())
+        plan = UpsertPlan.of(docs)
+        batch = plan.writes
         table = self.table
         failure: str | None = None
         stale: set[str] = set()
@@ -245,14 +226,11 @@ class EmbeddedIndex:
             except sqlite3.Error as exc:
                 log.warning("index write of %d documents failed: %s", len(batch), exc)
                 failure = f"store error: {exc}"
-        return [
-            WriteResult(d.id, False, err)
-            if err is not None
-            else WriteResult(d.id, False, failure, transient=True)
-            if failure is not None
-            else WriteResult(d.id, True, superseded=d.id in stale or latest[d.id] is not d)
-            for d, err in zip(docs, errors, strict=True)
-        ]
+        return plan.results({
+            d.id: WriteResult(d.id, False, failure, transient=True) if failure is not None
+            else WriteResult(d.id, True, superseded=d.id in stale)
+            for d in batch
+        })
 
     async def delete(self, ids: Sequence[str]) -> list[WriteResult]:
         table = self.table
@@ -416,32 +394,28 @@ class EmbeddedIndex:
         clauses = filters.parse(query.filter) if query.filter is not None else None
 
         def run() -> SearchResult:
-            matched = self._store.rows_with_labels(sorted(classes)) if classes else []
-            if clauses is not None and matched:
-
-                def passing_rows(snap: Snapshot, _last: bool) -> set[int]:
-                    mask = self._filter_mask(snap, clauses) & snap.alive[: snap.n]
-                    return set(snap.rows[: snap.n][mask].tolist())
-
-                passing = self._in_view(passing_rows)
-                matched = [m for m in matched if m[0] in passing]
+            rows = (self._store.rows_with_labels(sorted(classes)) if classes
+                    else np.zeros(0, np.int64))
             if code is None:
-                page = matched[query.offset : query.offset + query.k]
-                fields = self._store.fields_for([r for r, _ in page])
+                if clauses is not None and rows.size:
+                    rows = rows[self._in_view(
+                        lambda snap, _last: self._live_passing(snap, rows, clauses)[1])]
+                page = rows[query.offset : query.offset + query.k].tolist()
+                fields = self._store.fields_for(page)
                 hits = [Hit(f.id, 0, **f.fields)
-                        for r, _ in page if (f := fields.get(r)) is not None]
-                return SearchResult(hits, len(matched), len(matched),
+                        for r in page if (f := fields.get(r)) is not None]
+                return SearchResult(hits, int(rows.size), int(rows.size),
                                     (time.perf_counter() - t0) * 1000.0, "words")
 
             def ranked(snap: Snapshot, last: bool) -> SearchResult:
-                rows = np.array([r for r, _ in matched], np.int64)
-                pos = np.flatnonzero(np.isin(snap.rows[: snap.n], rows) & snap.alive[: snap.n])
+                pos, keep = self._live_passing(snap, rows, clauses)
+                pos = pos[keep]
                 q = np.frombuffer(code, np.uint8)
                 dists = np.unpackbits(snap.codes[pos] ^ q, axis=1).sum(axis=1).astype(np.int32)
                 if query.max_distance is not None:
-                    keep = dists <= query.max_distance
-                    pos, dists = pos[keep], dists[keep]
-                cands = Candidates(pos.astype(np.int64), dists, int(pos.size), int(pos.size))
+                    within = dists <= query.max_distance
+                    pos, dists = pos[within], dists[within]
+                cands = Candidates(pos, dists, int(pos.size), int(pos.size))
                 hits = self._page(snap, cands, query.offset, query.k, last)
                 return SearchResult(hits, cands.scanned, cands.total,
                                     (time.perf_counter() - t0) * 1000.0, "words+exact")
@@ -449,6 +423,17 @@ class EmbeddedIndex:
             return self._in_view(ranked)
 
         return await self._run(self._readers, run)
+
+    def _live_passing(
+        self, snap: Snapshot, rows: npt.NDArray[np.int64], clauses: list[filters.Clause] | None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Positions of ``rows`` in ``snap`` and, per row, whether it is there, alive and
+        passes the filter: one mask lookup per row, nothing per passing row of the whole
+        collection. Call inside a view."""
+        pos, keep = snap.locate(rows)
+        if clauses is not None and keep.any():
+            keep[keep] = self._filter_mask(snap, clauses)[pos[keep]]
+        return pos, keep
 
     def _filter_mask(self, snap: Snapshot, clauses: list[filters.Clause]) -> npt.NDArray[np.bool_]:
         """Per position of ``snap``: does the document pass the filter? Call inside a view."""

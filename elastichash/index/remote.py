@@ -32,6 +32,7 @@ from elastichash.index.base import (
     Failure,
     SearchQuery,
     SearchResult,
+    UpsertPlan,
     WriteResult,
 )
 from elastichash.index.binding import ModelIdentity
@@ -141,11 +142,15 @@ class RemoteIndex:
             raise Unavailable(f"search service {url} unreachable: {exc!r}") from exc
 
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
-        out: list[WriteResult] = []
-        for chunk in _chunks([service_json.document_to_json(d) for d in docs]):
+        # Split here as the service would: an invalid copy cannot be sent at all, and one
+        # copy per id keeps the batch's outcome whole when it takes several requests.
+        plan = UpsertPlan.of(docs)
+        written: dict[str, WriteResult] = {}
+        for chunk in _chunks([service_json.document_to_json(d) for d in plan.writes]):
             body = await self._call("POST", "/v1/documents/_bulk", json={"documents": chunk})
-            out.extend(service_json.write_result_from_json(i) for i in body["items"])
-        return out
+            written.update((d["id"], service_json.write_result_from_json(item))
+                           for d, item in zip(chunk, body["items"], strict=True))
+        return plan.results(written)
 
     async def add_source(self, doc_id: str, source: str) -> bool:
         body = await self._call(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,28 @@ class TestStandIn(EngineContract):
         assert [attempts[(engine_index.names.concrete, i)] for i in ids] == [3, 3, 4, 1, 1, 1]
         for doc, result in zip(docs, results, strict=True):
             assert (await engine_index.get(doc.id) is not None) == result.ok
+
+    async def test_copies_of_an_id_that_stood_aside_share_the_failure_of_the_written_one(
+        self, engine_index: EngineIndex, stand_in: Engine
+    ) -> None:
+        # Superseded means the index holds this upload or a newer one: not so when the copy
+        # written instead failed, so the others fail with it (and are retried with it). The
+        # invalid copy fails on its own and hides neither.
+        es_server = stand_in.server
+        assert es_server is not None
+        a, b = make_docs(np.random.default_rng(12), 2)
+        old, new = replace(a, version=1), replace(a, version=2)
+        cut = Document(a.id, a.code[:5], a.short, version=3)
+        # 429 until the retries run out (1 + 3 attempts); 500 is not retried.
+        for status, times, transient in ((500, 1, False), (429, 4, True)):
+            es_server.faults.reject_items([a.id], status, times=times)
+            results = await engine_index.upsert([old, new, cut, b])
+            assert [(r.id, r.ok, r.transient) for r in results] == [
+                (a.id, False, transient), (a.id, False, transient), (a.id, False, False),
+                (b.id, True, False)]
+            assert results[0] == results[1]
+            assert "code must be 32 bytes" in (results[2].error or "")
+            assert await engine_index.get(a.id) is None
 
     async def test_an_outage_fails_readiness_and_writes_until_it_recovers(
         self, engine_index: EngineIndex, stand_in: Engine

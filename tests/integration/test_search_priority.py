@@ -13,7 +13,7 @@ import aiohttp
 
 from elastichash.index.base import Document
 from elastichash.index.remote import RemoteIndex
-from tests.distributed import Cluster
+from tests.distributed import Cluster, Service, wait_for
 from tests.imagegen import make_image
 
 Factory = Callable[[str, str], Cluster]
@@ -25,10 +25,18 @@ def _form(data: bytes, name: str) -> aiohttp.FormData:
     return form
 
 
-async def _upload_during_a_search(gateway_url: str, seed: int) -> tuple[float, float, float]:
-    """Start a search by upload (no encoder runs: it waits out the RPC timeout), post one
-    image 0.3 s later; (when the search ended, when the upload was answered, when it was
-    posted), seconds from the search's start."""
+async def _in_flight(svc: Service, gauge: str) -> None:
+    async def one() -> bool:
+        return await svc.metric(gauge) == 1
+
+    await wait_for(one, 30, f"{gauge} to be 1")
+
+
+async def _upload_during_a_search(gateway: Service, seed: int) -> tuple[float, float, float]:
+    """Start a search by upload (no encoder runs: it waits out the RPC timeout) and, once the
+    gateway counts it in flight, post one image; (when the search ended, when the upload was
+    answered, when it was posted), seconds from the search's start."""
+    gateway_url = gateway.url("")
     async with aiohttp.ClientSession() as http:
         t0 = time.monotonic()
 
@@ -39,7 +47,7 @@ async def _upload_during_a_search(gateway_url: str, seed: int) -> tuple[float, f
             return time.monotonic() - t0
 
         searching = asyncio.ensure_future(search())
-        await asyncio.sleep(0.3)
+        await _in_flight(gateway, "eh_gateway_searches_in_flight")
         posted = time.monotonic() - t0
         async with http.post(f"{gateway_url}/v1/images",
                              data=_form(make_image(seed + 1), "u.jpg")) as r:
@@ -53,28 +61,28 @@ async def test_gateway_uploads_wait_for_a_search_in_flight_but_are_never_starved
 ) -> None:
     c = cluster_factory(rabbitmq_url, amqp_prefix)
     await c.ready(c.search_service())
-    # Held: a patience longer than the search, which no encoder answers for 2.5 s.
-    held = c.gateway(EH_GATEWAY_SEARCH_PRIORITY_S="30", EH_GATEWAY_AMQP__RPC_TIMEOUT_S="2.5")
+    # Held: a patience longer than the search, which no encoder answers for 4 s.
+    held = c.gateway(EH_GATEWAY_SEARCH_PRIORITY_S="30", EH_GATEWAY_AMQP__RPC_TIMEOUT_S="4")
     # Bounded: a patience of 0.5 s against a search that lasts 8 s.
     bounded = c.gateway(EH_GATEWAY_SEARCH_PRIORITY_S="0.5", EH_GATEWAY_AMQP__RPC_TIMEOUT_S="8")
     # Off: uploads never wait.
-    off = c.gateway(EH_GATEWAY_SEARCH_PRIORITY_S="0", EH_GATEWAY_AMQP__RPC_TIMEOUT_S="2.5")
+    off = c.gateway(EH_GATEWAY_SEARCH_PRIORITY_S="0", EH_GATEWAY_AMQP__RPC_TIMEOUT_S="4")
     for g in (held, bounded, off):
         await c.ready(g)
 
-    ended, answered, posted = await _upload_during_a_search(held.url(""), 10)
+    ended, answered, posted = await _upload_during_a_search(held, 10)
     # The upload went on as soon as the search ended, not before and not at the patience.
     assert ended - 0.3 <= answered <= ended + 2.0, (ended, answered)
     waited = "eh_gateway_upload_search_wait_seconds_total"
     assert await held.metric(waited) >= ended - posted - 0.5  # counted for the operator
 
-    ended, answered, posted = await _upload_during_a_search(bounded.url(""), 20)
+    ended, answered, posted = await _upload_during_a_search(bounded, 20)
     # Two checkpoints (before reading the file, before publishing it) of 0.5 s each at most.
     assert 0.45 <= answered - posted <= 4.0, (posted, answered)
     assert answered < ended - 2.0, (ended, answered)
 
-    ended, answered, posted = await _upload_during_a_search(off.url(""), 30)
-    assert answered < ended - 1.0, (ended, answered)
+    ended, answered, posted = await _upload_during_a_search(off, 30)
+    assert answered < ended - 1.5, (ended, answered)
     assert await off.metric(waited) == 0
 
 
@@ -97,7 +105,8 @@ async def test_search_service_writes_wait_for_a_search_in_flight_but_are_never_s
             writer.write(b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                          b"\r\nContent-Length: %d\r\n\r\n" % len(query) + query[:10])
             await writer.drain()
-            await asyncio.sleep(0.3)  # the search's handler runs, waiting for its body
+            # The search's handler runs, waiting for the rest of its body.
+            await _in_flight(svc, "eh_search_searches_in_flight")
 
             async def finish_search() -> None:
                 await asyncio.sleep(hold_s)

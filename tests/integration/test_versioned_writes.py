@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 
-from elastichash.index.base import Document, Failure, Index, SearchQuery
+from elastichash.index.base import Document, Failure, Index, SearchQuery, WriteResult
 from elastichash.index.embedded import EmbeddedIndex
 from elastichash.index.remote import RemoteIndex
 from elastichash.index.schema import MAX_SOURCES
@@ -28,6 +28,23 @@ def doc(seed: int, version: int, *, source: str = "a.jpg",
     code = np.random.default_rng(seed).integers(0, 256, 32, dtype=np.uint8).tobytes()
     return Document("img", code, code[:8], source=source, sources=(source,),
                     thumbnail=b"\xff\xd8thumb%d" % seed, preview=preview, version=version)
+
+
+def cut_short(version: int) -> Document:
+    """A copy of ``img`` that no backend can write: its long code is cut short."""
+    return Document("img", b"\x01" * 5, b"\x01" * 8, version=version)
+
+
+def outcomes(results: list[WriteResult]) -> list[str]:
+    assert [r.id for r in results] == ["img"] * len(results)
+    return ["refused" if not r.ok and not r.transient else "transient" if not r.ok
+            else "superseded" if r.superseded else "written" for r in results]
+
+
+async def held(index: Index) -> tuple[bytes, int]:
+    got = await index.get("img")
+    assert got is not None
+    return got.code, got.version
 
 
 @pytest.fixture(params=["embedded", "stand-in", "real engine", "search service"])
@@ -196,3 +213,52 @@ async def test_a_read_leaves_the_preview_out_and_appending_a_source_keeps_it(
     assert got.thumbnail is not None
     assert await index.add_source("img", "again.jpg")
     assert await index.get_preview("img") == b"\xff\xd8preview"
+
+
+async def test_an_invalid_copy_of_an_id_fails_alone_and_the_valid_copy_beside_it_is_written(
+        index: Index) -> None:
+    # As if written one by one: the invalid copy is refused whichever side it is on, and it
+    # neither hides the valid copy nor takes on its result.
+    valid = doc(1, OLD)
+    results = await index.upsert([valid, cut_short(NEW)])
+    assert outcomes(results) == ["written", "refused"]
+    assert "code must be 32 bytes" in (results[1].error or "")
+    assert await held(index) == (valid.code, OLD)
+    later = doc(2, NEW)
+    assert outcomes(await index.upsert([cut_short(NEW + 1), later])) == ["refused", "written"]
+    assert await held(index) == (later.code, NEW)
+
+
+async def test_the_copies_of_an_id_a_batch_does_not_write_are_reported_superseded(
+        index: Index) -> None:
+    # The copy written is the one written last in order, unless an earlier one is newer; the
+    # others are acknowledged as superseded, never as written.
+    old, new = doc(1, OLD), doc(2, NEW)
+    assert outcomes(await index.upsert([old, new])) == ["superseded", "written"]
+    assert await held(index) == (new.code, NEW)
+    newer, late = doc(3, NEW + 2), doc(4, NEW + 1)
+    assert outcomes(await index.upsert([newer, late])) == ["written", "superseded"]
+    assert await held(index) == (newer.code, NEW + 2)
+    twin, redelivered = doc(5, NEW + 3), doc(6, NEW + 3)  # equal versions: the last one
+    assert outcomes(await index.upsert([twin, redelivered])) == ["superseded", "written"]
+    assert await held(index) == (redelivered.code, NEW + 3)
+    # Every copy older than the stored one: all superseded, the stored one stays.
+    assert outcomes(await index.upsert([doc(7, OLD), doc(8, NEW)])) == [
+        "superseded", "superseded"]
+    assert await held(index) == (redelivered.code, NEW + 3)
+    # An invalid newest copy changes nothing for the valid ones.
+    kept = doc(10, NEW + 5)
+    assert outcomes(await index.upsert([doc(9, NEW + 4), kept, cut_short(NEW + 6)])) == [
+        "superseded", "written", "refused"]
+    assert await held(index) == (kept.code, NEW + 5)
+
+
+async def test_an_unversioned_copy_in_a_batch_replaces_the_copies_before_it(
+        index: Index) -> None:
+    # As an unversioned write replaces whatever is stored, so it does within a batch.
+    plain = doc(2, 0)
+    assert outcomes(await index.upsert([doc(1, NEW), plain])) == ["superseded", "written"]
+    assert await held(index) == (plain.code, 0)
+    upload = doc(4, NEW + 5)
+    assert outcomes(await index.upsert([doc(3, 0), upload])) == ["superseded", "written"]
+    assert await held(index) == (upload.code, NEW + 5)

@@ -112,6 +112,40 @@ async def test_words_with_a_filter_keep_only_the_labelled_images_that_pass(
     assert [(h.id, h.distance) for h in res.hits] == [("img7", 128)]
 
 
+async def test_words_with_a_filter_count_and_page_only_live_images_that_pass(
+        tmp_path: Path) -> None:
+    idx = EmbeddedIndex(tmp_path / "index")
+    await idx.open()
+    try:
+        def doc(i: int, album: str) -> Document:
+            code = bytes([i]) * 32
+            return Document(f"p{i}", code, code[:8], metadata={
+                "labels": [{"id": BEAGLE, "name": BEAGLE, "score": 1.0 - i / 100}],
+                "album": album})
+
+        code = bytes(32)
+        words = SearchQuery(text="dog", code=code, short=code[:8], filter={"album": "park"})
+        assert (await idx.search(words)).total == 0  # nothing in memory yet
+        await idx.upsert([doc(i, "park" if i % 2 == 0 else "home") for i in range(12)])
+        await idx.upsert([_doc(99, [(PUG, 0.99)], 0x00)])  # labelled, but in no album
+        await idx.delete(["p4"])
+        await idx.upsert([doc(6, "home"), doc(8, "park")])  # old rows dead; p8 passes again
+        live = ["p0", "p2", "p8", "p10"]  # best score first
+        res = await idx.search(SearchQuery(text="dog", filter={"album": "park"}, k=2))
+        assert ([h.id for h in res.hits], res.total) == (live[:2], 4)
+        res = await idx.search(SearchQuery(text="dog", filter={"album": "park"}, k=2, offset=2))
+        assert ([h.id for h in res.hits], res.total) == (live[2:], 4)
+        res = await idx.search(words)
+        distance = {i: 32 * bin(int(i[1:])).count("1") for i in live}  # byte i, 32 times
+        by_distance = sorted(live, key=lambda i: (distance[i], i))
+        assert [(h.id, h.distance) for h in res.hits] == [(i, distance[i]) for i in by_distance]
+        assert (res.total, res.candidates) == (4, 4)
+        res = await idx.search(words.model_copy(update={"max_distance": 32}))
+        assert ([h.id for h in res.hits], res.total) == (["p0", "p2", "p8"], 3)
+    finally:
+        await idx.close()
+
+
 async def test_replacing_or_deleting_an_image_drops_its_old_labels(index: EmbeddedIndex) -> None:
     await index.upsert([_doc(2, [(BUS, 0.5)], 0x01)])
     assert "img2" not in [h.id for h in (await index.search(SearchQuery(text="dog"))).hits]

@@ -25,6 +25,7 @@ from elastichash.index.base import (
     Failure,
     SearchQuery,
     SearchResult,
+    UpsertPlan,
     WriteResult,
 )
 from elastichash.index.duplicates import groups_from_scan
@@ -200,23 +201,12 @@ class EngineIndex:
     # --- writes ----------------------------------------------------------------------------
 
     async def upsert(self, docs: Sequence[Document]) -> list[WriteResult]:
-        by_id: dict[str, WriteResult] = {}
-        latest: dict[str, Document] = {}
-        for doc in docs:  # a repeated id: the last one wins, unless an earlier one is newer
-            try:
-                q.check_codes(doc.code, doc.short)
-                if doc.id in latest and latest[doc.id].version > doc.version:
-                    continue
-                latest[doc.id] = doc
-                by_id.pop(doc.id, None)
-            except InvalidInput as exc:
-                by_id[doc.id] = WriteResult(id=doc.id, ok=False, error=exc.message)
-                latest.pop(doc.id, None)
+        plan = UpsertPlan.of(docs)
         bits = BIT_VECTORS in self.features
         actions = [
             Action("index", self.names.alias, doc.id, q.document_source(doc, dense_bit=bits),
                    require_alias=True, version=doc.version)
-            for doc in latest.values()
+            for doc in plan.writes
         ]
         written = await run_bulk(self.client, actions, self.bulk) if actions else {}
         if written and all(not r.ok and r.transient for r in written.values()):
@@ -226,12 +216,10 @@ class EngineIndex:
             # limit during an outage.
             first = next(iter(written.values()))
             raise Unavailable(f"{_NAMES[self.kind]} wrote none of {len(written)}: {first.error}")
-        by_id.update(written)
         cleared = await self.failures.clear(
             [i for i, r in written.items() if r.ok and not r.superseded],
-            {d.id: d.version for d in latest.values()})
-        by_id.update(cleared)
-        return in_order((d.id for d in docs), by_id)
+            {d.id: d.version for d in plan.writes})
+        return plan.results(written | cleared)
 
     async def add_source(self, doc_id: str, source: str) -> bool:
         """Read, append, write back under the document's own version: a newer upload that

@@ -13,14 +13,11 @@ from typing import Any
 
 from elastichash.codes import (
     LONG_BITS,
-    LONG_BYTES,
-    SHORT_BYTES,
     from_subcodes,
     from_words,
     subcodes,
     to_words,
 )
-from elastichash.errors import InvalidInput
 from elastichash.index import filters
 from elastichash.index.base import CodeRecord, Document, Hit
 from elastichash.index.es.mapping import (
@@ -43,13 +40,6 @@ from elastichash.index.es.script import (
 from elastichash.index.schema import FIELDS, FieldSpec, empty
 
 SORT: list[dict[str, Any]] = [{"_score": {"order": "desc"}}, {ID_FIELD: {"order": "asc"}}]
-
-
-def check_codes(code: bytes, short: bytes) -> None:
-    if len(code) != LONG_BYTES:
-        raise InvalidInput(f"code must be {LONG_BYTES} bytes, got {len(code)}", field="code")
-    if len(short) != SHORT_BYTES:
-        raise InvalidInput(f"short must be {SHORT_BYTES} bytes, got {len(short)}", field="short")
 
 
 def word_params(code: bytes) -> dict[str, int]:
