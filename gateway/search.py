@@ -21,6 +21,7 @@ from elastichash.pipeline import QueryCode
 from elastichash.serving.body import Body
 from elastichash.validate import check_image_bytes
 from gateway.http import check_off_loop, client_key, json_model
+from gateway.ingest import thumbnail_url
 from gateway.schemas import (
     DuplicateGroupOut,
     DuplicatesParams,
@@ -156,7 +157,7 @@ async def post_search(request: web.Request) -> web.Response:
 
 def _item(h: Hit) -> ResultItem:
     fields = hit_values(h)  # the field table's in_hits fields; thumbnails served by us
-    fields["thumbnail_url"] = h.thumbnail_url or f"/v1/images/{h.id}/thumbnail"
+    fields["thumbnail_url"] = thumbnail_url(h.id, h.thumbnail_url)
     return ResultItem(id=h.id, distance=h.distance, **fields)
 
 
