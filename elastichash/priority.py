@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import Counter, Gauge
+
 
 class QueryFirst:
     """Counts queries in flight (``with gate:`` around each); background work waits for none,
-    within a bound. A patience of 0 turns the priority off."""
+    within a bound. A patience of 0 turns the priority off. ``waited`` counts the seconds
+    background work waited, ``in_flight`` reads the queries in flight (metrics, optional)."""
 
-    def __init__(self, patience_s: float) -> None:
+    def __init__(self, patience_s: float, *, waited: Counter | None = None,
+                 in_flight: Gauge | None = None) -> None:
         self._patience_s = patience_s
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
+        self._waited = waited
+        if in_flight is not None:
+            in_flight.set_function(lambda: self._in_flight)
 
     def __enter__(self) -> None:
         self._in_flight += 1
@@ -46,4 +49,7 @@ class QueryFirst:
                 await self._idle.wait()
         except TimeoutError:
             pass
-        return loop.time() - started
+        waited = loop.time() - started
+        if self._waited is not None:
+            self._waited.inc(waited)
+        return waited

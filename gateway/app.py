@@ -124,8 +124,8 @@ def create_app(
     app[METRICS] = metrics
     app[PENDING] = PendingSet(settings.pending_capacity)
     app[BACKLOG] = BacklogGate(settings.max_queued, settings.retry_after_s)
-    searches = app[SEARCHES] = QueryFirst(settings.search_priority_s)
-    metrics.searches_in_flight.set_function(lambda: searches.in_flight)
+    app[SEARCHES] = QueryFirst(settings.search_priority_s, waited=metrics.search_wait,
+                               in_flight=metrics.searches_in_flight)
     factory = components or distributed_components
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:

@@ -53,12 +53,6 @@ ADD_SOURCE_CONCURRENCY = 8
 MAX_FIELD_PARTS = 16  # album, taken_at and tags fields in one upload request
 
 
-async def searches_first(app: web.Application) -> None:
-    """Give way to searches in flight in this process (for at most EH_GATEWAY_SEARCH_PRIORITY_S):
-    called by uploads between images. The time waited is counted in the metrics."""
-    app[METRICS].search_wait.inc(await app[SEARCHES].wait_turn())
-
-
 def thumbnail_url(image_id: str, external: str | None) -> str:
     return external or f"/v1/images/{image_id}/thumbnail"
 
@@ -129,7 +123,7 @@ class _Batch:
         group = await self._skip_indexed(taken)
         to_queue = [it for it, _ in group if it is not None]
         if self.failure is None and to_queue:
-            await searches_first(self.app)  # a search in flight goes first
+            await self.app[SEARCHES].wait_turn()  # a search in flight goes first
             try:
                 await self.app[COMPONENTS].pipeline.submit(to_queue)
             except PartlyAccepted as exc:
@@ -280,7 +274,7 @@ async def _multipart_ingest(request: web.Request, body: Body, batch: _Batch) -> 
             filename = part.filename or f"file-{files}"
             # Between files, a search in flight goes first: reading, hashing and publishing
             # uploads on this event loop would otherwise delay its every step.
-            await searches_first(request.app)
+            await request.app[SEARCHES].wait_turn()
             data = await body.read_part(part, settings.limits.max_bytes)
             if data is None:
                 batch.error(PayloadTooLarge(
@@ -339,7 +333,7 @@ async def _url_ingest(request: web.Request, batch: _Batch,
 
     async def one(url: str, given: str | None, fields: dict[str, Any]) -> None:
         async with sem:
-            await searches_first(request.app)
+            await request.app[SEARCHES].wait_turn()  # a search in flight goes first
             try:
                 data = await fetcher.fetch(url, client)
             except ElasticHashError as exc:

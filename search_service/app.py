@@ -31,8 +31,8 @@ def create_app(settings: SearchServiceSettings, *, index: Index | None = None) -
                           middlewares=[error_middleware(metrics.observe)])
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics
-    searches = app[SEARCHES_KEY] = QueryFirst(settings.search_priority_s)
-    metrics.searches_in_flight.set_function(lambda: searches.in_flight)
+    app[SEARCHES_KEY] = QueryFirst(settings.search_priority_s, waited=metrics.search_wait,
+                                   in_flight=metrics.searches_in_flight)
     idx = index if index is not None else make_index(settings.index)
     app[INDEX_KEY] = idx
 

@@ -33,15 +33,10 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _searches_first(request: web.Request) -> None:
-    """A write gives way to searches in flight (for at most EH_SEARCH_SEARCH_PRIORITY_S); the
-    time waited is counted in the metrics. A search counts from the start of its request:
-    its callers (the gateway, tools) send whole bodies at once."""
-    request.app[METRICS_KEY].search_wait.inc(await request.app[SEARCHES_KEY].wait_turn())
-
-
 async def search(request: web.Request) -> web.Response:
-    with request.app[SEARCHES_KEY]:  # writes give way while it runs
+    # Writes give way while it runs (for at most EH_SEARCH_SEARCH_PRIORITY_S each), from the
+    # start of its request: its callers (the gateway, tools) send whole bodies at once.
+    with request.app[SEARCHES_KEY]:
         query = service_json.query_from_json(await _json_body(request))
         result = await request.app[INDEX_KEY].search(query)
     metrics = request.app[METRICS_KEY]
@@ -97,7 +92,7 @@ async def codes(request: web.Request) -> web.Response:
 async def bulk(request: web.Request) -> web.Response:
     # A search in flight goes first: decoding and writing a bulk on this event loop (and its
     # commit's threads) would otherwise delay it. Bounded, so indexing is never starved.
-    await _searches_first(request)
+    await request.app[SEARCHES_KEY].wait_turn()
     body = await _json_body(request)
     items = body.get("documents")
     if not isinstance(items, list):
@@ -201,7 +196,7 @@ async def record_failures(request: web.Request) -> web.Response:
     if not isinstance(items, list):
         raise InvalidInput("failures must be a list", field="failures")
     failures = [service_json.failure_from_json(f) for f in items]
-    await _searches_first(request)
+    await request.app[SEARCHES_KEY].wait_turn()  # a search in flight goes first
     await request.app[INDEX_KEY].record_failures(failures)
     return web.json_response({"recorded": len(failures)})
 
