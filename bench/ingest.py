@@ -420,8 +420,7 @@ async def run_flood(
                 if sender.poll() is not None:
                     raise SystemExit(f"the flood sender exited {sender.returncode}")
                 await asyncio.sleep(0.05)
-            flood: list[float] = []
-            depths: list[int] = []
+            depths: list[int] = []  # the backlog after each search
             TOOK.clear()
             enc = f"http://127.0.0.1:{stack.health_ports[1]}/metrics"
             srch = f"http://127.0.0.1:{stack.search_port}/metrics"
@@ -437,12 +436,12 @@ async def run_flood(
             deadline = time.perf_counter() + 600
             while len(backlog) < args.queries and time.perf_counter() < deadline:
                 during_upload = sender.poll() is None
-                took = await search_once(http, base, probes[len(flood) % len(probes)])
-                flood.append(took)
+                took = await search_once(http, base, probes[len(depths) % len(probes)])
                 (uploading if during_upload else backlog).append(took)
                 depths.append(await queued(http, base))
                 if not during_upload and depths[-1] == 0:
                     break
+            flood = uploading + backlog  # in order: the upload phase ends once, for good
             wall = time.perf_counter() - wall0
             indexed_per_s = (await count(http, srch.removesuffix("/metrics")) - count0) / wall
             cpu = {k: round((v - cpu0.get(k, 0.0)) / wall, 2)
